@@ -1,0 +1,6 @@
+"""Variational families: what q is (DESIGN.md)."""
+
+from vilab.families.base import Family
+from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
+
+__all__ = ["Family", "FullRankGaussian", "MeanFieldGaussian", "StandardNormal"]

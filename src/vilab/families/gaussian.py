@@ -1,0 +1,125 @@
+"""Gaussian families: standard normal, mean-field and full-rank, free or amortized.
+
+    mean-field:  z = μ + σ ⊙ ε,  σ = softplus(ρ),
+                 log q(z) = −½‖ε‖² − Σᵢ log σᵢ − (D/2) log 2π;
+    full-rank:   z = μ + L ε,    L lower triangular with diag softplus(ρ),
+                 log q(z) = −½‖ε‖² − Σᵢ log Lᵢᵢ − (D/2) log 2π,     ε ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vilab.families.base import Family
+from vilab.flows.params import make_params
+
+LOG_2PI = math.log(2.0 * math.pi)
+_SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(x) = 1 at x = log(e − 1)
+
+
+def std_normal_log_prob(eps: Tensor) -> Tensor:
+    """log N(ε; 0, I) summed over the last dimension."""
+    return -0.5 * (eps * eps).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+
+
+class StandardNormal(Family):
+    """N(0, I) with no parameters; accepts (and ignores) a context for the batch size."""
+
+    def __init__(self, dim: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.dim, self.context_dim = dim, context_dim
+        self.register_buffer("_ref", torch.zeros(()), persistent=False)
+
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        shape = self.sample_shape(n, context)
+        eps = torch.randn(shape, dtype=self._ref.dtype, device=self._ref.device)
+        return eps, std_normal_log_prob(eps)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return std_normal_log_prob(z)
+
+
+class MeanFieldGaussian(Family):
+    """Diagonal Gaussian q(z [| c]) = N(μ, diag σ²).
+
+    Args:
+        dim: D.
+        context_dim: None for free (μ, ρ); else an amortized head from a context (B, C).
+        init_loc_scale: standard deviation of the initial μ (free) or head bias.
+        init_scale: initial σ.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int | None = None,
+        init_loc_scale: float = 0.0,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.context_dim = dim, context_dim
+        rho0 = math.log(math.expm1(init_scale)) if init_scale != 1.0 else _SOFTPLUS_INV_1
+        self.params = make_params(
+            {"loc": init_loc_scale * torch.randn(dim), "rho": torch.full((dim,), rho0)},
+            context_dim,
+        )
+
+    def loc_scale(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        p = self.params(context)
+        return p["loc"], F.softplus(p["rho"])
+
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        shape = self.sample_shape(n, context)
+        loc, scale = self.loc_scale(context)
+        eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+        z = loc + scale * eps
+        return z, std_normal_log_prob(eps) - scale.log().sum(-1)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        loc, scale = self.loc_scale(context)
+        return std_normal_log_prob((z - loc) / scale) - scale.log().sum(-1)
+
+
+class FullRankGaussian(Family):
+    """Gaussian q(z [| c]) = N(μ, L Lᵀ) with a lower-triangular Cholesky factor L.
+
+    Args:
+        dim: D.
+        context_dim: None for free parameters; else an amortized head from (B, C).
+        init_scale: initial diagonal of L.
+    """
+
+    def __init__(self, dim: int, context_dim: int | None = None, init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.dim, self.context_dim = dim, context_dim
+        rho0 = math.log(math.expm1(init_scale))
+        tril = torch.zeros(dim, dim)
+        tril.diagonal().fill_(rho0)
+        self.params = make_params({"loc": torch.zeros(dim), "tril": tril}, context_dim)
+        self.register_buffer("strict_lower", torch.ones(dim, dim).tril(-1), persistent=False)
+
+    def loc_tril(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``μ (…, D)`` and ``L (…, D, D)`` with a positive diagonal."""
+        p = self.params(context)
+        raw = p["tril"]
+        diag = F.softplus(raw.diagonal(dim1=-2, dim2=-1))
+        return p["loc"], raw * self.strict_lower + torch.diag_embed(diag)
+
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        shape = self.sample_shape(n, context)
+        loc, tril = self.loc_tril(context)
+        eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+        z = loc + (tril @ eps.unsqueeze(-1)).squeeze(-1)
+        log_diag = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return z, std_normal_log_prob(eps) - log_diag
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        loc, tril = self.loc_tril(context)
+        diff = (z - loc).unsqueeze(-1)
+        eps = torch.linalg.solve_triangular(tril.expand(*diff.shape[:-2], -1, -1), diff, upper=False)
+        log_diag = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return std_normal_log_prob(eps.squeeze(-1)) - log_diag

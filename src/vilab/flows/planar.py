@@ -1,0 +1,73 @@
+"""Planar flows (Rezende & Mohamed 2015, §4.1 and Appendix A.1).
+
+    f(z) = z + û h(wᵀz + b),   h = tanh,
+    log |det ∂f/∂z| = log |1 + h'(wᵀz + b) wᵀû|.
+
+Invertibility needs wᵀû ≥ −1. Following the paper's Appendix A.1 (and pyro),
+
+    û = u + (m(wᵀu) − wᵀu) w / ‖w‖²,   m(x) = −1 + softplus(x),
+
+so that wᵀû = m(wᵀu) > −1 for any (u, w): the map is a bijection and the log-determinant
+argument 1 + h'·wᵀû lies in (0, ∞) since h' ∈ (0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vilab.flows.base import Flow, check_dims
+from vilab.flows.params import make_params, rowdot
+
+
+class Planar(Flow):
+    """``num_layers`` planar layers; free or amortized from a context.
+
+    Args:
+        dim: dimension D of z.
+        num_layers: number K of stacked planar layers in this module.
+        context_dim: None for free parameters, else the size of the context that an
+            amortized head maps to (u, w, b) of every layer.
+        init_scale: standard deviation of the initial u and w.
+
+    Parameters: ``u, w`` of shape ``(K, D)`` and ``b`` of shape ``(K,)`` (with a leading
+    batch dimension when amortized).
+    """
+
+    def __init__(
+        self, dim: int, num_layers: int = 1, context_dim: int | None = None, init_scale: float = 0.1
+    ) -> None:
+        super().__init__()
+        check_dims(dim, num_layers)
+        self.dim, self.num_layers = dim, num_layers
+        init = {
+            "u": init_scale * torch.randn(num_layers, dim),
+            "w": init_scale * torch.randn(num_layers, dim),
+            "b": torch.zeros(num_layers),
+        }
+        self.params = make_params(init, context_dim)
+
+    def constrained(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns ``(û, w, b, wᵀû)`` with ``wᵀû > −1`` for every layer."""
+        p = self.params(context)
+        u, w, b = p["u"], p["w"], p["b"]
+        wu = (w * u).sum(-1)
+        wtu_hat = F.softplus(wu) - 1.0
+        u_hat = u + ((wtu_hat - wu) / (w * w).sum(-1).clamp_min(1e-12)).unsqueeze(-1) * w
+        return u_hat, w, b, wtu_hat
+
+    def forward(
+        self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        u_hat, w, b, wtu_hat = self.constrained(context)
+        hs = []
+        for k in range(self.num_layers):
+            h = torch.tanh(rowdot(z, w[..., k, :]) + b[..., k])
+            z = z + h.unsqueeze(-1) * u_hat[..., k, :]
+            hs.append(h)
+            if trace is not None:
+                trace.append(z)
+        h = torch.stack(hs, dim=-1)  # (..., K)
+        logdet = torch.log1p((1.0 - h * h) * wtu_hat).sum(-1)
+        return z, logdet

@@ -1,0 +1,69 @@
+"""Radial flows (Rezende & Mohamed 2015, §4.1 and Appendix A.2).
+
+    f(z) = z + β h(α, r) (z − z₀),   r = ‖z − z₀‖,   h(α, r) = 1 / (α + r),
+    log |det ∂f/∂z| = (D − 1) log(1 + β h) + log(1 + β h + β h'(α, r) r)
+                    = (D − 1) log(1 + β h) + log(1 + β α h²).
+
+Invertibility needs β ≥ −α with α > 0. We set α = softplus(α̃) and
+β = −α + softplus(β̃), so both log arguments are positive for every z.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vilab.flows.base import Flow, check_dims
+from vilab.flows.params import make_params
+
+
+class Radial(Flow):
+    """``num_layers`` radial layers; free or amortized from a context.
+
+    Args:
+        dim: dimension D of z.
+        num_layers: number K of stacked radial layers in this module.
+        context_dim: None for free parameters, else the size of the amortizing context.
+        init_scale: standard deviation of the initial centres z₀.
+
+    Parameters: ``z0`` of shape ``(K, D)``, ``alpha`` and ``beta`` (unconstrained) of
+    shape ``(K,)``.
+    """
+
+    def __init__(
+        self, dim: int, num_layers: int = 1, context_dim: int | None = None, init_scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        check_dims(dim, num_layers)
+        self.dim, self.num_layers = dim, num_layers
+        init = {
+            "z0": init_scale * torch.randn(num_layers, dim),
+            "alpha": torch.zeros(num_layers),
+            "beta": torch.full((num_layers,), -2.0),
+        }
+        self.params = make_params(init, context_dim)
+
+    def constrained(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(z0, α, β)`` with ``α > 0`` and ``β > −α``."""
+        p = self.params(context)
+        alpha = F.softplus(p["alpha"])
+        beta = F.softplus(p["beta"]) - alpha
+        return p["z0"], alpha, beta
+
+    def forward(
+        self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        z0, alpha, beta = self.constrained(context)
+        logdet = z.new_zeros(z.shape[:-1])
+        for k in range(self.num_layers):
+            a, bt = alpha[..., k], beta[..., k]
+            diff = z - z0[..., k, :]
+            r = diff.norm(dim=-1)
+            h = 1.0 / (a + r)
+            bh = bt * h
+            z = z + bh.unsqueeze(-1) * diff
+            logdet = logdet + (self.dim - 1) * torch.log1p(bh) + torch.log1p(bh * a * h)
+            if trace is not None:
+                trace.append(z)
+        return z, logdet

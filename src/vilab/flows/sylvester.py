@@ -1,0 +1,130 @@
+"""Sylvester normalizing flows (van den Berg, Hasenclever, Tomczak & Welling, UAI 2018).
+
+    f(z) = z + Q R h(R̃ Qᵀ z + b),   h = tanh,
+    log |det ∂f/∂z| = Σᵢ log |1 + R_ii R̃_ii h'((R̃ Qᵀ z + b)ᵢ)|,
+
+by Sylvester's determinant identity, with Q ∈ ℝ^{D×M} of orthonormal columns and R, R̃
+upper triangular M × M. The map is invertible when R_ii R̃_ii > −1/‖h'‖∞ = −1; we set
+R_ii = tanh(ρᵢ) and R̃_ii = tanh(ρ̃ᵢ), so the product lies in (−1, 1).
+
+Three ways to get Q (the three families of the paper):
+
+* ``orthogonal`` (O-SNF): Q (D × M, M ≤ D) from the QR decomposition of a free or amortized
+  D × M matrix (the paper orthogonalizes iteratively; QR gives the same set exactly);
+* ``householder`` (H-SNF): Q = H₁ ⋯ H_H, Hᵢ = I − 2 vᵢvᵢᵀ/‖vᵢ‖², M = D;
+* ``triangular`` (T-SNF): Q is the identity on even layers and the reversal permutation on
+  odd layers, M = D.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from vilab.flows.base import Flow, check_dims
+from vilab.flows.params import make_params, rowmat
+
+QKind = Literal["orthogonal", "householder", "triangular"]
+
+
+class Sylvester(Flow):
+    """``num_layers`` Sylvester layers of one kind; free or amortized from a context.
+
+    Args:
+        dim: dimension D of z.
+        num_layers: number K of stacked layers.
+        kind: how Q is built: ``"orthogonal"``, ``"householder"`` or ``"triangular"``.
+        num_ortho: M, the number of orthonormal columns (orthogonal kind only; default D).
+        num_householder: number of reflections per layer (householder kind only).
+        context_dim: None for free parameters, else the size of the amortizing context.
+        init_scale: standard deviation of the initial off-diagonal entries and b.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int = 1,
+        kind: QKind = "orthogonal",
+        num_ortho: int | None = None,
+        num_householder: int = 2,
+        context_dim: int | None = None,
+        init_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        check_dims(dim, num_layers)
+        if kind not in ("orthogonal", "householder", "triangular"):
+            raise ValueError(
+                f"kind must be 'orthogonal', 'householder' or 'triangular', got {kind!r}"
+            )
+        m = dim if num_ortho is None else num_ortho
+        if kind == "orthogonal" and not 1 <= m <= dim:
+            raise ValueError(f"num_ortho must be in [1, dim={dim}], got {num_ortho}")
+        if kind == "householder" and num_householder < 1:
+            raise ValueError(f"num_householder must be ≥ 1, got {num_householder}")
+        if kind != "orthogonal":
+            m = dim
+        self.dim, self.num_layers, self.kind, self.m = dim, num_layers, kind, m
+        K = num_layers
+        init = {
+            "r": init_scale * torch.randn(K, m, m),
+            "r_tilde": init_scale * torch.randn(K, m, m),
+            "b": init_scale * torch.randn(K, m),
+        }
+        # diagonals start at tanh(1) ≈ 0.76 on both sides: a layer that moves z from step 0
+        init["r"].diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        init["r_tilde"].diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        if kind == "orthogonal":
+            init["q"] = torch.eye(dim, m).expand(K, dim, m) + init_scale * torch.randn(K, dim, m)
+        elif kind == "householder":
+            init["v"] = torch.randn(K, num_householder, dim)
+        self.params = make_params(init, context_dim)
+        self.register_buffer("triu_mask", torch.ones(m, m).triu(1), persistent=False)
+        if kind == "triangular":
+            flip = torch.eye(dim).flip(-1)
+            q = torch.stack([torch.eye(dim) if k % 2 == 0 else flip for k in range(K)])
+            self.register_buffer("q_fixed", q, persistent=False)
+
+    def orthonormal(self, p: dict[str, Tensor]) -> Tensor:
+        """Q of shape ``(*batch, K, D, M)`` with orthonormal columns."""
+        if self.kind == "orthogonal":
+            return torch.linalg.qr(p["q"]).Q
+        if self.kind == "householder":
+            v = p["v"]  # (*batch, K, H, D)
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            q = torch.eye(self.dim, dtype=v.dtype, device=v.device).expand(
+                *v.shape[:-2], self.dim, self.dim
+            )
+            for i in range(v.shape[-2]):
+                vi = v[..., i, :]  # (*batch, K, D)
+                # q <- q (I − 2 v vᵀ)
+                q = q - 2.0 * (q @ vi.unsqueeze(-1)) * vi.unsqueeze(-2)
+            return q
+        return self.q_fixed
+
+    def factors(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns ``(A, Bm, b, d)``: A = QR ``(…, K, D, M)``, Bm = (R̃Qᵀ)ᵀ ``(…, K, D, M)``,
+        b ``(…, K, M)`` and d = diag(R)·diag(R̃) ``(…, K, M)`` in (−1, 1)."""
+        p = self.params(context)
+        q = self.orthonormal(p)
+        r_diag = torch.tanh(p["r"].diagonal(dim1=-2, dim2=-1))
+        rt_diag = torch.tanh(p["r_tilde"].diagonal(dim1=-2, dim2=-1))
+        r = p["r"] * self.triu_mask + torch.diag_embed(r_diag)
+        rt = p["r_tilde"] * self.triu_mask + torch.diag_embed(rt_diag)
+        a = q @ r
+        bm = q @ rt.transpose(-1, -2)
+        return a, bm, p["b"], r_diag * rt_diag
+
+    def forward(
+        self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        a, bm, b, d = self.factors(context)
+        logdet = z.new_zeros(z.shape[:-1])
+        for k in range(self.num_layers):
+            h = torch.tanh(rowmat(z, bm[..., k, :, :]) + b[..., k, :])  # (..., M)
+            z = z + rowmat(h, a[..., k, :, :].transpose(-1, -2))
+            logdet = logdet + torch.log1p((1.0 - h * h) * d[..., k, :]).sum(-1)
+            if trace is not None:
+                trace.append(z)
+        return z, logdet
