@@ -1,0 +1,3 @@
+from vilab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Typed, validated configuration: the only place that reads config files.
+
+A run is described by a :class:`FitConfig` (2-D / user targets). Configs come from
+defaults, then an optional YAML file, then ``key.sub=value`` overrides from the command
+line (values parsed as YAML scalars/lists). Every error names the bad key and value and
+what is accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vilab.families.registry import FAMILY_KINDS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TargetConfig(_Strict):
+    """What p is: a built-in name (U1–U4, banana, banana_family) or ``module:function`` /
+    ``file.py:function``; ``box`` = (x0, x1, y0, y1) for plots and 2-D quadrature."""
+
+    name: str = "U1"
+    dim: int | None = Field(None, ge=1)
+    box: tuple[float, float, float, float] | None = None
+    log_z: float | None = None
+    context_dim: int | None = Field(None, ge=1)
+    context_range: tuple[float, float] = (0.0, 1.0)
+
+
+class FamilyConfig(_Strict):
+    """What q is: ``kind`` (see FAMILY_KINDS), flow depth ``layers``, base of a flow, MADE
+    ``hidden`` widths (IAF), Sylvester options."""
+
+    kind: str = "planar"
+    layers: int = Field(32, ge=1, le=10_000)
+    base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    num_ortho: int | None = Field(None, ge=1)
+    num_householder: int = Field(2, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in FAMILY_KINDS:
+            raise ValueError(f"unknown family {v!r}; choose one of {', '.join(FAMILY_KINDS)}")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {v}")
+        return v
+
+
+class OptimConfig(_Strict):
+    """Adam with a learning-rate schedule: linear warm-up, then constant or cosine decay to
+    ``lr * min_lr_ratio``; optional gradient-norm clipping."""
+
+    lr: float = Field(1e-3, gt=0, le=10)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class FitConfig(_Strict):
+    """Fit a family to a target by maximizing the reverse-KL ELBO.
+
+    ``beta_start``/``beta_steps``: β-annealing β_t = min(1, beta_start + t / beta_steps)
+    on log p̃ (Rezende & Mohamed 2015); ``beta_steps = 0`` turns it off. ``stl``: the
+    sticking-the-landing gradient (Roeder et al. 2017), for families with a log_prob.
+    ``samples``: samples of q per step (split over ``contexts`` contexts for a target
+    family). ``eval_samples``: samples for the exact KL. ``max_seconds``: stop early after
+    this much training time.
+    """
+
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    family: FamilyConfig = Field(default_factory=FamilyConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    steps: int = Field(5000, ge=1)
+    samples: int = Field(1000, ge=1)
+    contexts: int = Field(16, ge=1)
+    eval_contexts: list[float] | None = None
+    beta_start: float = Field(1.0, ge=0, le=1)
+    beta_steps: int = Field(0, ge=0)
+    stl: bool = False
+    seed: int = 0
+    eval_samples: int = Field(100_000, ge=2)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    threads: int | None = Field(None, ge=1)
+    figures: bool = True
+    max_seconds: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _samples_split(self) -> FitConfig:
+        has_context = self.target.name == "banana_family" or self.target.context_dim is not None
+        if has_context and self.samples < self.contexts:
+            raise ValueError(f"samples ({self.samples}) must be ≥ contexts ({self.contexts})")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message says what and why."""
+
+
+def _format_validation(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(config)"
+        given = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg} (got {given!r})")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"family.layers=32"`` -> ``("family.layers", 32)``; the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with clear errors for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_fit_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> FitConfig:
+    """Defaults <- ``base`` <- YAML file ``path`` <- ``overrides`` (``key.sub=value``)."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = _merge(data, read_yaml(path))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    try:
+        return FitConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err)) from None
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML (what the run directory stores)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

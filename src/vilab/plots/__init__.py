@@ -1,0 +1,5 @@
+"""Figures (matplotlib, non-interactive Agg backend)."""
+
+import matplotlib
+
+matplotlib.use("Agg")

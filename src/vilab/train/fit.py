@@ -1,0 +1,290 @@
+"""Fit a variational family to a target by maximizing the reverse-KL ELBO.
+
+    ELBO(q) = E_q[log p̃(z) − log q(z)] = log Z − KL(q‖p)
+
+With the target's log Z known (built-in) or computed by quadrature (2-D with a box), the
+logged KL over training is log Z − ELBO and the final figure is the exact KL from
+``eval_samples`` samples with its standard error (:func:`vilab.targets.grid.exact_kl`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vilab.config import FitConfig, dump_config
+from vilab.estimators.elbo import annealed_elbo_surrogate, elbo
+from vilab.estimators.gradients import log_prob_stop_params
+from vilab.families.base import Family
+from vilab.families.registry import build_family
+from vilab.targets.base import Target, resolve_target
+from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
+from vilab.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from vilab.train.logging import RunLogger, read_metrics
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_target(config: FitConfig) -> Target:
+    t = config.target
+    return resolve_target(t.name, t.dim, t.box, t.log_z, t.context_dim, t.context_range)
+
+
+def build_for(config: FitConfig, target: Target) -> Family:
+    f = config.family
+    family = build_family(
+        f.kind,
+        target.dim,
+        target.context_dim,
+        layers=f.layers,
+        base=f.base,
+        hidden=f.hidden,
+        num_ortho=f.num_ortho,
+        num_householder=f.num_householder,
+    )
+    return family.to(DTYPES[config.dtype])
+
+
+def lr_factor(step: int, config: FitConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based): warm-up, then schedule."""
+    o = config.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    t = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def beta_at(step: int, config: FitConfig) -> float:
+    """β_t = min(1, β₀ + t / T) (Rezende & Mohamed 2015); 1 when annealing is off."""
+    if config.beta_steps == 0:
+        return 1.0
+    return min(1.0, config.beta_start + step / config.beta_steps)
+
+
+def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
+    """The exact log Z if known; in 2-D with a box, by quadrature; else None."""
+    if context is not None:
+        target = target.at(context)
+    if target.log_z is not None:
+        return float(target.log_z)
+    if target.dim == 2 and target.quad_box is not None:
+        return grid_log_z(target)
+    return None
+
+
+def default_eval_contexts(target: Target) -> list[list[float]]:
+    """Held-out contexts for a target family: interior points of the training range that a
+    continuous uniform draw never hits exactly (c = lo + (k + 0.37)/4 · (hi − lo))."""
+    lo = getattr(target, "low", getattr(target, "context_low", 0.0))
+    hi = getattr(target, "high", getattr(target, "context_high", 1.0))
+    return [[lo + (k + 0.37) / 4 * (hi - lo)] * (target.context_dim or 1) for k in range(4)]
+
+
+class Fitter:
+    """One fitting run: builds everything from a config and owns the training state."""
+
+    def __init__(self, config: FitConfig, target: Target | None = None) -> None:
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.target = target if target is not None else build_target(config)
+        self.family = build_for(config, self.target)
+        self.dtype = DTYPES[config.dtype]
+        if config.stl and not self.family.has_log_prob:
+            raise ValueError(
+                f"stl=true needs a family that can score any z; {config.family.kind!r} cannot "
+                "(planar, radial and Sylvester flows have no inverse): use mean_field, "
+                "full_rank or iaf, or set stl=false"
+            )
+        self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config)
+        )
+        self.step = 0
+        self.seconds = 0.0
+
+    # -- one step -------------------------------------------------------------------------
+    def draw(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Samples ``z``, ``log q``, ``log p̃`` and the contexts (None without)."""
+        context = None
+        if self.target.context_dim is not None:
+            b = self.config.contexts
+            context = self.target.sample_context(b).to(self.dtype)
+            n = max(1, n // b)
+        z, log_q = self.family.rsample_and_log_prob(n, context)
+        return z, log_q, self.target.log_prob(z, context), context
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        beta = beta_at(self.step, cfg)
+        z, log_q, log_p, context = self.draw(cfg.samples)
+        log_q_grad = log_prob_stop_params(self.family, z, context) if cfg.stl else log_q
+        loss = -annealed_elbo_surrogate(log_p, log_q_grad, beta).mean()
+        bound = elbo(log_p - log_q).mean().detach()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at step {self.step + 1} (bound {float(bound)}); lower the "
+                f"learning rate (optim.lr={cfg.optim.lr}) or check the target for NaN/inf"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.family.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"bound": bound.item(), "beta": beta, "lr": self.scheduler.get_last_lr()[0]}
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "seconds": self.seconds,
+            "family": self.family.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.family.load_state_dict(state["family"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """Exact KL (or the ELBO alone when log Z is unknown) from ``eval_samples``."""
+        cfg = self.config
+        if self.target.context_dim is None:
+            log_z = target_log_z(self.target)
+            if log_z is None:
+                z, log_q = self.family.rsample_and_log_prob(min(cfg.eval_samples, 100_000))
+                gap = (self.target.log_prob(z) - log_q).double()
+                return {
+                    "kl": None,
+                    "kl_stderr": None,
+                    "elbo": float(gap.mean()),
+                    "elbo_stderr": float(gap.std() / math.sqrt(gap.numel())),
+                    "log_z": None,
+                    "kl_note": "log Z unknown: give target.log_z or, in 2-D, a box",
+                }
+            est = exact_kl(self.family, self.target, log_z, cfg.eval_samples)
+            return {**_kl_dict(est)}
+        contexts = cfg.eval_contexts
+        rows = [[c] if isinstance(c, (int, float)) else c for c in contexts] if contexts else None
+        rows = rows or default_eval_contexts(self.target)
+        per = []
+        for row in rows:
+            c = torch.tensor([row], dtype=self.dtype)
+            log_z = target_log_z(self.target, c[0])
+            if log_z is None:
+                raise ValueError(f"log Z unknown at context {row}: give a box or log_z")
+            est = exact_kl(_AtContext(self.family, c), self.target.at(c[0]), log_z, cfg.eval_samples)
+            per.append({"context": row, **_kl_dict(est)})
+        n = len(per)
+        return {
+            "kl": sum(p["kl"] for p in per) / n,
+            "kl_stderr": math.sqrt(sum(p["kl_stderr"] ** 2 for p in per)) / n,
+            "elbo": sum(p["elbo"] for p in per) / n,
+            "log_z": None,
+            "kl_by_context": per,
+        }
+
+
+class _AtContext(Family):
+    """q(z | c) at one fixed context, as a free family (for exact KL and plots)."""
+
+    def __init__(self, family: Family, context: Tensor) -> None:
+        super().__init__()
+        self.inner, self.context = family, context
+        self.dim, self.context_dim = family.dim, None
+
+    def rsample_and_log_prob(
+        self, n: int, context: Tensor | None = None, trace: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        kwargs = {"trace": trace} if trace is not None else {}
+        z, lq = self.inner.rsample_and_log_prob(n, self.context, **kwargs)
+        if trace is not None:
+            trace[:] = [t[:, 0] for t in trace]
+        return z[:, 0], lq[:, 0]
+
+
+def _kl_dict(est: KLEstimate) -> dict[str, Any]:
+    d = asdict(est)
+    d["kl_samples"] = d.pop("samples")
+    return d
+
+
+def fit(
+    config: FitConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    target: Target | None = None,
+    tensorboard: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate and write the run directory; returns the final metrics.
+
+    The run directory gets ``config.yaml``, ``metrics.jsonl`` (every ``log_every`` steps),
+    ``tensorboard/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
+    ``metrics.json`` and the figures. Ctrl-C stops training cleanly: the checkpoint,
+    metrics and figures are still written, with ``"interrupted": true``. With
+    ``resume=True`` an existing checkpoint is continued exactly.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fitter = Fitter(config, target)
+    ckpt = run_dir / "checkpoint.pt"
+    if resume and ckpt.exists():
+        fitter.load_state_dict(load_checkpoint(ckpt))
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    log_z = target_log_z(fitter.target) if fitter.target.context_dim is None else None
+    logger = RunLogger(run_dir, config.steps, fitter.step, progress, tensorboard)
+    interrupted = False
+    try:
+        t_start = time.perf_counter() - fitter.seconds
+        while fitter.step < config.steps:
+            values = fitter.train_step()
+            fitter.seconds = time.perf_counter() - t_start
+            if fitter.step % config.log_every == 0 or fitter.step == config.steps:
+                if log_z is not None:
+                    values["kl"] = log_z - values["bound"]
+                logger.log(fitter.step, values)
+            if fitter.step % config.checkpoint_every == 0:
+                save_checkpoint(ckpt, fitter.state_dict())
+            logger.advance()
+            if config.max_seconds is not None and fitter.seconds >= config.max_seconds:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        save_checkpoint(ckpt, fitter.state_dict())
+        logger.close()
+    metrics: dict[str, Any] = {
+        "target": fitter.target.name,
+        "family": config.family.kind,
+        "parameters": sum(p.numel() for p in fitter.family.parameters()),
+        **fitter.evaluate(),
+        "steps": fitter.step,
+        "seconds": fitter.seconds,
+        "steps_per_second": fitter.step / max(fitter.seconds, 1e-9),
+        "interrupted": interrupted,
+    }
+    if config.figures:
+        from vilab.plots.density2d import plot_run
+
+        plot_run(fitter, read_metrics(run_dir / "metrics.jsonl"), run_dir)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
