@@ -56,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a family to a 2-D energy, the banana or your log-density")
     f.add_argument("--config", help="YAML config file (see configs/)")
-    f.add_argument("--target", help="U1..U4, banana, banana_family, or module:function / file.py:function")
-    f.add_argument("--family", help="mean_field, full_rank, planar, radial, iaf, sylvester_{orthogonal,householder,triangular}")
+    f.add_argument(
+        "--target", help="U1..U4, banana, banana_family, or module:function / file.py:function"
+    )
+    f.add_argument(
+        "--family",
+        help="mean_field, full_rank, planar, radial, iaf, sylvester_{orthogonal,householder,triangular}",
+    )
     f.add_argument("--layers", type=int, help="flow depth K")
     f.add_argument("--base", help="base of a flow: standard, mean_field, full_rank")
     f.add_argument("--hidden", type=int, nargs="+", help="MADE hidden widths (IAF)")
@@ -74,14 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--log-z", type=float, help="known log-normalizer of a user target")
     f.add_argument("--context-dim", type=int, help="context size of a user target family")
     f.add_argument("--context-range", type=float, nargs=2, metavar=("LO", "HI"))
-    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.schedule=constant")
+    f.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. optim.schedule=constant",
+    )
     f.add_argument("--out", help="run directory (default runs/<target>_<family>)")
     f.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     f.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser("demo", help="fit U1–U4 and the banana; one figure and a KL table")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="config overrides for every fit")
+    d.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config overrides for every fit"
+    )
     d.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
     return p
 

@@ -37,7 +37,7 @@ class FamilyConfig(_Strict):
     """What q is: ``kind`` (see FAMILY_KINDS), flow depth ``layers``, base of a flow, MADE
     ``hidden`` widths (IAF), Sylvester options."""
 
-    kind: str = "planar"
+    kind: str = "sylvester_orthogonal"
     layers: int = Field(32, ge=1, le=10_000)
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
@@ -63,7 +63,7 @@ class OptimConfig(_Strict):
     """Adam with a learning-rate schedule: linear warm-up, then constant or cosine decay to
     ``lr * min_lr_ratio``; optional gradient-norm clipping."""
 
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float = Field(2e-3, gt=0, le=10)
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
@@ -74,7 +74,10 @@ class FitConfig(_Strict):
     """Fit a family to a target by maximizing the reverse-KL ELBO.
 
     ``beta_start``/``beta_steps``: β-annealing β_t = min(1, beta_start + t / beta_steps)
-    on log p̃ (Rezende & Mohamed 2015); ``beta_steps = 0`` turns it off. ``stl``: the
+    on log p̃ (Rezende & Mohamed 2015); ``beta_steps = 0`` turns it off and the default
+    (None) anneals over the first 40% of the steps. Annealing lets q spread over every mode
+    before it sharpens: without it a flow on U1 typically keeps one of the two halves
+    (KL ≈ log 2). ``stl``: the
     sticking-the-landing gradient (Roeder et al. 2017), for families with a log_prob.
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
     family). ``eval_samples``: samples for the exact KL. ``max_seconds``: stop early after
@@ -88,8 +91,8 @@ class FitConfig(_Strict):
     samples: int = Field(1000, ge=1)
     contexts: int = Field(16, ge=1)
     eval_contexts: list[float] | None = None
-    beta_start: float = Field(1.0, ge=0, le=1)
-    beta_steps: int = Field(0, ge=0)
+    beta_start: float = Field(0.01, ge=0, le=1)
+    beta_steps: int | None = Field(None, ge=0)
     stl: bool = False
     seed: int = 0
     eval_samples: int = Field(100_000, ge=2)

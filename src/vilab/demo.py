@@ -28,11 +28,15 @@ def _run_one(args: tuple[str, list[str], str]) -> dict[str, Any]:
     from vilab.train.fit import fit
 
     target, overrides, out = args
-    cfg = load_fit_config(overrides=[f"target.name={target}", "threads=1", *overrides], base=DEMO_DEFAULTS)
+    cfg = load_fit_config(
+        overrides=[f"target.name={target}", "threads=1", *overrides], base=DEMO_DEFAULTS
+    )
     return fit(cfg, Path(out) / target, progress=False)
 
 
-def run_demo(out: str | Path, overrides: list[str] | None = None, workers: int | None = None) -> list[dict[str, Any]]:
+def run_demo(
+    out: str | Path, overrides: list[str] | None = None, workers: int | None = None
+) -> list[dict[str, Any]]:
     """Fits every demo target and writes the comparison figure and table under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

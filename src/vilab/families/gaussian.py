@@ -1,9 +1,9 @@
 """Gaussian families: standard normal, mean-field and full-rank, free or amortized.
 
-    mean-field:  z = μ + σ ⊙ ε,  σ = softplus(ρ),
-                 log q(z) = −½‖ε‖² − Σᵢ log σᵢ − (D/2) log 2π;
-    full-rank:   z = μ + L ε,    L lower triangular with diag softplus(ρ),
-                 log q(z) = −½‖ε‖² − Σᵢ log Lᵢᵢ − (D/2) log 2π,     ε ~ N(0, I).
+mean-field:  z = μ + σ ⊙ ε,  σ = softplus(ρ),
+             log q(z) = −½‖ε‖² − Σᵢ log σᵢ − (D/2) log 2π;
+full-rank:   z = μ + L ε,    L lower triangular with diag softplus(ρ),
+             log q(z) = −½‖ε‖² − Σᵢ log Lᵢᵢ − (D/2) log 2π,     ε ~ N(0, I).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vilab.families.base import Family
+from vilab.flows.base import check_dims
 from vilab.flows.params import make_params
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -31,6 +32,7 @@ class StandardNormal(Family):
 
     def __init__(self, dim: int, context_dim: int | None = None) -> None:
         super().__init__()
+        check_dims(dim)
         self.dim, self.context_dim = dim, context_dim
         self.register_buffer("_ref", torch.zeros(()), persistent=False)
 
@@ -61,6 +63,7 @@ class MeanFieldGaussian(Family):
         init_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        check_dims(dim)
         self.dim, self.context_dim = dim, context_dim
         rho0 = math.log(math.expm1(init_scale)) if init_scale != 1.0 else _SOFTPLUS_INV_1
         self.params = make_params(
@@ -95,6 +98,7 @@ class FullRankGaussian(Family):
 
     def __init__(self, dim: int, context_dim: int | None = None, init_scale: float = 1.0) -> None:
         super().__init__()
+        check_dims(dim)
         self.dim, self.context_dim = dim, context_dim
         rho0 = math.log(math.expm1(init_scale))
         tril = torch.zeros(dim, dim)
@@ -120,6 +124,8 @@ class FullRankGaussian(Family):
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         loc, tril = self.loc_tril(context)
         diff = (z - loc).unsqueeze(-1)
-        eps = torch.linalg.solve_triangular(tril.expand(*diff.shape[:-2], -1, -1), diff, upper=False)
+        eps = torch.linalg.solve_triangular(
+            tril.expand(*diff.shape[:-2], -1, -1), diff, upper=False
+        )
         log_diag = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         return std_normal_log_prob(eps.squeeze(-1)) - log_diag

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vilab.flows.base import check_dims
+
 
 class MaskedLinear(nn.Linear):
     """``y = x (W ⊙ mask)ᵀ + b``; the mask has shape ``(out, in)``."""
@@ -47,11 +49,12 @@ class MADE(nn.Module):
         order: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        check_dims(dim)
         if not hidden or any(h < 1 for h in hidden):
             raise ValueError(f"hidden must be a non-empty list of positive widths, got {hidden}")
         order_t = torch.arange(dim) if order is None else torch.as_tensor(list(order))
         if sorted(order_t.tolist()) != list(range(dim)):
-            raise ValueError(f"order must be a permutation of range({dim}), got {list(order_t)}")
+            raise ValueError(f"order must be a permutation of range({dim}), got {order_t.tolist()}")
         self.dim, self.n_out = dim, n_out
         deg_in = order_t + 1  # degrees 1..D
         degrees = [deg_in]
@@ -66,7 +69,9 @@ class MADE(nn.Module):
         deg_out = deg_in.repeat(n_out)
         out_mask = (deg_out.unsqueeze(-1) > degrees[-1].unsqueeze(0)).float()
         self.out = MaskedLinear(hidden[-1], n_out * dim, out_mask)
-        self.context = None if context_dim is None else nn.Linear(context_dim, hidden[0], bias=False)
+        self.context = (
+            None if context_dim is None else nn.Linear(context_dim, hidden[0], bias=False)
+        )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = self.hidden_layers[0](x)

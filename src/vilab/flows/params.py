@@ -35,7 +35,9 @@ class FreeParams(ParamSource):
 
     def __init__(self, init: Mapping[str, Tensor]) -> None:
         super().__init__()
-        self.values = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in init.items()})
+        self.values = nn.ParameterDict(
+            {k: nn.Parameter(v.detach().clone()) for k, v in init.items()}
+        )
 
     def forward(self, context: Tensor | None = None) -> dict[str, Tensor]:
         if context is not None:

@@ -61,10 +61,15 @@ class Planar(Flow):
         self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
         u_hat, w, b, wtu_hat = self.constrained(context)
+        fused = z.dim() == 2 and w.dim() == 2  # free parameters, z (N, D): BLAS-2 calls
         hs = []
         for k in range(self.num_layers):
-            h = torch.tanh(rowdot(z, w[..., k, :]) + b[..., k])
-            z = z + h.unsqueeze(-1) * u_hat[..., k, :]
+            if fused:
+                h = torch.tanh(torch.addmv(b[k], z, w[k]))
+                z = torch.addr(z, h, u_hat[k])
+            else:
+                h = torch.tanh(rowdot(z, w[..., k, :]) + b[..., k])
+                z = z + h.unsqueeze(-1) * u_hat[..., k, :]
             hs.append(h)
             if trace is not None:
                 trace.append(z)

@@ -120,11 +120,17 @@ class Sylvester(Flow):
         self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
         a, bm, b, d = self.factors(context)
-        logdet = z.new_zeros(z.shape[:-1])
+        fused = z.dim() == 2 and a.dim() == 3  # free parameters, z (N, D): one addmm each
+        hs = []
         for k in range(self.num_layers):
-            h = torch.tanh(rowmat(z, bm[..., k, :, :]) + b[..., k, :])  # (..., M)
-            z = z + rowmat(h, a[..., k, :, :].transpose(-1, -2))
-            logdet = logdet + torch.log1p((1.0 - h * h) * d[..., k, :]).sum(-1)
+            if fused:
+                h = torch.tanh(torch.addmm(b[k], z, bm[k]))
+                z = torch.addmm(z, h, a[k].T)
+            else:
+                h = torch.tanh(rowmat(z, bm[..., k, :, :]) + b[..., k, :])  # (..., M)
+                z = z + rowmat(h, a[..., k, :, :].transpose(-1, -2))
+            hs.append(h)
             if trace is not None:
                 trace.append(z)
-        return z, logdet
+        h = torch.stack(hs, dim=-2)  # (..., K, M)
+        return z, torch.log1p((1.0 - h * h) * d).sum((-2, -1))

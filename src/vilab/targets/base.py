@@ -105,7 +105,12 @@ class CallableTarget(Target):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         out = self.fn(z) if self.context_dim is None else self.fn(z, context)
-        return torch.as_tensor(out, dtype=z.dtype, device=z.device)
+        if not isinstance(out, Tensor):
+            raise ValueError(
+                f"target {self.name!r} returned {type(out).__name__}; it must return a torch "
+                "tensor built from z with torch operations, so that gradients reach z"
+            )
+        return out.to(z.dtype)
 
     def sample_context(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         if self.context_dim is None:
@@ -149,13 +154,12 @@ def validate_log_prob(target: Target, n: int = 256, seed: int = 0) -> None:
     where = f"target {target.name!r}"
     try:
         out = target.log_prob(z, context)
+    except ValueError as err:
+        if "must return a torch tensor" in str(err):
+            raise ValueError(f"{err} (expected a tensor of shape {expected})") from None
+        raise _probe_error(where, err, z, target, context) from err
     except Exception as err:  # noqa: BLE001 - the user's code may raise anything
-        raise ValueError(
-            f"{where} raised {type(err).__name__} on a probe batch z of shape "
-            f"{tuple(z.shape)}: {err}. It must accept z of shape (..., {target.dim})"
-            + (" and a context of shape (B, C)" if context is not None else "")
-            + " and return log p(z) of shape (...)."
-        ) from err
+        raise _probe_error(where, err, z, target, context) from err
     if not isinstance(out, Tensor) or tuple(out.shape) != expected:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
@@ -177,6 +181,17 @@ def validate_log_prob(target: Target, n: int = 256, seed: int = 0) -> None:
             f"{where} is −inf (zero density) at every probe point; check the function, or "
             "give a box that covers its support"
         )
+
+
+def _probe_error(
+    where: str, err: Exception, z: Tensor, target: Target, context: Tensor | None
+) -> ValueError:
+    return ValueError(
+        f"{where} raised {type(err).__name__} on a probe batch z of shape "
+        f"{tuple(z.shape)}: {err}. It must accept z of shape (..., {target.dim})"
+        + (" and a context of shape (B, C)" if context is not None else "")
+        + " and return log p(z) of shape (...)."
+    )
 
 
 def load_callable(spec: str) -> Callable[..., Tensor]:

@@ -83,7 +83,12 @@ class Energy2D(Target):
     dim = 2
 
     def __init__(
-        self, name: str, energy: Callable[[Tensor], Tensor], log_z: float, plot_box: Box, quad_box: Box
+        self,
+        name: str,
+        energy: Callable[[Tensor], Tensor],
+        log_z: float,
+        plot_box: Box,
+        quad_box: Box,
     ) -> None:
         self.name, self.energy, self.log_z = name, energy, log_z
         self.plot_box, self.quad_box = plot_box, quad_box

@@ -42,7 +42,9 @@ def log_density_grid(target: Target, box: Box, nx: int = 300, ny: int = 300) -> 
 
 
 @torch.no_grad()
-def grid_log_z(target: Target, box: Box | None = None, n: int = 2000, chunk: int = 1 << 20) -> float:
+def grid_log_z(
+    target: Target, box: Box | None = None, n: int = 2000, chunk: int = 1 << 20
+) -> float:
     """log Z of a 2-D target by the midpoint rule on an ``n × n`` grid, in float64.
 
     Args:

@@ -64,10 +64,12 @@ def lr_factor(step: int, config: FitConfig) -> float:
 
 
 def beta_at(step: int, config: FitConfig) -> float:
-    """β_t = min(1, β₀ + t / T) (Rezende & Mohamed 2015); 1 when annealing is off."""
-    if config.beta_steps == 0:
+    """β_t = min(1, β₀ + t / T) (Rezende & Mohamed 2015); 1 when annealing is off.
+    T = ``beta_steps``, or 40% of the steps when it is None."""
+    steps = config.beta_steps if config.beta_steps is not None else int(0.4 * config.steps)
+    if steps == 0:
         return 1.0
-    return min(1.0, config.beta_start + step / config.beta_steps)
+    return min(1.0, config.beta_start + step / steps)
 
 
 def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
@@ -164,6 +166,7 @@ class Fitter:
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
 
     # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Exact KL (or the ELBO alone when log Z is unknown) from ``eval_samples``."""
         cfg = self.config
@@ -191,7 +194,9 @@ class Fitter:
             log_z = target_log_z(self.target, c[0])
             if log_z is None:
                 raise ValueError(f"log Z unknown at context {row}: give a box or log_z")
-            est = exact_kl(_AtContext(self.family, c), self.target.at(c[0]), log_z, cfg.eval_samples)
+            est = exact_kl(
+                _AtContext(self.family, c), self.target.at(c[0]), log_z, cfg.eval_samples
+            )
             per.append({"context": row, **_kl_dict(est)})
         n = len(per)
         return {

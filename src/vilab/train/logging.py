@@ -38,9 +38,15 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            self.writer = SummaryWriter(
+                log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1
+            )
         self.bar = tqdm(
-            total=total_steps, initial=start_step, disable=not progress, dynamic_ncols=True, unit="step"
+            total=total_steps,
+            initial=start_step,
+            disable=not progress,
+            dynamic_ncols=True,
+            unit="step",
         )
 
     def _truncate_after(self, step: int) -> None:
