@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vilab.families.registry import FAMILY_KINDS
+from vilab.families.registry import FAMILY_KINDS, FLOW_KINDS
 
 
 class _Strict(BaseModel):
@@ -33,13 +33,12 @@ class TargetConfig(_Strict):
     context_range: tuple[float, float] = (0.0, 1.0)
 
 
-class FamilyConfig(_Strict):
-    """What q is: ``kind`` (see FAMILY_KINDS), flow depth ``layers``, base of a flow, MADE
-    ``hidden`` widths (IAF), Sylvester options."""
+class FlowConfig(_Strict):
+    """One kind of flow: ``kind`` (see FLOW_KINDS), depth ``layers``, MADE ``hidden``
+    widths (IAF), Sylvester options."""
 
     kind: str = "sylvester_orthogonal"
     layers: int = Field(32, ge=1, le=10_000)
-    base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     num_ortho: int | None = Field(None, ge=1)
     num_householder: int = Field(2, ge=1)
@@ -47,9 +46,39 @@ class FamilyConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
+        if v not in FLOW_KINDS:
+            raise ValueError(f"unknown flow {v!r}; choose one of {', '.join(FLOW_KINDS)}")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {v}")
+        return v
+
+
+class FamilyConfig(FlowConfig):
+    """What q is: ``kind`` (see FAMILY_KINDS) with the flow options of :class:`FlowConfig`
+    and the ``base`` of a flow; ``kind: stack`` chains the flows listed in ``stack`` on the
+    base."""
+
+    kind: str = "sylvester_orthogonal"
+    base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
+    stack: list[FlowConfig] = Field(default_factory=list)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
         if v not in FAMILY_KINDS:
             raise ValueError(f"unknown family {v!r}; choose one of {', '.join(FAMILY_KINDS)}")
         return v
+
+    @model_validator(mode="after")
+    def _stack_given(self) -> FamilyConfig:
+        if self.kind == "stack" and not self.stack:
+            raise ValueError("family.kind=stack needs family.stack: a list of flows")
+        return self
 
     @field_validator("hidden")
     @classmethod

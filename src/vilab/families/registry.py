@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from vilab.families.base import Family
 from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
+from vilab.flows.base import Flow
 from vilab.flows.flow import FlowFamily
 from vilab.flows.iaf import IAF
 from vilab.flows.planar import Planar
 from vilab.flows.radial import Radial
 from vilab.flows.sylvester import Sylvester
 
-FAMILY_KINDS = (
-    "mean_field",
-    "full_rank",
+FLOW_KINDS = (
     "planar",
     "radial",
     "iaf",
@@ -22,6 +22,7 @@ FAMILY_KINDS = (
     "sylvester_householder",
     "sylvester_triangular",
 )
+FAMILY_KINDS = ("mean_field", "full_rank", *FLOW_KINDS, "stack")
 BaseKind = Literal["standard", "mean_field", "full_rank"]
 
 
@@ -35,20 +36,46 @@ def build_base(kind: BaseKind, dim: int, context_dim: int | None) -> Family:
     raise ValueError(f"base must be 'standard', 'mean_field' or 'full_rank', got {kind!r}")
 
 
+def build_flows(
+    kind: str,
+    dim: int,
+    context_dim: int | None = None,
+    layers: int = 8,
+    hidden: Sequence[int] = (64, 64),
+    num_ortho: int | None = None,
+    num_householder: int = 2,
+) -> list[Flow]:
+    """The flow modules of one kind: ``layers`` planar/radial/Sylvester layers in one
+    module, or ``layers`` IAF steps with the order reversed between steps."""
+    if not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    if kind == "planar":
+        return [Planar(dim, layers, context_dim)]
+    if kind == "radial":
+        return [Radial(dim, layers, context_dim)]
+    if kind == "iaf":
+        return [IAF(dim, hidden, context_dim, reverse=k % 2 == 1) for k in range(layers)]
+    if kind in FLOW_KINDS:
+        q_kind = kind.removeprefix("sylvester_")
+        return [Sylvester(dim, layers, q_kind, num_ortho, num_householder, context_dim)]  # type: ignore[arg-type]
+    raise ValueError(f"unknown flow {kind!r}; choose one of {', '.join(FLOW_KINDS)}")
+
+
 def build_family(
     kind: str,
     dim: int,
     context_dim: int | None = None,
     layers: int = 8,
     base: BaseKind = "mean_field",
-    hidden: tuple[int, ...] | list[int] = (64, 64),
+    hidden: Sequence[int] = (64, 64),
     num_ortho: int | None = None,
     num_householder: int = 2,
+    stack: Sequence[Mapping[str, Any]] = (),
 ) -> Family:
     """A variational family by name.
 
     Args:
-        kind: one of ``FAMILY_KINDS``.
+        kind: one of ``FAMILY_KINDS``; ``"stack"`` chains the flows listed in ``stack``.
         dim: D.
         context_dim: None for a free family; C for q(z | c) amortized from a context.
         layers: flow depth K (planar/radial/Sylvester layers, IAF steps).
@@ -56,23 +83,20 @@ def build_family(
         hidden: MADE hidden widths (IAF).
         num_ortho: M for orthogonal Sylvester flows (default D).
         num_householder: reflections per Householder Sylvester layer.
+        stack: for ``kind="stack"``: dicts of :func:`build_flows` arguments (``kind``,
+            ``layers``, ``hidden``, ...), applied in order, e.g.
+            ``[{"kind": "sylvester_orthogonal", "layers": 16}, {"kind": "iaf", "layers": 4}]``.
     """
     if kind == "mean_field":
         return MeanFieldGaussian(dim, context_dim)
     if kind == "full_rank":
         return FullRankGaussian(dim, context_dim)
-    if kind not in FAMILY_KINDS:
-        raise ValueError(f"unknown family {kind!r}; choose one of {', '.join(FAMILY_KINDS)}")
-    if not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be a positive integer, got {layers!r}")
-    flows: list = []
-    if kind == "planar":
-        flows = [Planar(dim, layers, context_dim)]
-    elif kind == "radial":
-        flows = [Radial(dim, layers, context_dim)]
-    elif kind == "iaf":
-        flows = [IAF(dim, hidden, context_dim, reverse=k % 2 == 1) for k in range(layers)]
+    if kind == "stack":
+        if not stack:
+            raise ValueError("family 'stack' needs a non-empty list of flows in 'stack'")
+        flows = [f for spec in stack for f in build_flows(dim=dim, context_dim=context_dim, **spec)]
+    elif kind in FLOW_KINDS:
+        flows = build_flows(kind, dim, context_dim, layers, hidden, num_ortho, num_householder)
     else:
-        q_kind = kind.removeprefix("sylvester_")
-        flows = [Sylvester(dim, layers, q_kind, num_ortho, num_householder, context_dim)]  # type: ignore[arg-type]
+        raise ValueError(f"unknown family {kind!r}; choose one of {', '.join(FAMILY_KINDS)}")
     return FlowFamily(build_base(base, dim, context_dim), flows)

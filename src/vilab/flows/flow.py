@@ -56,6 +56,7 @@ class FlowFamily(Family):
             raise NotImplementedError(
                 f"cannot score an arbitrary z: no inverse for {', '.join(missing) or 'the base'}"
             )
+        self.sample_shape(1, context)  # check the context here, not deep inside a flow
         total = z.new_zeros(z.shape[:-1])
         for f in reversed(self.flows):
             z, logdet_inv = f.inverse(z, context)

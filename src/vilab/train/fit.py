@@ -48,6 +48,7 @@ def build_for(config: FitConfig, target: Target) -> Family:
         hidden=f.hidden,
         num_ortho=f.num_ortho,
         num_householder=f.num_householder,
+        stack=[spec.model_dump() for spec in f.stack],
     )
     return family.to(DTYPES[config.dtype])
 
