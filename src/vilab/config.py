@@ -58,14 +58,23 @@ class FlowConfig(_Strict):
         return v
 
 
+def default_stack() -> list[FlowConfig]:
+    """vilab's strong default for 2-D targets: 24 orthogonal Sylvester layers (they move
+    mass between modes) followed by 4 IAF steps (they fix scales and curved tails)."""
+    return [
+        FlowConfig(kind="sylvester_orthogonal", layers=24),
+        FlowConfig(kind="iaf", layers=4, hidden=[64, 64]),
+    ]
+
+
 class FamilyConfig(FlowConfig):
     """What q is: ``kind`` (see FAMILY_KINDS) with the flow options of :class:`FlowConfig`
-    and the ``base`` of a flow; ``kind: stack`` chains the flows listed in ``stack`` on the
-    base."""
+    and the ``base`` of a flow; ``kind: stack`` (the default) chains the flows listed in
+    ``stack`` on the base (``stack`` is ignored by the other kinds)."""
 
-    kind: str = "sylvester_orthogonal"
+    kind: str = "stack"
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
-    stack: list[FlowConfig] = Field(default_factory=list)
+    stack: list[FlowConfig] = Field(default_factory=default_stack)
 
     @field_validator("kind")
     @classmethod
@@ -116,7 +125,7 @@ class FitConfig(_Strict):
     target: TargetConfig = Field(default_factory=TargetConfig)
     family: FamilyConfig = Field(default_factory=FamilyConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    steps: int = Field(5000, ge=1)
+    steps: int = Field(8000, ge=1)
     samples: int = Field(1000, ge=1)
     contexts: int = Field(16, ge=1)
     eval_contexts: list[float] | None = None

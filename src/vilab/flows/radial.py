@@ -40,7 +40,7 @@ class Radial(Flow):
         init = {
             "z0": init_scale * torch.randn(num_layers, dim),
             "alpha": torch.zeros(num_layers),
-            "beta": torch.full((num_layers,), -2.0),
+            "beta": torch.zeros(num_layers),  # β = softplus(0) − α = 0: the identity
         }
         self.params = make_params(init, context_dim)
 
