@@ -8,7 +8,17 @@ import pytest
 
 from vilab.cli import main
 
-FAST = ["--steps", "30", "--samples", "64", "--eval-samples", "500", "--layers", "2", "--no-progress"]
+FAST = [
+    "--steps",
+    "30",
+    "--samples",
+    "64",
+    "--eval-samples",
+    "500",
+    "--layers",
+    "2",
+    "--no-progress",
+]
 
 
 def test_fit_command_writes_run_and_prints_metrics(tmp_path, capsys) -> None:
@@ -24,7 +34,16 @@ def test_fit_resume_continues_to_more_steps(tmp_path) -> None:
     out = tmp_path / "run"
     args = ["fit", "--target", "banana", "--family", "mean_field", "--out", str(out), *FAST]
     assert main([*args, "--set", "optim.schedule=constant", "--set", "figures=false"]) == 0
-    more = [*args, "--steps", "50", "--resume", "--set", "optim.schedule=constant", "--set", "figures=false"]
+    more = [
+        *args,
+        "--steps",
+        "50",
+        "--resume",
+        "--set",
+        "optim.schedule=constant",
+        "--set",
+        "figures=false",
+    ]
     assert main(more) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 50
 
@@ -33,7 +52,18 @@ def test_user_target_file_from_the_command_line(tmp_path) -> None:
     src = tmp_path / "mine.py"
     src.write_text("def logp(z):\n    return -0.5 * (z ** 2).sum(-1)\n")
     out = tmp_path / "run"
-    argv = ["fit", "--target", f"{src}:logp", "--box", "-8", "8", "-8", "8", "--family", "full_rank"]
+    argv = [
+        "fit",
+        "--target",
+        f"{src}:logp",
+        "--box",
+        "-8",
+        "8",
+        "-8",
+        "8",
+        "--family",
+        "full_rank",
+    ]
     assert main([*argv, "--out", str(out), *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["log_z"] == pytest.approx(1.8378770664, abs=1e-6)

@@ -19,7 +19,12 @@ def test_file_then_overrides(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("target: {name: U3}\nfamily: {kind: planar, layers: 8}\nsteps: 77\n")
     cfg = load_fit_config(path, ["family.layers=16", "optim.lr=1e-2", "family.hidden=[8, 8]"])
-    assert (cfg.target.name, cfg.family.kind, cfg.family.layers, cfg.steps) == ("U3", "planar", 16, 77)
+    assert (cfg.target.name, cfg.family.kind, cfg.family.layers, cfg.steps) == (
+        "U3",
+        "planar",
+        16,
+        77,
+    )
     assert cfg.optim.lr == 1e-2 and cfg.family.hidden == [8, 8]
 
 
