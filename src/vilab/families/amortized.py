@@ -1,0 +1,36 @@
+"""An amortized posterior q(z | x): an encoder network gives the context of a family.
+
+    h = encoder(x),   z, log q(z | x) = family.rsample_and_log_prob(S, h)
+
+Any family built with ``context_dim = encoder output size`` works — mean-field, planar,
+radial, IAF (h enters the MADE), Sylvester — with no class per combination.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from vilab.families.base import Family
+
+
+class AmortizedPosterior(nn.Module):
+    """``encoder`` followed by a conditional ``family``.
+
+    Args:
+        encoder: network ``(B, *event) -> (B, C)``.
+        family: a family with ``context_dim = C``.
+    """
+
+    def __init__(self, encoder: nn.Module, family: Family) -> None:
+        super().__init__()
+        if family.context_dim is None:
+            raise ValueError("the family of an amortized posterior needs context_dim")
+        self.encoder, self.family = encoder, family
+
+    def context(self, x: Tensor) -> Tensor:
+        """``h = encoder(x)``, shape ``(B, C)``; compute once, sample many times."""
+        return self.encoder(x)
+
+    def rsample_and_log_prob(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``z (n, B, D)`` and ``log q(z | x) (n, B)``."""
+        return self.family.rsample_and_log_prob(n, self.context(x))

@@ -1,0 +1,114 @@
+"""Latent-variable models as log-joints: log p(x, z) = log p(z) + log p(x | z).
+
+Shapes: ``x`` is ``(B, *event)``, ``z`` is ``(S, B, D)``; ``log_joint`` returns ``(S, B)``.
+The objectives in :mod:`vilab.estimators` only ever see ``log p(x, z) − log q(z | x)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vilab.families.gaussian import FullRankGaussian, std_normal_log_prob
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class LatentVariableModel(nn.Module):
+    """Base class: a standard-normal prior and a likelihood given by subclasses."""
+
+    latent_dim: int
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log N(z; 0, I), ``(S, B, D) -> (S, B)``."""
+        return std_normal_log_prob(z)
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x, z) = log p(z) + log p(x | z), ``(S, B)``."""
+        return self.log_prior(z) + self.log_likelihood(x, z)
+
+
+class DecoderModel(LatentVariableModel):
+    """A deep latent Gaussian model: z ~ N(0, I), x | z from a decoder network.
+
+    Args:
+        decoder: network ``(..., D) -> (..., out)``; ``out = prod(event)`` logits for a
+            Bernoulli likelihood, ``2 · prod(event)`` (mean, log-scale) for a Gaussian one.
+        latent_dim: D.
+        likelihood: ``"bernoulli"`` (binary data, decoder gives logits) or ``"gaussian"``
+            (continuous data; learned per-pixel variance, seed 003).
+    """
+
+    def __init__(self, decoder: nn.Module, latent_dim: int, likelihood: str = "bernoulli") -> None:
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        self.decoder, self.latent_dim, self.likelihood = decoder, latent_dim, likelihood
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        out = self.decoder(z)
+        x = x.flatten(1)
+        if self.likelihood == "bernoulli":
+            # log Bern(x; σ(l)) = x l − softplus(l), summed over pixels
+            return (x * out - F.softplus(out)).sum(-1)
+        mean, log_scale = out.chunk(2, dim=-1)
+        return (-0.5 * ((x - mean) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI).sum(
+            -1
+        )
+
+
+class LinearGaussianModel(LatentVariableModel):
+    """Probabilistic PCA, z ~ N(0, I_d), x | z ~ N(W z + b, σ² I): the test bed whose
+    log p(x) and posterior are closed form (REFERENCE.md §4).
+
+        p(x) = N(x; b, W Wᵀ + σ² I),
+        p(z | x) = N(Σ Wᵀ (x − b) / σ², Σ),   Σ = (I + WᵀW / σ²)⁻¹.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor, sigma: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.sigma = float(sigma)
+        self.latent_dim = weight.shape[1]
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        mean = z @ self.weight.T + self.bias
+        r = (x - mean) / self.sigma
+        return -0.5 * (r * r).sum(-1) - x.shape[-1] * (math.log(self.sigma) + 0.5 * LOG_2PI)
+
+    def log_marginal(self, x: Tensor) -> Tensor:
+        """Exact log p(x), ``(B, x_dim) -> (B,)``."""
+        cov = self.weight @ self.weight.T + self.sigma**2 * torch.eye(
+            self.weight.shape[0], dtype=self.weight.dtype
+        )
+        return torch.distributions.MultivariateNormal(self.bias, cov).log_prob(x)
+
+    def posterior(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(A, c, Σ)`` with posterior mean ``x @ Aᵀ + c`` and covariance Σ."""
+        d = self.latent_dim
+        prec = torch.eye(d, dtype=self.weight.dtype) + self.weight.T @ self.weight / self.sigma**2
+        cov = torch.linalg.inv(prec)
+        a = cov @ self.weight.T / self.sigma**2
+        return a, -a @ self.bias, cov
+
+    def exact_posterior_family(self) -> FullRankGaussian:
+        """An amortized full-rank Gaussian q(z | x) equal to p(z | x) (context = x)."""
+        a, c, cov = self.posterior()
+        d, x_dim = self.latent_dim, self.weight.shape[0]
+        q = FullRankGaussian(d, context_dim=x_dim).to(self.weight.dtype)
+        tril = torch.linalg.cholesky(cov)
+        raw = tril.clone()
+        raw.diagonal().copy_(torch.log(torch.expm1(tril.diagonal())))
+        head = q.params.head
+        with torch.no_grad():
+            head.weight.zero_()
+            head.weight[:d].copy_(a)
+            head.bias.copy_(torch.cat([c, raw.reshape(-1)]))
+        return q
