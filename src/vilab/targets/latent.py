@@ -71,10 +71,13 @@ class LinearGaussianModel(LatentVariableModel):
         p(z | x) = N(Σ Wᵀ (x − b) / σ², Σ),   Σ = (I + WᵀW / σ²)⁻¹.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor, sigma: float) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor, sigma: float, learnable: bool = False) -> None:
         super().__init__()
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
+        if learnable:
+            self.weight, self.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias)
         self.sigma = float(sigma)
         self.latent_dim = weight.shape[1]
 
