@@ -91,8 +91,10 @@ def test_importance_sampling_converges_to_exact_log_px(model, x) -> None:
         z, log_q = q.rsample_and_log_prob(k, x)
         return model.log_joint(x, z) - log_q
 
-    est = importance_log_likelihood(log_weights, num_samples=20_000, chunk=3000)
+    est = importance_log_likelihood(log_weights, num_samples=20_000, chunk=3000, iwae_k=10)
     exact = model.log_marginal(x)
+    assert est.elbo is not None and est.iwae is not None
+    assert (est.elbo < est.iwae).all() and (est.iwae < est.log_px).all()
     err = (est.log_px - exact).abs()
     assert (err < 4 * est.stderr + 1e-3).all()
     assert (est.stderr < 0.02).all() and (est.stderr > 0).all()

@@ -23,16 +23,24 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class ISEstimate:
-    """Per-image importance-sampled log p(x) ``(B,)`` and its Monte Carlo standard error."""
+    """Per-image importance-sampled log p(x) ``(B,)`` and its Monte Carlo standard error;
+    from the same samples, the ELBO (mean of log w) and IWAE_k for ``k = iwae_k`` (mean of
+    log-mean-exp over disjoint blocks of k samples of the first chunk), ``(B,)`` each."""
 
     log_px: Tensor
     stderr: Tensor
     num_samples: int
+    elbo: Tensor | None = None
+    iwae: Tensor | None = None
+    iwae_k: int | None = None
 
 
 @torch.no_grad()
 def importance_log_likelihood(
-    log_weights: Callable[[int], Tensor], num_samples: int, chunk: int = 1000
+    log_weights: Callable[[int], Tensor],
+    num_samples: int,
+    chunk: int = 1000,
+    iwae_k: int | None = None,
 ) -> ISEstimate:
     """Streaming importance-sampling estimate of log p(x) for a batch of images.
 
@@ -41,10 +49,13 @@ def importance_log_likelihood(
             ``log p(x, z) − log q(z | x)`` for each of the B images.
         num_samples: K, the total number of importance samples per image.
         chunk: samples drawn per call (bounds memory at ``chunk × B`` weights).
+        iwae_k: also estimate IWAE_k from the first chunk (needs k ≤ chunk, K).
     """
     if num_samples < 1 or chunk < 1:
         raise ValueError(f"num_samples and chunk must be ≥ 1, got {num_samples}, {chunk}")
-    lse_w = lse_w2 = None
+    if iwae_k is not None and not 1 <= iwae_k <= min(chunk, num_samples):
+        raise ValueError(f"iwae_k must be in [1, min(chunk, num_samples)], got {iwae_k}")
+    lse_w = lse_w2 = sum_w = iwae = None
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
@@ -53,16 +64,20 @@ def importance_log_likelihood(
             raise ValueError(
                 f"log_weights({k}) must return shape ({k}, B), got {tuple(log_w.shape)}"
             )
+        if iwae is None and iwae_k is not None:
+            blocks = log_w[: (k // iwae_k) * iwae_k].unflatten(0, (-1, iwae_k))
+            iwae = (torch.logsumexp(blocks, 1) - math.log(iwae_k)).mean(0)
         a, b = torch.logsumexp(log_w, 0), torch.logsumexp(2.0 * log_w, 0)
         lse_w = a if lse_w is None else torch.logaddexp(lse_w, a)
         lse_w2 = b if lse_w2 is None else torch.logaddexp(lse_w2, b)
+        sum_w = log_w.sum(0) if sum_w is None else sum_w + log_w.sum(0)
         done += k
-    assert lse_w is not None and lse_w2 is not None
+    assert lse_w is not None and lse_w2 is not None and sum_w is not None
     log_px = lse_w - math.log(num_samples)
     # mean(w²)/mean(w)² = K Σw² / (Σw)²
     rel_var = torch.expm1((lse_w2 - 2.0 * lse_w + math.log(num_samples)).clamp_min(0.0))
     stderr = torch.sqrt(rel_var / num_samples)
-    return ISEstimate(log_px, stderr, num_samples)
+    return ISEstimate(log_px, stderr, num_samples, sum_w / num_samples, iwae, iwae_k)
 
 
 def mean_with_stderr(values: Tensor, mc_stderr: Tensor | None = None) -> tuple[float, float]:

@@ -33,6 +33,10 @@ class LatentVariableModel(nn.Module):
         """log p(x, z) = log p(z) + log p(x | z), ``(S, B)``."""
         return self.log_prior(z) + self.log_likelihood(x, z)
 
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log_joint`` (so that ``torch.func.functional_call`` can evaluate it)."""
+        return self.log_joint(x, z)
+
 
 class DecoderModel(LatentVariableModel):
     """A deep latent Gaussian model: z ~ N(0, I), x | z from a decoder network.
