@@ -13,6 +13,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def evaluate(
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
     for x in images.split(batch):
         h = vae.posterior.context(x)
-        est = importance_log_likelihood(lambda n: vae.log_weights(x, n, h), samples, chunk, k)
+        est = importance_log_likelihood(partial(vae.log_weights, x, h=h), samples, chunk, k)
         lp.append(est.log_px)
         se.append(est.stderr)
         el.append(est.elbo)
