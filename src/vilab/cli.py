@@ -89,6 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     f.add_argument("--no-progress", action="store_true")
 
+    t = sub.add_parser("train", help="train a VAE with an amortized flexible posterior")
+    t.add_argument("--config", help="YAML config file (see configs/vae_*.yaml)")
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. posterior.kind=iaf",
+    )
+    t.add_argument(
+        "--data-dir", help="directory with mnist/ and binarized_mnist/ (default $VILAB_DATA_DIR)"
+    )
+    t.add_argument("--steps", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="run directory (default runs/vae_<posterior>)")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="importance-sampled log p(x) of a trained VAE run")
+    e.add_argument("run_dir")
+    e.add_argument(
+        "--samples", type=int, help="importance samples per image (default: the run's eval.samples)"
+    )
+    e.add_argument("--chunk", type=int, help="samples drawn at once (bounds memory)")
+    e.add_argument("--batch", type=int, help="images evaluated at once")
+    e.add_argument("--split", default="test", choices=["test", "valid"])
+    e.add_argument("--data-dir")
+
     d = sub.add_parser("demo", help="fit U1–U4 and the banana; one figure and a KL table")
     d.add_argument("--out", default="runs/demo")
     d.add_argument(
@@ -106,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_fit(args)
         if args.command == "demo":
             return _cmd_demo(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
+    except (ConfigError, ValueError, OSError, FloatingPointError) as err:
         print(f"vilab: error: {err}", file=sys.stderr)
         return 2
     return 0  # pragma: no cover
@@ -135,4 +166,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     results = run_demo(args.out, args.set, args.workers)
     print(kl_table(results))
     print(f"figure: {Path(args.out) / 'demo.png'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vilab.config import load_train_config
+    from vilab.train.loop import train_vae
+
+    overrides = [
+        f"{k}={v}" for k, v in [("steps", args.steps), ("seed", args.seed)] if v is not None
+    ]
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    config = load_train_config(args.config, overrides + list(args.set or []))
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+    out = Path(args.out) if args.out else _unique_dir(Path("runs") / f"vae_{config.posterior.kind}")
+    if args.resume and not (out / "checkpoint.pt").exists():
+        raise ValueError(f"--resume: no checkpoint.pt in {str(out)!r}")
+    metrics = train_vae(config, out, progress=not args.no_progress, resume=args.resume)
+    print(json.dumps(metrics, indent=2))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vilab.train.loop import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir, args.samples, args.chunk, args.batch, args.split, args.data_dir
+    )
+    print(json.dumps(result, indent=2))
     return 0

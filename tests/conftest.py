@@ -1,0 +1,20 @@
+"""Shared fixtures: the real data directory (``$VILAB_DATA_DIR``, else ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The directory holding ``mnist/`` and ``binarized_mnist/``; skips the test when the
+    real data set is not on this machine."""
+    root = Path(os.environ.get("VILAB_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (root / "binarized_mnist").is_dir():
+        pytest.skip(f"real MNIST data not found in {root} (set VILAB_DATA_DIR)")
+    return root
