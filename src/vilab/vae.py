@@ -132,13 +132,17 @@ def vae_objective(vae: VAE, x: Tensor, cfg: ObjectiveConfig, step: int = 0) -> O
     """
     family, model = vae.posterior.family, vae.model
     h = vae.posterior.context(x)
-    z, log_q = family.rsample_and_log_prob(cfg.samples, h)
+    mf = _mean_field(family)
+    if mf is not None:
+        loc, scale = mf.loc_scale(h)
+        z, log_q = mf.rsample_given(loc, scale, mf.sample_shape(cfg.samples, h))
+    else:
+        z, log_q = family.rsample_and_log_prob(cfg.samples, h)
     if cfg.kind == "elbo":
         ll, lp = model.log_likelihood(x, z), model.log_prior(z)
         kl = kl_dim = None
-        mf = _mean_field(family)
         if mf is not None:
-            kl_dim = gaussian_kl_per_dim(*mf.loc_scale(h))
+            kl_dim = gaussian_kl_per_dim(loc, scale)
             kl = kl_dim.sum(-1)
         elif cfg.free_bits:
             raise ValueError("free_bits needs a mean_field posterior (an analytic KL per dim)")

@@ -77,7 +77,12 @@ class MeanFieldGaussian(Family):
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         shape = self.sample_shape(n, context)
-        loc, scale = self.loc_scale(context)
+        return self.rsample_given(*self.loc_scale(context), shape)
+
+    @staticmethod
+    def rsample_given(loc: Tensor, scale: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """Samples of N(loc, diag scale²) of ``shape`` and their log-density, for callers
+        that also need (loc, scale) — e.g. for an analytic KL — without a second head pass."""
         eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
         z = loc + scale * eps
         return z, std_normal_log_prob(eps) - scale.log().sum(-1)
