@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, help="images evaluated at once")
     e.add_argument("--split", default="test", choices=["test", "valid"])
     e.add_argument("--data-dir")
+    e.add_argument(
+        "--method", default="is", choices=["is", "ais"], help="importance sampling or annealed IS"
+    )
+    e.add_argument("--images", type=int, help="evaluate only the first N images")
+    e.add_argument("--chains", type=int, default=16, help="AIS chains per image")
+    e.add_argument("--num-dists", type=int, default=500, help="AIS intermediate distributions")
+    e.add_argument("--leapfrog", type=int, default=5, help="AIS leapfrog steps per transition")
+    e.add_argument("--init", default="posterior", choices=["posterior", "prior"], help="AIS start")
 
     d = sub.add_parser("demo", help="fit U1–U4 and the banana; one figure and a KL table")
     d.add_argument("--out", default="runs/demo")
@@ -194,7 +202,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from vilab.train.loop import evaluate_run
 
     result = evaluate_run(
-        args.run_dir, args.samples, args.chunk, args.batch, args.split, args.data_dir
+        args.run_dir,
+        args.samples,
+        args.chunk,
+        args.batch,
+        args.split,
+        args.data_dir,
+        args.method,
+        args.chains,
+        args.num_dists,
+        args.leapfrog,
+        args.images,
+        args.init,
     )
     print(json.dumps(result, indent=2))
     return 0

@@ -44,10 +44,18 @@ class FlowFamily(Family):
         z, log_q = self.base.rsample_and_log_prob(n, context)
         if trace is not None:
             trace.append(z)
+        z, logdet = self.push(z, context, trace)
+        return z, log_q - logdet
+
+    def push(
+        self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Send base points through every flow: ``(z_K, Σ_k log |det ∂f_k/∂z_{k−1}|)``."""
+        total = z.new_zeros(z.shape[:-1])
         for f in self.flows:
             z, logdet = f(z, context, trace)
-            log_q = log_q - logdet
-        return z, log_q
+            total = total + logdet
+        return z, total
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Scores z by inverting every flow; only when all of them have an inverse."""
