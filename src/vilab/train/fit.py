@@ -53,24 +53,34 @@ def build_for(config: FitConfig, target: Target) -> Family:
     return family.to(DTYPES[config.dtype])
 
 
-def lr_factor(step: int, config: FitConfig) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based): warm-up, then schedule."""
+def progress(step: int, seconds: float, config: FitConfig) -> float:
+    """How far along the run is, in [0, 1]: the step fraction, or the time fraction of
+    ``max_seconds`` if that is further, so that a time-budgeted run completes its
+    learning-rate decay and β-annealing within the budget."""
+    p = step / config.steps
+    if config.max_seconds is not None:
+        p = max(p, seconds / config.max_seconds)
+    return min(1.0, p)
+
+
+def lr_factor(step: int, frac: float, config: FitConfig) -> float:
+    """Multiplier of the base learning rate: linear warm-up over ``warmup_steps`` steps,
+    then constant or cosine decay to ``min_lr_ratio`` over the run's progress ``frac``."""
     o = config.optim
     if o.warmup_steps and step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
     if o.schedule == "constant":
         return 1.0
-    t = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def beta_at(step: int, config: FitConfig) -> float:
-    """β_t = min(1, β₀ + t / T) (Rezende & Mohamed 2015); 1 when annealing is off.
-    T = ``beta_steps``, or 40% of the steps when it is None."""
-    steps = config.beta_steps if config.beta_steps is not None else int(0.4 * config.steps)
+def beta_at(frac: float, config: FitConfig) -> float:
+    """β = min(1, β₀ + t / T) (Rezende & Mohamed 2015) with t / T measured as progress:
+    T = ``beta_steps`` steps, or 40% of the run when it is None; 1 when T = 0."""
+    steps = config.beta_steps if config.beta_steps is not None else 0.4 * config.steps
     if steps == 0:
         return 1.0
-    return min(1.0, config.beta_start + step / steps)
+    return min(1.0, config.beta_start + frac * config.steps / steps)
 
 
 def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
@@ -110,9 +120,6 @@ class Fitter:
                 "full_rank or iaf, or set stl=false"
             )
         self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, config)
-        )
         self.step = 0
         self.seconds = 0.0
 
@@ -129,7 +136,11 @@ class Fitter:
 
     def train_step(self) -> dict[str, float]:
         cfg = self.config
-        beta = beta_at(self.step, cfg)
+        frac = progress(self.step, self.seconds, cfg)
+        beta = beta_at(frac, cfg)
+        lr = cfg.optim.lr * lr_factor(self.step, frac, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         z, log_q, log_p, context = self.draw(cfg.samples)
         log_q_grad = log_prob_stop_params(self.family, z, context) if cfg.stl else log_q
         loss = -annealed_elbo_surrogate(log_p, log_q_grad, beta).mean()
@@ -144,9 +155,8 @@ class Fitter:
         if cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.family.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
         self.step += 1
-        return {"bound": bound.item(), "beta": beta, "lr": self.scheduler.get_last_lr()[0]}
+        return {"bound": bound.item(), "beta": beta, "lr": lr}
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -155,14 +165,12 @@ class Fitter:
             "seconds": self.seconds,
             "family": self.family.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.family.load_state_dict(state["family"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
 
