@@ -78,6 +78,7 @@ class FamilyConfig(FlowConfig):
     kind: str = "stack"
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
     stack: list[FlowConfig] = Field(default_factory=default_stack)
+    noise_dim: int = Field(10, ge=1)
 
     @field_validator("kind")
     @classmethod
@@ -249,10 +250,11 @@ def dump_config(config: BaseModel) -> str:
 # -- VAEs -----------------------------------------------------------------------------------
 class NetConfig(_Strict):
     """An encoder or decoder network: ``mlp`` (``hidden`` widths), ``resnet`` (the conv
-    pair of Kingma et al. 2016 / seed 002, ``channels`` feature maps) or ``gated`` (the
-    gated-conv pair of van den Berg et al. 2018)."""
+    pair of Kingma et al. 2016 / seed 002, ``channels`` feature maps), ``gated`` (the
+    gated-conv pair of van den Berg et al. 2018), or ``identity`` (encoder only: the
+    posterior sees x itself, as UIVI's network μ(ε, x) does)."""
 
-    kind: Literal["mlp", "resnet", "gated"] = "mlp"
+    kind: Literal["mlp", "resnet", "gated", "identity"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
     activation: Literal["relu", "elu", "tanh", "softplus", "gelu"] = "relu"
     channels: int = Field(64, ge=1)

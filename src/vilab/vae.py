@@ -26,6 +26,7 @@ from vilab.estimators.objectives import (
 from vilab.families.amortized import AmortizedPosterior
 from vilab.families.gaussian import MeanFieldGaussian
 from vilab.families.registry import build_family
+from vilab.families.semi_implicit import SemiImplicit
 from vilab.nets.mlp import MLP
 from vilab.targets.latent import DecoderModel
 
@@ -73,6 +74,10 @@ class VAE(nn.Module):
 
 def build_net(cfg: NetConfig, role: str, in_dim: int, out_dim: int | None = None) -> nn.Module:
     """An encoder (``role="encoder"``: x -> features) or a decoder (latent -> outputs)."""
+    if cfg.kind == "identity":
+        if role != "encoder":
+            raise ValueError("an identity network can only be the encoder")
+        return nn.Flatten(-1)
     if cfg.kind == "mlp":
         if role == "encoder":
             return MLP([in_dim, *cfg.hidden], cfg.activation, final_activation=True)
@@ -91,6 +96,8 @@ def build_net(cfg: NetConfig, role: str, in_dim: int, out_dim: int | None = None
 
 
 def encoder_features(encoder: nn.Module, cfg: NetConfig) -> int:
+    if cfg.kind == "identity":
+        return PIXELS
     if cfg.kind == "mlp":
         return cfg.hidden[-1]
     return int(encoder.out_features)
@@ -111,6 +118,7 @@ def build_vae(cfg: TrainConfig) -> VAE:
         num_ortho=p.num_ortho,
         num_householder=p.num_householder,
         stack=[s.model_dump() for s in p.stack],
+        noise_dim=p.noise_dim,
     )
     out = PIXELS * (2 if cfg.likelihood == "gaussian" else 1)
     decoder = build_net(cfg.decoder, "decoder", cfg.latent_dim, out)
@@ -132,6 +140,16 @@ def vae_objective(vae: VAE, x: Tensor, cfg: ObjectiveConfig, step: int = 0) -> O
     """
     family, model = vae.posterior.family, vae.model
     h = vae.posterior.context(x)
+    if isinstance(family, SemiImplicit):
+        if cfg.kind != "elbo":
+            raise ValueError(f"the uivi posterior trains with kind=elbo, not {cfg.kind!r}")
+        z, eps0 = family.rsample_with_noise(cfg.samples, h)
+        ll, lp = model.log_likelihood(x, z), model.log_prior(z)
+        log_q_value = family.log_prob_bounds(z.detach(), h.detach(), eps0, k=20)[1]
+        beta = min(1.0, step / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
+        surrogate = (ll - beta * (family.entropy_surrogate(z, eps0, h) - lp).mean(0)).mean()
+        value = (ll + lp - log_q_value).mean(0)  # type: ignore[operator]
+        return Objective(value.detach(), surrogate)
     mf = _mean_field(family)
     if mf is not None:
         loc, scale = mf.loc_scale(h)

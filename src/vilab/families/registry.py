@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from vilab.families.base import Family
 from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
+from vilab.families.semi_implicit import SemiImplicit
 from vilab.flows.base import Flow
 from vilab.flows.flow import FlowFamily
 from vilab.flows.iaf import IAF
@@ -22,7 +23,7 @@ FLOW_KINDS = (
     "sylvester_householder",
     "sylvester_triangular",
 )
-FAMILY_KINDS = ("mean_field", "full_rank", *FLOW_KINDS, "stack")
+FAMILY_KINDS = ("mean_field", "full_rank", *FLOW_KINDS, "stack", "uivi")
 BaseKind = Literal["standard", "mean_field", "full_rank"]
 
 
@@ -71,6 +72,7 @@ def build_family(
     num_ortho: int | None = None,
     num_householder: int = 2,
     stack: Sequence[Mapping[str, Any]] = (),
+    noise_dim: int = 10,
 ) -> Family:
     """A variational family by name.
 
@@ -83,6 +85,8 @@ def build_family(
         hidden: MADE hidden widths (IAF).
         num_ortho: M for orthogonal Sylvester flows (default D).
         num_householder: reflections per Householder Sylvester layer.
+        noise_dim: dimension of ε for the semi-implicit ``uivi`` family (whose network
+            μ(ε [, h]) has the ``hidden`` widths).
         stack: for ``kind="stack"``: dicts of :func:`build_flows` arguments (``kind``,
             ``layers``, ``hidden``, ...), applied in order, e.g.
             ``[{"kind": "sylvester_orthogonal", "layers": 16}, {"kind": "iaf", "layers": 4}]``.
@@ -91,6 +95,8 @@ def build_family(
         return MeanFieldGaussian(dim, context_dim)
     if kind == "full_rank":
         return FullRankGaussian(dim, context_dim)
+    if kind == "uivi":
+        return SemiImplicit(dim, noise_dim, hidden, context_dim)
     if kind == "stack":
         if not stack:
             raise ValueError("family 'stack' needs a non-empty list of flows in 'stack'")

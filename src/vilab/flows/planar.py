@@ -67,14 +67,16 @@ class Planar(Flow):
     ) -> tuple[Tensor, Tensor]:
         u_hat, w, b, wtu_hat = self.constrained(context)
         fused = z.dim() == 2 and w.dim() == 2  # free parameters, z (N, D): BLAS-2 calls
+        # one unbind per tensor instead of K selects (whose backward allocates K zeros)
+        layers = zip(u_hat.unbind(-2), w.unbind(-2), b.unbind(-1), strict=True)
         hs = []
-        for k in range(self.num_layers):
+        for u_k, w_k, b_k in layers:
             if fused:
-                h = torch.tanh(torch.addmv(b[k], z, w[k]))
-                z = torch.addr(z, h, u_hat[k])
+                h = torch.tanh(torch.addmv(b_k, z, w_k))
+                z = torch.addr(z, h, u_k)
             else:
-                h = torch.tanh(rowdot(z, w[..., k, :]) + b[..., k])
-                z = z + h.unsqueeze(-1) * u_hat[..., k, :]
+                h = torch.tanh(rowdot(z, w_k) + b_k)
+                z = z + h.unsqueeze(-1) * u_k
             hs.append(h)
             if trace is not None:
                 trace.append(z)

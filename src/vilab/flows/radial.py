@@ -56,9 +56,8 @@ class Radial(Flow):
     ) -> tuple[Tensor, Tensor]:
         z0, alpha, beta = self.constrained(context)
         logdet = z.new_zeros(z.shape[:-1])
-        for k in range(self.num_layers):
-            a, bt = alpha[..., k], beta[..., k]
-            diff = z - z0[..., k, :]
+        for z0_k, a, bt in zip(z0.unbind(-2), alpha.unbind(-1), beta.unbind(-1), strict=True):
+            diff = z - z0_k
             r = diff.norm(dim=-1)
             h = 1.0 / (a + r)
             bh = bt * h

@@ -122,14 +122,15 @@ class Sylvester(Flow):
     ) -> tuple[Tensor, Tensor]:
         a, bm, b, d = self.factors(context)
         fused = z.dim() == 2 and a.dim() == 3  # free parameters, z (N, D): one addmm each
+        layers = zip(a.transpose(-1, -2).unbind(-3), bm.unbind(-3), b.unbind(-2), strict=True)
         hs = []
-        for k in range(self.num_layers):
+        for a_t, bm_k, b_k in layers:  # a_t = A_kᵀ (…, M, D)
             if fused:
-                h = torch.tanh(torch.addmm(b[k], z, bm[k]))
-                z = torch.addmm(z, h, a[k].T)
+                h = torch.tanh(torch.addmm(b_k, z, bm_k))
+                z = torch.addmm(z, h, a_t)
             else:
-                h = torch.tanh(rowmat(z, bm[..., k, :, :]) + b[..., k, :])  # (..., M)
-                z = z + rowmat(h, a[..., k, :, :].transpose(-1, -2))
+                h = torch.tanh(rowmat(z, bm_k) + b_k)  # (..., M)
+                z = z + rowmat(h, a_t)
             hs.append(h)
             if trace is not None:
                 trace.append(z)

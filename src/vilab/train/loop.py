@@ -83,6 +83,7 @@ def evaluate(
     streaming log-sum-exp; returns the mean log p(x), its Monte Carlo standard error, the
     NLL, and from the same samples the ELBO and IWAE_k (k = ``iwae_k``).
     """
+    was_training = vae.training
     vae.eval()
     lp, se, el, iw = [], [], [], []
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
@@ -94,7 +95,7 @@ def evaluate(
         el.append(est.elbo)
         if est.iwae is not None:
             iw.append(est.iwae)
-    vae.train()
+    vae.train(was_training)
     log_px, stderr = mean_with_stderr(torch.cat(lp), torch.cat(se))
     out = {
         "log_px": log_px,
@@ -131,8 +132,6 @@ class VAETrainer:
 
     def __init__(self, config: TrainConfig, data: VAEData | None = None) -> None:
         self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self.data = data if data is not None else load_vae_data(config.data, config.seed)
         self.vae = build_vae(config)
@@ -209,16 +208,22 @@ def train_vae(
     progress: bool = True,
     resume: bool = False,
     data: VAEData | None = None,
+    tensorboard: bool = True,
 ) -> dict[str, Any]:
-    """Train, evaluate on the test set, and write the run directory; returns metrics."""
+    """Train, evaluate on the test set, and write the run directory; returns metrics.
+    ``config.threads`` (if set) sets torch's thread count for the process."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     trainer = VAETrainer(config, data)
     ckpt = run_dir / "checkpoint.pt"
     if resume and ckpt.exists():
         trainer.load_state_dict(load_checkpoint(ckpt))
+    elif not resume:
+        (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's model
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    logger = RunLogger(run_dir, config.steps, trainer.step, progress)
+    logger = RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
     latent = _LatentTracker(trainer) if config.latent_dim == 2 else None
     interrupted = False
     rng_state = torch.get_rng_state()
@@ -341,6 +346,7 @@ def evaluate_ais(
 
     if init not in ("posterior", "prior"):
         raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
+    was_training = vae.training
     vae.eval()
     requires = [p.requires_grad for p in vae.parameters()]
     for p in vae.parameters():
@@ -378,7 +384,7 @@ def evaluate_ais(
     finally:
         for p, r in zip(vae.parameters(), requires):
             p.requires_grad_(r)
-        vae.train()
+        vae.train(was_training)
     log_px, stderr = mean_with_stderr(torch.cat(lp), torch.cat(se))
     return {
         "method": "ais",
