@@ -74,7 +74,7 @@ def test_fit_banana_with_uivi_reports_both_kl_estimates(tmp_path) -> None:
             "family.hidden=[32, 32]",
             "steps=60",
             "samples=200",
-            "eval_samples=2000",
+            "eval_samples=500",
             "figures=false",
         ]
     )
