@@ -336,8 +336,8 @@ class EvalConfig(_Strict):
     for the quick validation estimate during training."""
 
     samples: int = Field(5000, ge=1)
-    chunk: int = Field(500, ge=1)
-    batch: int = Field(500, ge=1)
+    chunk: int = Field(100, ge=1)
+    batch: int = Field(20, ge=1)
     valid_images: int = Field(1000, ge=1)
     valid_samples: int = Field(100, ge=1)
 
