@@ -136,10 +136,10 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> No
 
     original = Fitter.train_step
 
-    def interrupt_at_23(self):
+    def interrupt_at_23(self, **kwargs):
         if self.step == 23:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, **kwargs)
 
     monkeypatch.setattr(Fitter, "train_step", interrupt_at_23)
     m1 = fit(cfg, tmp_path / "resumed", progress=False, tensorboard=False)

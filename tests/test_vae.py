@@ -113,10 +113,10 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, monkeyp
     train_vae(cfg, tmp_path / "straight", progress=False)
     original = VAETrainer.train_step
 
-    def stop_at_17(self):
+    def stop_at_17(self, **kwargs):
         if self.step == 17:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, **kwargs)
 
     monkeypatch.setattr(VAETrainer, "train_step", stop_at_17)
     m = train_vae(cfg, tmp_path / "resumed", progress=False)

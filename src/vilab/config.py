@@ -9,12 +9,21 @@ what is accepted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from vilab.families.registry import FAMILY_KINDS, FLOW_KINDS
+from vilab.families.base import Family
+from vilab.families.registry import FAMILY_KINDS, FLOW_KINDS, build_family
 
 
 class _Strict(BaseModel):
@@ -22,6 +31,15 @@ class _Strict(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _positive_widths(v: list[int]) -> list[int]:
+    if not v or any(h < 1 for h in v):
+        raise ValueError(f"hidden must be a non-empty list of positive widths, got {v}")
+    return v
+
+
+Widths = Annotated[list[int], AfterValidator(_positive_widths)]
 
 
 class TargetConfig(_Strict):
@@ -42,7 +60,7 @@ class FlowConfig(_Strict):
 
     kind: str = "sylvester_orthogonal"
     layers: int = Field(32, ge=1, le=10_000)
-    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    hidden: Widths = Field(default_factory=lambda: [64, 64])
     num_ortho: int | None = Field(None, ge=1)
     num_householder: int = Field(2, ge=1)
 
@@ -51,13 +69,6 @@ class FlowConfig(_Strict):
     def _known_kind(cls, v: str) -> str:
         if v not in FLOW_KINDS:
             raise ValueError(f"unknown flow {v!r}; choose one of {', '.join(FLOW_KINDS)}")
-        return v
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(h < 1 for h in v):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {v}")
         return v
 
 
@@ -73,12 +84,15 @@ def default_stack() -> list[FlowConfig]:
 class FamilyConfig(FlowConfig):
     """What q is: ``kind`` (see FAMILY_KINDS) with the flow options of :class:`FlowConfig`
     and the ``base`` of a flow; ``kind: stack`` (the default) chains the flows listed in
-    ``stack`` on the base (``stack`` is ignored by the other kinds)."""
+    ``stack`` on the base (``stack`` is ignored by the other kinds); ``kind: uivi`` uses
+    ``noise_dim``, ``hidden`` (its network μ(ε [, h])) and ``log_q_samples`` (the K draws
+    of ε that estimate log q(z) for reported KLs and log-likelihoods)."""
 
     kind: str = "stack"
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
     stack: list[FlowConfig] = Field(default_factory=default_stack)
     noise_dim: int = Field(10, ge=1)
+    log_q_samples: int = Field(1000, ge=1)
 
     @field_validator("kind")
     @classmethod
@@ -87,18 +101,27 @@ class FamilyConfig(FlowConfig):
             raise ValueError(f"unknown family {v!r}; choose one of {', '.join(FAMILY_KINDS)}")
         return v
 
+    def build(self, dim: int, context_dim: int | None = None) -> Family:
+        """The family this config describes, free or amortized from a context."""
+        return build_family(
+            self.kind,
+            dim,
+            context_dim,
+            layers=self.layers,
+            base=self.base,
+            hidden=self.hidden,
+            num_ortho=self.num_ortho,
+            num_householder=self.num_householder,
+            stack=[spec.model_dump() for spec in self.stack],
+            noise_dim=self.noise_dim,
+            log_q_samples=self.log_q_samples,
+        )
+
     @model_validator(mode="after")
     def _stack_given(self) -> FamilyConfig:
         if self.kind == "stack" and not self.stack:
             raise ValueError("family.kind=stack needs family.stack: a list of flows")
         return self
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(h < 1 for h in v):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {v}")
-        return v
 
 
 class OptimConfig(_Strict):
@@ -255,17 +278,10 @@ class NetConfig(_Strict):
     posterior sees x itself, as UIVI's network μ(ε, x) does)."""
 
     kind: Literal["mlp", "resnet", "gated", "identity"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    hidden: Widths = Field(default_factory=lambda: [256, 256])
     activation: Literal["relu", "elu", "tanh", "softplus", "gelu"] = "relu"
     channels: int = Field(64, ge=1)
     features: int = Field(256, ge=1)
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(h < 1 for h in v):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {v}")
-        return v
 
 
 class PosteriorConfig(FamilyConfig):
@@ -274,7 +290,7 @@ class PosteriorConfig(FamilyConfig):
 
     kind: str = "mean_field"
     layers: int = Field(2, ge=1, le=10_000)
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    hidden: Widths = Field(default_factory=lambda: [256, 256])
     stack: list[FlowConfig] = Field(default_factory=list)
 
     @field_validator("kind")

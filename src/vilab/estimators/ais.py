@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vilab.estimators.loglik import delta_stderr
 from vilab.samplers.hmc import hmc_step, log_prob_and_grad
 
 LogProb = Callable[[Tensor], Tensor]
@@ -104,8 +105,7 @@ def ais(
         li, lt = log_init(z), log_target(z)
     lse = torch.logsumexp(log_w, 0)
     log_z = lse - math.log(num_chains)
-    rel_var = torch.expm1(
-        (torch.logsumexp(2 * log_w, 0) - 2 * lse + math.log(num_chains)).clamp_min(0)
-    )
-    stderr = torch.sqrt(rel_var / num_chains)
+    stderr = delta_stderr(lse, torch.logsumexp(2 * log_w, 0), num_chains)
+    if num_chains == 1:  # one chain carries no estimate of its own spread
+        stderr = torch.full_like(stderr, math.nan)
     return AISResult(log_z, stderr, log_w, accept_sum / max(n_moves, 1), len(betas) - 1)

@@ -74,10 +74,16 @@ def importance_log_likelihood(
         done += k
     assert lse_w is not None and lse_w2 is not None and sum_w is not None
     log_px = lse_w - math.log(num_samples)
-    # mean(w²)/mean(w)² = K Σw² / (Σw)²
-    rel_var = torch.expm1((lse_w2 - 2.0 * lse_w + math.log(num_samples)).clamp_min(0.0))
-    stderr = torch.sqrt(rel_var / num_samples)
+    stderr = delta_stderr(lse_w, lse_w2, num_samples)
     return ISEstimate(log_px, stderr, num_samples, sum_w / num_samples, iwae, iwae_k)
+
+
+def delta_stderr(lse_w: Tensor, lse_w2: Tensor, n: int) -> Tensor:
+    """Standard error of log((1/n) Σ w) from ``logsumexp(log w)`` and
+    ``logsumexp(2 log w)``: sqrt((mean(w²)/mean(w)² − 1)/n), with
+    mean(w²)/mean(w)² = n Σw² / (Σw)²."""
+    rel_var = torch.expm1((lse_w2 - 2.0 * lse_w + math.log(n)).clamp_min(0.0))
+    return torch.sqrt(rel_var / n)
 
 
 def mean_with_stderr(values: Tensor, mc_stderr: Tensor | None = None) -> tuple[float, float]:

@@ -73,6 +73,7 @@ def build_family(
     num_householder: int = 2,
     stack: Sequence[Mapping[str, Any]] = (),
     noise_dim: int = 10,
+    log_q_samples: int = 1000,
 ) -> Family:
     """A variational family by name.
 
@@ -86,7 +87,8 @@ def build_family(
         num_ortho: M for orthogonal Sylvester flows (default D).
         num_householder: reflections per Householder Sylvester layer.
         noise_dim: dimension of ε for the semi-implicit ``uivi`` family (whose network
-            μ(ε [, h]) has the ``hidden`` widths).
+            μ(ε [, h]) has the ``hidden`` widths), and ``log_q_samples`` its K draws of ε
+            for estimating log q(z).
         stack: for ``kind="stack"``: dicts of :func:`build_flows` arguments (``kind``,
             ``layers``, ``hidden``, ...), applied in order, e.g.
             ``[{"kind": "sylvester_orthogonal", "layers": 16}, {"kind": "iaf", "layers": 4}]``.
@@ -96,7 +98,7 @@ def build_family(
     if kind == "full_rank":
         return FullRankGaussian(dim, context_dim)
     if kind == "uivi":
-        return SemiImplicit(dim, noise_dim, hidden, context_dim)
+        return SemiImplicit(dim, noise_dim, hidden, context_dim, log_q_samples=log_q_samples)
     if kind == "stack":
         if not stack:
             raise ValueError("family 'stack' needs a non-empty list of flows in 'stack'")

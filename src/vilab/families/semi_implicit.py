@@ -85,12 +85,22 @@ class SemiImplicit(Family):
     def sigma(self) -> Tensor:
         return F.softplus(self.rho)
 
-    def mean(self, eps: Tensor, context: Tensor | None) -> Tensor:
-        """μ_θ(ε [, h]): ``eps (..., e)`` (and ``h (B, C)`` lined up with the last batch
-        dimension) -> ``(..., D)``."""
+    def context_projection(self, context: Tensor) -> Tensor:
+        """The context's share of the first layer, W_h h + b, ``(B, H)``: computed once and
+        reused by every evaluation of μ for the same h (HMC, log q estimates)."""
+        first = self.net[0]
+        return F.linear(context, first.weight[:, self.noise_dim :], first.bias)
+
+    def mean(self, eps: Tensor, context: Tensor | None, projected: Tensor | None = None) -> Tensor:
+        """μ_θ(ε [, h]) = net([ε, h]): ``eps (..., e)`` (and ``h (B, C)`` lined up with the
+        last batch dimension) -> ``(..., D)``; ``projected`` is
+        :meth:`context_projection` of h, if already computed."""
         if context is None:
             return self.net(eps)
-        return self.net(torch.cat([eps, context.expand(*eps.shape[:-1], -1)], -1))
+        if projected is None:
+            projected = self.context_projection(context)
+        first = F.linear(eps, self.net[0].weight[:, : self.noise_dim]) + projected
+        return self.net[1:](first)
 
     def rsample_with_noise(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``z`` and the ε that generated it, ``(n[, B], D)`` and ``(n[, B], e)``."""
@@ -112,22 +122,31 @@ class SemiImplicit(Family):
         context: Tensor | None = None,
         eps0: Tensor | None = None,
         k: int | None = None,
+        chunk: int = 50,
     ) -> tuple[Tensor, Tensor | None]:
-        """Importance-sampled log q(z) with K prior draws of ε, ``(...)``, and — when the
-        generating ``eps0`` is given — the SIVI upper estimate that adds it as a (K+1)-th
-        component. E[lower] ≤ log q(z) ≤ E[upper]."""
+        """Importance-sampled log q(z) from K prior draws of ε, ``(S[, B])``, and — when
+        the generating ``eps0`` is given — the SIVI upper estimate that adds it as a
+        (K+1)-th component. E[lower] ≤ log q(z) ≤ E[upper].
+
+        One bank of K draws is shared by the S samples of each context (as in the
+        official UIVI code): K + S network passes instead of K·S, and each sample's
+        estimate keeps its expectation.
+        """
         k = k or self.log_q_samples
-        comps = []
-        for chunk in _chunks(k, 100):
-            eps = torch.randn(chunk, *z.shape[:-1], self.noise_dim, dtype=z.dtype, device=z.device)
-            comps.append(self._conditional_log_prob(z, self.mean(eps, context)))
-        comp = torch.cat(comps)  # (K, ...)
-        lower = torch.logsumexp(comp, 0) - math.log(k)
+        proj = None if context is None else self.context_projection(context)
+        parts = []
+        for m in _chunks(k, chunk):
+            bank = torch.randn(m, *z.shape[1:-1], self.noise_dim, dtype=z.dtype, device=z.device)
+            mu = self.mean(bank, context, proj)  # (m, [B,] D)
+            parts.append(
+                torch.logsumexp(self._conditional_log_prob(z.unsqueeze(0), mu.unsqueeze(1)), 0)
+            )
+        lse = torch.logsumexp(torch.stack(parts), 0)  # (S[, B])
+        lower = lse - math.log(k)
         if eps0 is None:
             return lower, None
-        own = self._conditional_log_prob(z, self.mean(eps0, context))
-        upper = torch.logaddexp(torch.logsumexp(comp, 0), own) - math.log(k + 1)
-        return lower, upper
+        own = self._conditional_log_prob(z, self.mean(eps0, context, proj))
+        return lower, torch.logaddexp(lse, own) - math.log(k + 1)
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Samples and the upper (SIVI) estimate of log q(z) with ``log_q_samples`` draws
@@ -148,9 +167,12 @@ class SemiImplicit(Family):
         for p in params:
             p.requires_grad_(False)
         try:
+            proj = None if ctx is None else self.context_projection(ctx)
 
             def log_post(e: Tensor) -> Tensor:
-                return -0.5 * (e * e).sum(-1) + self._conditional_log_prob(z, self.mean(e, ctx))
+                return -0.5 * (e * e).sum(-1) + self._conditional_log_prob(
+                    z, self.mean(e, ctx, proj)
+                )
 
             with torch.no_grad():
                 x = eps0
@@ -180,7 +202,8 @@ class SemiImplicit(Family):
         ŝ = mean over ε' of −(z − μ(ε'))/σ², held fixed. Its value is meaningless."""
         eps_post = self.sample_noise_posterior(z, eps0, context)
         with torch.no_grad():
-            mu = self.mean(eps_post, None if context is None else context.detach())
+            ctx = None if context is None else context.detach()
+            mu = self.mean(eps_post, ctx)
             score = (-(z.detach() - mu) / self.sigma.detach() ** 2).mean(0)
         return (score * z).sum(-1)
 

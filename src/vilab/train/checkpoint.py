@@ -9,6 +9,7 @@ read with ``torch.load(weights_only=True)``: no code is executed from the file.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -38,17 +39,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically save ``state`` (tensors, numbers, strings, nested dicts/lists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

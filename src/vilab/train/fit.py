@@ -23,12 +23,12 @@ from vilab.config import FitConfig, dump_config
 from vilab.estimators.elbo import annealed_elbo_surrogate, elbo
 from vilab.estimators.gradients import log_prob_stop_params
 from vilab.families.base import Family
-from vilab.families.registry import build_family
 from vilab.families.semi_implicit import SemiImplicit
 from vilab.targets.base import Target, resolve_target
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
 from vilab.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from vilab.train.logging import RunLogger, read_metrics
+from vilab.train.schedule import lr_factor, progress
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -39,41 +39,8 @@ def build_target(config: FitConfig) -> Target:
 
 
 def build_for(config: FitConfig, target: Target) -> Family:
-    f = config.family
-    family = build_family(
-        f.kind,
-        target.dim,
-        target.context_dim,
-        layers=f.layers,
-        base=f.base,
-        hidden=f.hidden,
-        num_ortho=f.num_ortho,
-        num_householder=f.num_householder,
-        stack=[spec.model_dump() for spec in f.stack],
-        noise_dim=f.noise_dim,
-    )
-    return family.to(DTYPES[config.dtype])
-
-
-def progress(step: int, seconds: float, config: FitConfig) -> float:
-    """How far along the run is, in [0, 1]: the step fraction, or the time fraction of
-    ``max_seconds`` if that is further, so that a time-budgeted run completes its
-    learning-rate decay and β-annealing within the budget."""
-    p = step / config.steps
-    if config.max_seconds is not None:
-        p = max(p, seconds / config.max_seconds)
-    return min(1.0, p)
-
-
-def lr_factor(step: int, frac: float, config: FitConfig) -> float:
-    """Multiplier of the base learning rate: linear warm-up over ``warmup_steps`` steps,
-    then constant or cosine decay to ``min_lr_ratio`` over the run's progress ``frac``."""
-    o = config.optim
-    if o.warmup_steps and step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    """The configured family for ``target`` (amortized when it is a target family)."""
+    return config.family.build(target.dim, target.context_dim).to(DTYPES[config.dtype])
 
 
 def beta_at(frac: float, config: FitConfig) -> float:
@@ -135,9 +102,9 @@ class Fitter:
         """One update. ``log_value=False`` lets a semi-implicit family skip the
         importance-sampled log q(z) that only the logged bound needs."""
         cfg = self.config
-        frac = progress(self.step, self.seconds, cfg)
+        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
         beta = beta_at(frac, cfg)
-        lr = cfg.optim.lr * lr_factor(self.step, frac, cfg)
+        lr = cfg.optim.lr * lr_factor(self.step, frac, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n, context = self.contexts(cfg.samples)

@@ -26,6 +26,7 @@ from vilab.data.mnist import load_mnist
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
 from vilab.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from vilab.train.logging import RunLogger, read_metrics
+from vilab.train.schedule import lr_factor, progress
 from vilab.vae import VAE, build_vae, vae_objective
 
 
@@ -117,16 +118,6 @@ OPTIMIZERS = {
 }
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    o = cfg.optim
-    if o.warmup_steps and step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    t = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 class VAETrainer:
     """Owns the model, optimizer, data and the step; ``train_step`` does one update."""
 
@@ -136,16 +127,19 @@ class VAETrainer:
         self.data = data if data is not None else load_vae_data(config.data, config.seed)
         self.vae = build_vae(config)
         self.optimizer = OPTIMIZERS[config.optim.name](self.vae.parameters(), config.optim.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, config)
-        )
         self.step = 0
         self.seconds = 0.0
         self.best: dict[str, Any] = {}
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, log_value: bool = True) -> dict[str, float]:
+        """One update; ``log_value=False`` may skip work only the logged bound needs."""
+        cfg = self.config
+        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
+        lr = cfg.optim.lr * lr_factor(self.step, frac, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         x = self.data.train.batch(self.step)
-        obj = vae_objective(self.vae, x, self.config.objective, self.step)
+        obj = vae_objective(self.vae, x, cfg.objective, self.step, log_value)
         loss = -obj.surrogate
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -157,9 +151,8 @@ class VAETrainer:
         if self.config.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
         self.step += 1
-        return {"bound": float(obj.value.mean()), "lr": self.scheduler.get_last_lr()[0]}
+        return {"bound": float(obj.value.mean()), "lr": lr}
 
     def validate(self) -> dict[str, float]:
         e = self.config.eval
@@ -174,14 +167,12 @@ class VAETrainer:
             "best": self.best,
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.best = dict(state["best"])
@@ -230,7 +221,7 @@ def train_vae(
     try:
         t_start = time.perf_counter() - trainer.seconds
         while trainer.step < config.steps:
-            values = trainer.train_step()
+            values = trainer.train_step(log_value=(trainer.step + 1) % config.log_every == 0)
             trainer.seconds = time.perf_counter() - t_start
             step = trainer.step
             if step % config.log_every == 0 or step == config.steps:

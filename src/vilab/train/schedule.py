@@ -1,0 +1,36 @@
+"""Learning-rate schedule and run progress, shared by 2-D fits and VAE training.
+
+Progress is the fraction of the run done: the step fraction, or the time fraction of a
+``max_seconds`` budget if that is further — so a time-budgeted run completes its decay
+(and β-annealing) within the budget. All of it is derived from (step, seconds): nothing
+to checkpoint beyond them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+
+class _Optim(Protocol):
+    warmup_steps: int
+    schedule: str
+    min_lr_ratio: float
+
+
+def progress(step: int, seconds: float, steps: int, max_seconds: float | None) -> float:
+    """Fraction of the run done, in [0, 1]."""
+    p = step / steps
+    if max_seconds is not None:
+        p = max(p, seconds / max_seconds)
+    return min(1.0, p)
+
+
+def lr_factor(step: int, frac: float, optim: _Optim) -> float:
+    """Multiplier of the base learning rate: linear warm-up over ``warmup_steps`` steps,
+    then constant, or cosine decay to ``min_lr_ratio`` over the progress ``frac``."""
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
