@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-all lint bench-env bench-density2d bench-mnist clean
+.PHONY: setup demo test test-all lint bench-env bench-density2d bench-mnist bench-uivi clean
 
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench-density2d: bench-env
 # Parts (a) and (b), ≤ 5 minutes on two idle cores; `--part all` adds (c), ~20 min more.
 bench-mnist: bench-env
 	$(BENCH)/bin/python benchmarks/mnist.py
+
+# UIVI: exact KL vs mean-field and the default flow (~20 min), UIVI vs mean-field VAE on
+# MNIST (~55 min), AIS vs IS on the IAF VAE (~25 min); `--part kl|vae|ais` runs one.
+bench-uivi: bench-env
+	$(BENCH)/bin/python benchmarks/uivi.py
 
 clean:
 	rm -rf $(VENV) $(BENCH) runs

@@ -99,8 +99,10 @@ class SemiImplicit(Family):
             return self.net(eps)
         if projected is None:
             projected = self.context_projection(context)
-        first = F.linear(eps, self.net[0].weight[:, : self.noise_dim]) + projected
-        return self.net[1:](first)
+        h = F.linear(eps, self.net[0].weight[:, : self.noise_dim]) + projected
+        for layer in list(self.net)[1:]:
+            h = layer(h)
+        return h
 
     def rsample_with_noise(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``z`` and the ε that generated it, ``(n[, B], D)`` and ``(n[, B], e)``."""
