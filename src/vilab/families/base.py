@@ -52,3 +52,21 @@ class Family(nn.Module):
                 f"context must have shape (B, {self.context_dim}), got {tuple(context.shape)}"
             )
         return (n, context.shape[0], self.dim)
+
+
+class AtContext(Family):
+    """q(z | c) at one fixed context, as a free family (for exact KL and plots)."""
+
+    def __init__(self, family: Family, context: Tensor) -> None:
+        super().__init__()
+        self.inner, self.context = family, context
+        self.dim, self.context_dim = family.dim, None
+
+    def rsample_and_log_prob(
+        self, n: int, context: Tensor | None = None, trace: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        kwargs = {"trace": trace} if trace is not None else {}
+        z, lq = self.inner.rsample_and_log_prob(n, self.context, **kwargs)
+        if trace is not None:
+            trace[:] = [t[:, 0] for t in trace]
+        return z[:, 0], lq[:, 0]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from vilab.families.base import Family
+from vilab.families.base import AtContext, Family
 from vilab.flows.flow import FlowFamily
 from vilab.targets.base import Box, Target
 from vilab.targets.grid import grid_points, log_density_grid
@@ -61,7 +61,8 @@ def plot_learned_density(ax: Axes, family: Family, box: Box, n: int = 200) -> No
 def plot_layers(fig_axes: list[Axes], family: Family, box: Box, n: int = 3000) -> None:
     """Samples after selected flow layers, coloured by distance from the base mean."""
     trace: list[torch.Tensor] = []
-    if isinstance(family, FlowFamily) or hasattr(family, "inner"):
+    inner = family.inner if isinstance(family, AtContext) else family
+    if isinstance(inner, FlowFamily):
         family.rsample_and_log_prob(n, trace=trace)  # type: ignore[call-arg]
     else:
         trace = [family.rsample_and_log_prob(n)[0]]
@@ -103,11 +104,11 @@ def plot_run(fitter: Any, records: list[dict[str, Any]], run_dir: Path) -> None:
     ``training.png`` and ``summary.png`` (the four side by side) into ``run_dir``."""
     target, family = fitter.target, fitter.family
     if target.context_dim is not None:
-        from vilab.train.fit import _AtContext, default_eval_contexts
+        from vilab.train.fit import default_eval_contexts
 
         row = (fitter.config.eval_contexts or default_eval_contexts(target))[0]
         c = torch.tensor([row if isinstance(row, list) else [row]], dtype=fitter.dtype)
-        target, family = target.at(c[0]), _AtContext(family, c)
+        target, family = target.at(c[0]), AtContext(family, c)
     if target.dim != 2:
         fig, ax = plt.subplots(figsize=(5, 4))
         plot_curves(ax, records)

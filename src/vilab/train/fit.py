@@ -22,7 +22,7 @@ from torch import Tensor
 from vilab.config import FitConfig, dump_config
 from vilab.estimators.elbo import annealed_elbo_surrogate, elbo
 from vilab.estimators.gradients import log_prob_stop_params
-from vilab.families.base import Family
+from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
 from vilab.targets.base import Target, resolve_target
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
@@ -183,9 +183,7 @@ class Fitter:
             log_z = target_log_z(self.target, c[0])
             if log_z is None:
                 raise ValueError(f"log Z unknown at context {row}: give a box or log_z")
-            est = exact_kl(
-                _AtContext(self.family, c), self.target.at(c[0]), log_z, cfg.eval_samples
-            )
+            est = exact_kl(AtContext(self.family, c), self.target.at(c[0]), log_z, cfg.eval_samples)
             per.append({"context": row, **_kl_dict(est)})
         n = len(per)
         return {
@@ -232,24 +230,6 @@ def semi_implicit_kl(
         "hmc_step_size": float(family.step_size),
         "hmc_accept_rate": float(family.accept_rate),
     }
-
-
-class _AtContext(Family):
-    """q(z | c) at one fixed context, as a free family (for exact KL and plots)."""
-
-    def __init__(self, family: Family, context: Tensor) -> None:
-        super().__init__()
-        self.inner, self.context = family, context
-        self.dim, self.context_dim = family.dim, None
-
-    def rsample_and_log_prob(
-        self, n: int, context: Tensor | None = None, trace: list[Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        kwargs = {"trace": trace} if trace is not None else {}
-        z, lq = self.inner.rsample_and_log_prob(n, self.context, **kwargs)
-        if trace is not None:
-            trace[:] = [t[:, 0] for t in trace]
-        return z[:, 0], lq[:, 0]
 
 
 def _kl_dict(est: KLEstimate) -> dict[str, Any]:
