@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,10 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 from torch import Tensor
 
-import vilab
 from vilab.config import FamilyConfig, FitConfig, load_fit_config
 from vilab.families.registry import FAMILY_KINDS, build_family
 from vilab.targets import Target, resolve_target
@@ -68,32 +66,15 @@ DIM = 2
 
 
 # -- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine_lines() -> list[str]:
-    """A few lines describing the machine and the software under test."""
+    """The machine, vilab, and the normflows version."""
     try:
         import normflows
 
         nf_version = getattr(normflows, "__version__", "installed")
     except ImportError:
         nf_version = "not installed"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return [
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores; load average {load})",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-        f"Python {platform.python_version()}",
-        f"- vilab {vilab.__version__}, normflows {nf_version}",
-    ]
+    return common.machine_lines(f"normflows {nf_version}")
 
 
 # -- part (a): exact KL per family and target ------------------------------------------------

@@ -56,8 +56,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -66,12 +64,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import vilab
 from vilab.config import TrainConfig, load_train_config
 from vilab.train.loop import VAEData, VAETrainer, evaluate, load_vae_data, train_vae
 from vilab.vae import VAE, vae_objective
@@ -105,17 +103,6 @@ AGREE_SIGMAS = 3.0  # (b) estimates agree within this many combined MC standard 
 
 
 # -- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def threads() -> str:
     n = torch.get_num_threads()
     return f"{n} thread{'s' if n != 1 else ''}"
@@ -131,25 +118,8 @@ def pythae_version() -> str:
 
 
 def machine_lines() -> list[str]:
-    """A few lines describing the machine and the software under test."""
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return [
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores; load average {load})",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-        f"Python {platform.python_version()}",
-        f"- vilab {vilab.__version__}, pythae {pythae_version()}",
-    ]
-
-
-def default_data_dir(arg: str | None) -> str | None:
-    """``--data-dir``, else ``$VILAB_DATA_DIR``, else ``../shared/data`` beside the
-    repository if it exists, else None (vilab's cache)."""
-    if arg:
-        return arg
-    if os.environ.get("VILAB_DATA_DIR"):
-        return os.environ["VILAB_DATA_DIR"]
-    beside = REPO.parent / "shared" / "data"
-    return str(beside) if beside.is_dir() else None
+    """The machine, vilab, and the pythae version."""
+    return common.machine_lines(f"pythae {pythae_version()}")
 
 
 def seed004_config(
@@ -913,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts = PARTS[args.part]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    data_dir = default_data_dir(args.data_dir)
+    data_dir = common.default_data_dir(args.data_dir)
     print("# vilab MNIST benchmark" + (" (--quick smoke run)" if args.quick else "") + "\n")
     print("\n".join(machine_lines()) + "\n", flush=True)
     out: dict[str, Any] = {

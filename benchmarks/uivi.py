@@ -71,8 +71,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -82,10 +80,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 from torch import Tensor
 
-import vilab
 from vilab.config import FitConfig, TrainConfig, load_fit_config, load_train_config
 from vilab.families.registry import build_family
 from vilab.families.semi_implicit import SemiImplicit
@@ -112,37 +110,8 @@ IS_GOAL_SAMPLES = 5000  # … gives log p(x) ≥ IS with this many samples
 
 
 # -- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine_lines() -> list[str]:
-    """A few lines describing the machine and the software under test."""
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return [
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores; load average {load})",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-        f"Python {platform.python_version()}",
-        f"- vilab {vilab.__version__}",
-    ]
-
-
-def default_data_dir(arg: str | None) -> str | None:
-    """``--data-dir``, else ``$VILAB_DATA_DIR``, else ``../shared/data`` beside the
-    repository if it exists, else None (vilab's cache)."""
-    if arg:
-        return arg
-    if os.environ.get("VILAB_DATA_DIR"):
-        return os.environ["VILAB_DATA_DIR"]
-    beside = REPO.parent / "shared" / "data"
-    return str(beside) if beside.is_dir() else None
+    return common.machine_lines()
 
 
 def plural(n: int, word: str) -> str:
@@ -903,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     parts = PARTS[args.part]
     torch.set_num_threads(args.threads)
-    data_dir = default_data_dir(args.data_dir)
+    data_dir = common.default_data_dir(args.data_dir)
     print("# vilab UIVI benchmark" + (" (--quick smoke run)" if args.quick else "") + "\n")
     print("\n".join(machine_lines()))
     print(f"- data: {data_dir or 'the vilab cache'}\n", flush=True)
