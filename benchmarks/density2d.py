@@ -478,7 +478,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, cosine [2e-3]")
     a.add_argument("--samples", type=int, default=1000, help="samples of q per step [1000]")
     a.add_argument("--beta-start", type=float, default=0.01, help="initial β [0.01]")
-    a.add_argument("--beta-steps", type=int, help="steps for β to reach 1 [40% of steps]")
+    a.add_argument("--beta-steps", type=int, help="steps for β to reach 1 [40%% of steps]")
     a.add_argument(
         "--eval-samples", type=int, help=f"samples for the KL [{MIN_EVAL_SAMPLES}; quick: 2000]"
     )
