@@ -8,6 +8,7 @@ what is accepted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -42,6 +43,12 @@ def _positive_widths(v: list[int]) -> list[int]:
 Widths = Annotated[list[int], AfterValidator(_positive_widths)]
 
 
+def _one_of(value: str, allowed: Sequence[str], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    return value
+
+
 class TargetConfig(_Strict):
     """What p is: a built-in name (U1–U4, banana, banana_family) or ``module:function`` /
     ``file.py:function``; ``box`` = (x0, x1, y0, y1) for plots and 2-D quadrature."""
@@ -67,9 +74,7 @@ class FlowConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in FLOW_KINDS:
-            raise ValueError(f"unknown flow {v!r}; choose one of {', '.join(FLOW_KINDS)}")
-        return v
+        return _one_of(v, FLOW_KINDS, "flow")
 
 
 def default_stack() -> list[FlowConfig]:
@@ -97,9 +102,7 @@ class FamilyConfig(FlowConfig):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in FAMILY_KINDS:
-            raise ValueError(f"unknown family {v!r}; choose one of {', '.join(FAMILY_KINDS)}")
-        return v
+        return _one_of(v, FAMILY_KINDS, "family")
 
     def build(self, dim: int, context_dim: int | None = None) -> Family:
         """The family this config describes, free or amortized from a context."""
@@ -296,10 +299,7 @@ class PosteriorConfig(FamilyConfig):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in FAMILY_KINDS or v == "full_rank":
-            ok = [k for k in FAMILY_KINDS if k != "full_rank"]
-            raise ValueError(f"unknown posterior {v!r}; choose one of {', '.join(ok)}")
-        return v
+        return _one_of(v, [k for k in FAMILY_KINDS if k != "full_rank"], "posterior")
 
 
 class ObjectiveConfig(_Strict):
