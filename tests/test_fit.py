@@ -13,7 +13,7 @@ from vilab.families import FullRankGaussian
 from vilab.targets.base import CallableTarget
 from vilab.targets.grid import exact_kl
 from vilab.train.checkpoint import load_checkpoint
-from vilab.train.fit import Fitter, fit
+from vilab.train.fit import Fitter, build_target, fit
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)
@@ -155,12 +155,12 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> No
     assert steps == list(range(5, 41, 5))
 
 
-def test_non_finite_loss_gives_a_clear_error(monkeypatch) -> None:
+def test_a_target_that_is_always_nan_stops_with_a_clear_error(monkeypatch, tmp_path) -> None:
     cfg = load_fit_config(overrides=small("target.name=U1", "family.kind=mean_field"))
-    fitter = Fitter(cfg)
-    monkeypatch.setattr(fitter.target, "log_prob", lambda z, c=None: z.sum(-1) * math.nan)
-    with pytest.raises(FloatingPointError, match="optim.lr"):
-        fitter.train_step()
+    target = build_target(cfg)
+    monkeypatch.setattr(target, "log_prob", lambda z, c=None: z.sum(-1) * math.nan)
+    with pytest.raises(FloatingPointError, match="non-finite.*optim.lr"):
+        fit(cfg, tmp_path, progress=False, target=target, tensorboard=False)
 
 
 def test_amortized_fit_on_the_banana_family_reports_unseen_contexts(tmp_path) -> None:

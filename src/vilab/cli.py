@@ -1,14 +1,21 @@
-"""Command line: ``vilab fit`` and ``vilab demo``. Thin: parses, builds a config, calls one
-function per command. Errors in the input end with ``vilab: error: …`` and exit code 2."""
+"""Command line: ``vilab fit``, ``train``, ``eval`` and ``demo``. Thin: parses, builds a
+config, calls one function per command. Errors in the input end with ``vilab: error: …``
+and exit code 2. ``train`` and ``eval`` run data-parallel under ``torchrun`` (or with
+``--nproc N``, which starts it; :mod:`vilab.train.distributed`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vilab.config import ConfigError, load_fit_config
+
+if TYPE_CHECKING:
+    from vilab.train.distributed import World
 
 
 def _fit_overrides(args: argparse.Namespace) -> list[str]:
@@ -48,6 +55,29 @@ def _unique_dir(base: Path) -> Path:
     while base.with_name(f"{base.name}_{k}").exists():
         k += 1
     return base.with_name(f"{base.name}_{k}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` / ``--nproc=N`` (what each worker runs)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/vae_<posterior>)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--nproc",
+        type=_positive,
+        help="data-parallel processes on this machine (runs torchrun --standalone)",
+    )
 
     e = sub.add_parser("eval", help="importance-sampled log p(x) of a trained VAE run")
     e.add_argument("run_dir")
@@ -123,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-dists", type=int, default=500, help="AIS intermediate distributions")
     e.add_argument("--leapfrog", type=int, default=5, help="AIS leapfrog steps per transition")
     e.add_argument("--init", default="posterior", choices=["posterior", "prior"], help="AIS start")
+    e.add_argument("--nproc", type=_positive, help="share the images among N processes")
 
     d = sub.add_parser("demo", help="fit U1–U4 and the banana; one figure and a KL table")
     d.add_argument("--out", default="runs/demo")
@@ -135,19 +171,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if getattr(args, "nproc", None) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from vilab.train.distributed import launch
+
+        return launch(args.nproc, _without_nproc(argv))
+    world = None
     try:
         if args.command == "fit":
             return _cmd_fit(args)
         if args.command == "demo":
             return _cmd_demo(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "eval":
-            return _cmd_eval(args)
+        if args.command in ("train", "eval"):
+            from vilab.train.distributed import world_from_env
+
+            world = world_from_env()
+            return _cmd_train(args, world) if args.command == "train" else _cmd_eval(args, world)
     except (ConfigError, ValueError, OSError, FloatingPointError) as err:
-        print(f"vilab: error: {err}", file=sys.stderr)
+        rank = f" (rank {world.rank})" if world is not None and world.distributed else ""
+        print(f"vilab: error{rank}: {err}", file=sys.stderr)
         return 2
+    finally:
+        if world is not None:
+            from vilab.train.distributed import shutdown
+
+            shutdown(world)
     return 0  # pragma: no cover
 
 
@@ -177,7 +226,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace, world: World) -> int:
     from vilab.config import load_train_config
     from vilab.train.loop import train_vae
 
@@ -189,16 +238,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, overrides + list(args.set or []))
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
-    out = Path(args.out) if args.out else _unique_dir(Path("runs") / f"vae_{config.posterior.kind}")
-    if args.resume and not (out / "checkpoint.pt").exists():
+    if config.data.batch_size % world.size:
+        raise ValueError(
+            f"data.batch_size={config.data.batch_size} (the global batch) must be a multiple "
+            f"of the number of processes, {world.size}"
+        )
+    name = Path("runs") / f"vae_{config.posterior.kind}"
+    out = Path(args.out) if args.out else world.broadcast(_unique_dir(name))
+    if args.resume and not world.broadcast((out / "checkpoint.pt").exists()):
         raise ValueError(f"--resume: no checkpoint.pt in {str(out)!r}")
-    metrics = train_vae(config, out, progress=not args.no_progress, resume=args.resume)
-    print(json.dumps(metrics, indent=2))
-    print(f"run directory: {out}")
+    metrics = train_vae(config, out, progress=not args.no_progress, resume=args.resume, world=world)
+    if world.is_main:
+        print(json.dumps(metrics, indent=2))
+        print(f"run directory: {out}")
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _cmd_eval(args: argparse.Namespace, world: World) -> int:
     from vilab.train.loop import evaluate_run
 
     result = evaluate_run(
@@ -214,6 +270,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         args.leapfrog,
         args.images,
         args.init,
+        world,
     )
-    print(json.dumps(result, indent=2))
+    if world.is_main:
+        print(json.dumps(result, indent=2))
     return 0

@@ -138,6 +138,17 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
 
 
+class FaultConfig(_Strict):
+    """What to do about non-finite losses or gradients (:mod:`vilab.train.guard`): skip
+    the step; after ``max_bad_steps`` in a row, roll back to the last checkpoint with the
+    learning rate multiplied by ``rollback_lr_factor``; after ``max_rollbacks`` rollbacks,
+    stop with an error."""
+
+    max_bad_steps: int = Field(5, ge=1)
+    max_rollbacks: int = Field(3, ge=0)
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
+
+
 class FitConfig(_Strict):
     """Fit a family to a target by maximizing the reverse-KL ELBO.
 
@@ -170,6 +181,7 @@ class FitConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     figures: bool = True
     max_seconds: float | None = Field(None, gt=0)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @model_validator(mode="after")
     def _samples_split(self) -> FitConfig:
@@ -378,6 +390,7 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0)
     final_eval: bool = True
+    faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @model_validator(mode="after")
     def _likelihood_matches_data(self) -> TrainConfig:

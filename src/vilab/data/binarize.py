@@ -166,6 +166,14 @@ class Batches:
     data of this size; put the data set on the GPU with ``dataset.to(device)`` to batch
     there (the same seed then gives other dynamic draws than on the CPU).
 
+    **Data-parallel shards.** With ``world_size`` W > 1, ``batch_size`` is the global
+    batch and rank r gets its rows r, r + W, r + 2W, … (``torch.utils.data.
+    DistributedSampler``'s rule, applied to each global batch instead of each epoch). The
+    global batch at step s — including its dynamic binarization — is the same for every W,
+    so the shards of all ranks together are exactly the single-process batch, and a run
+    resumes from its step at any world size. ``DistributedSampler`` itself shards the
+    epoch, which makes every batch depend on W.
+
     Args:
         dataset: the split to serve.
         batch_size: images per batch, 1 ≤ batch_size ≤ len(dataset).
@@ -173,6 +181,8 @@ class Batches:
         shuffle: a new permutation each epoch; else the data order.
         drop_last: skip each epoch's last, smaller batch (fixed batch shapes).
         dtype: floating dtype of the batches.
+        rank: this process's rank, 0 ≤ rank < world_size.
+        world_size: number of data-parallel processes sharing each global batch.
 
     Example::
 
@@ -190,6 +200,8 @@ class Batches:
         shuffle: bool = True,
         drop_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if not 1 <= batch_size <= len(dataset):
             raise ValueError(
@@ -197,6 +209,14 @@ class Batches:
             )
         if seed < 0:
             raise ValueError(f"seed={seed}; accepted seeds are non-negative integers")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} of world_size={world_size}: need 0 ≤ rank < world_size")
+        if batch_size < world_size:
+            raise ValueError(
+                f"batch_size={batch_size} is smaller than world_size={world_size}: every "
+                "process needs at least one image of each global batch"
+            )
+        self.rank, self.world_size = rank, world_size
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -219,20 +239,29 @@ class Batches:
             self._perm = (epoch, perm.to(self.dataset.images.device))
         return self._perm[1]
 
-    def indices(self, step: int) -> Tensor:
-        """(B,) int64 row indices of the batch at ``step``."""
+    def global_indices(self, step: int) -> Tensor:
+        """(B,) int64 row indices of the whole (all ranks') batch at ``step``."""
         if step < 0:
             raise ValueError(f"step={step}; accepted steps are non-negative integers")
         e, p = divmod(step, self.steps_per_epoch)
         return self._permutation(e)[p * self.batch_size : (p + 1) * self.batch_size]
 
+    def global_size(self, step: int) -> int:
+        """Images in the whole batch at ``step`` (smaller at an epoch's end)."""
+        return len(self.global_indices(step))
+
+    def indices(self, step: int) -> Tensor:
+        """Row indices of this rank's share of the batch at ``step`` (all of it if W = 1)."""
+        return self.global_indices(step)[self.rank :: self.world_size]
+
     def batch(self, step: int) -> Tensor:
-        """(B, D) floats in {0, 1}: the batch at ``step``, binarized afresh if dynamic."""
-        images = self.dataset.images[self.indices(step)]
+        """(B / W, D) floats in {0, 1}: this rank's share of the batch at ``step``,
+        binarized afresh if dynamic."""
         if not self.dataset.dynamic:
-            return images.to(self.dtype)
+            return self.dataset.images[self.indices(step)].to(self.dtype)
+        images = self.dataset.images[self.global_indices(step)]
         g = torch.Generator(device=images.device).manual_seed(derive_seed(self.seed, 1, step))
-        return dynamic_binarize(images, g, self.dtype)
+        return dynamic_binarize(images, g, self.dtype)[self.rank :: self.world_size]
 
     def labels(self, step: int) -> Tensor | None:
         """(B,) labels of the batch at ``step``, or None for a set without labels."""

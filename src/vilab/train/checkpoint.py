@@ -4,11 +4,14 @@ A checkpoint holds everything a run needs to continue exactly: model and optimiz
 scheduler state, the step, and the RNG state. It is written to a temporary file in the
 same directory, flushed and fsync'ed, then renamed over the old one (``os.replace`` is
 atomic on POSIX), so a crash or a full disk leaves the previous checkpoint intact. It is
-read with ``torch.load(weights_only=True)``: no code is executed from the file.
+read with ``torch.load(weights_only=True)``: no code is executed from the file. A SHA-256
+digest of the contents, stored in the file, catches a corrupted tensor that would load.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import os
 import tempfile
@@ -17,44 +20,129 @@ from typing import Any
 
 import torch
 
+_TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+
+    Raises:
+        OSError: the write failed (disk full, file too large, no permission); the message
+            says that ``path`` — the previous version, if any — is untouched, and the
+            temporary file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file is ordinary
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise OSError(
+            err.errno,
+            f"could not write {str(path)!r} ({err.strerror or err}); "
+            + ("the disk is full or the file too large; " if full else "")
+            + ("the previous version is intact" if path.exists() else "nothing was written"),
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete the temporary files that a process killed mid-write left in ``directory``
+    (``.<name>.*.tmp``; never a finished file). Returns what was removed."""
+    removed = []
+    for p in directory.glob(f".*{_TEMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+DIGEST_KEY = "sha256"
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 of a nested state: every tensor's dtype, shape and bytes, every other
+    value's type and ``repr``, in order. A zip checksum does not cover what ``torch.load``
+    reads: a flipped bit in a tensor loads silently without this."""
+    h = hashlib.sha256()
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k, v in x.items():
+                visit(k)
+                visit(v)
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                visit(v)
+            h.update(b"]")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    visit(state)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save ``state`` (tensors, numbers, strings, nested dicts/lists)."""
+    """Atomically save ``state`` (tensors, numbers, strings, nested dicts/lists) with its
+    :func:`state_digest` under ``"sha256"``; a plain ``torch.load`` reads it too."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({**state, DIGEST_KEY: state_digest(state)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint without executing code; clear errors for missing/corrupt files."""
+    """Load a checkpoint written by :func:`save_checkpoint` without executing code
+    (``weights_only``), and check its digest.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is truncated, corrupt, or not a vilab checkpoint.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
-            f"checkpoint {str(path)!r} is unreadable or corrupt ({type(err).__name__}: {err}); "
-            "delete it to start over"
+            f"checkpoint {str(path)!r} is unreadable or corrupt ({type(err).__name__}: "
+            f"{first}); delete it to start over"
         ) from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise ValueError(f"checkpoint {str(path)!r} is not a vilab checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a vilab checkpoint (a dict with an integer "
+            "'step' and the run's state)"
+        )
+    digest = state.pop(DIGEST_KEY, None)
+    if digest != state_digest(state):
+        raise ValueError(
+            f"checkpoint {str(path)!r} is corrupt: "
+            + ("it has no digest" if digest is None else "its contents do not match its digest")
+            + "; delete it to start over"
+        )
     return state

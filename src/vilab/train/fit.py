@@ -26,7 +26,13 @@ from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
 from vilab.targets.base import Target, resolve_target
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
-from vilab.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from vilab.train.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from vilab.train.guard import StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
 
@@ -87,6 +93,7 @@ class Fitter:
                 "full_rank or iaf, or set stl=false"
             )
         self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
+        self.guard = StepGuard(config.faults)
         self.step = 0
         self.seconds = 0.0
 
@@ -104,7 +111,7 @@ class Fitter:
         cfg = self.config
         frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
         beta = beta_at(frac, cfg)
-        lr = cfg.optim.lr * lr_factor(self.step, frac, cfg.optim)
+        lr = cfg.optim.lr * self.guard.lr_scale * lr_factor(self.step, frac, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n, context = self.contexts(cfg.samples)
@@ -123,18 +130,20 @@ class Fitter:
             log_q_grad = log_prob_stop_params(self.family, z, context) if cfg.stl else log_q
         loss = -annealed_elbo_surrogate(log_p, log_q_grad, beta).mean()
         bound = elbo(log_p - log_q).mean().detach()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss at step {self.step + 1} (bound {float(bound)}); lower the "
-                f"learning rate (optim.lr={cfg.optim.lr}) or check the target for NaN/inf"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.family.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
+        finite = bool(loss.isfinite())
+        if finite:  # a non-finite step is skipped (vilab.train.guard)
+            loss.backward()
+            params = list(self.family.parameters())
+            if cfg.optim.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                finite = bool(norm.isfinite())
+            else:
+                finite = bool(grads_finite(params))
+        if finite:
+            self.optimizer.step()
         self.step += 1
-        return {"bound": bound.item(), "beta": beta, "lr": lr}
+        return {"bound": bound.item(), "beta": beta, "lr": lr, "finite": float(finite)}
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -144,13 +153,27 @@ class Fitter:
             "family": self.family.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
+            "guard": self.guard.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.family.load_state_dict(state["family"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+    def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
+        """Continue from ``state``.
+
+        Raises:
+            ValueError: ``state`` does not belong to a fit of this configuration.
+        """
+        try:
+            self.family.load_state_dict(state["family"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            self.step, self.seconds = int(state["step"]), float(state["seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [repr(err)])[0]
+            raise ValueError(
+                f"{source} does not fit this configuration ({type(err).__name__}: {first}); "
+                "resume with the config the run was started with, or start a new run"
+            ) from None
+        self.guard.load_state_dict(state.get("guard", {}))
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -252,38 +275,56 @@ def fit(
     ``tensorboard/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
     ``metrics.json`` and the figures. Ctrl-C stops training cleanly: the checkpoint,
     metrics and figures are still written, with ``"interrupted": true``. With
-    ``resume=True`` an existing checkpoint is continued exactly.
+    ``resume=True`` an existing checkpoint is continued exactly. A step with a non-finite
+    loss or gradient is skipped; repeated ones roll back to the last checkpoint with a
+    lower learning rate (:mod:`vilab.train.guard`, ``config.faults``).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     fitter = Fitter(config, target)
     ckpt = run_dir / "checkpoint.pt"
-    if resume and ckpt.exists():
-        fitter.load_state_dict(load_checkpoint(ckpt))
+    resume = resume and ckpt.exists()
+    if resume:
+        fitter.load_state_dict(load_checkpoint(ckpt), f"checkpoint {str(ckpt)!r}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
     log_z = target_log_z(fitter.target) if fitter.target.context_dim is None else None
     logger = RunLogger(run_dir, config.steps, fitter.step, progress, tensorboard)
+    guard = fitter.guard
     interrupted = False
     try:
+        if not resume:
+            save_checkpoint(ckpt, fitter.state_dict())  # what an early rollback returns to
         t_start = time.perf_counter() - fitter.seconds
         while fitter.step < config.steps:
             values = fitter.train_step(log_value=(fitter.step + 1) % config.log_every == 0)
             fitter.seconds = time.perf_counter() - t_start
+            if guard.record(bool(values.pop("finite")), fitter.step):
+                counts = guard.state_dict()  # a rollback keeps the counts and lowered lr
+                fitter.load_state_dict(load_checkpoint(ckpt), f"checkpoint {str(ckpt)!r}")
+                guard.load_state_dict(counts)
+                logger.rewind(fitter.step)
+                logger.log(fitter.step, {"rollback": guard.rollbacks, **guard.metrics()})
+                t_start = time.perf_counter() - fitter.seconds
+                continue
             if fitter.step % config.log_every == 0 or fitter.step == config.steps:
                 if log_z is not None:
                     values["kl"] = log_z - values["bound"]
+                if guard.skipped:
+                    values["skipped_steps"] = guard.skipped
                 logger.log(fitter.step, values)
-            if fitter.step % config.checkpoint_every == 0:
+            if fitter.step % config.checkpoint_every == 0 and guard.in_a_row == 0:
                 save_checkpoint(ckpt, fitter.state_dict())
             logger.advance()
             if config.max_seconds is not None and fitter.seconds >= config.max_seconds:
                 break
+        save_checkpoint(ckpt, fitter.state_dict())
     except KeyboardInterrupt:
         interrupted = True
-    finally:
         save_checkpoint(ckpt, fitter.state_dict())
+    finally:
         logger.close()
     metrics: dict[str, Any] = {
         "target": fitter.target.name,
@@ -293,6 +334,7 @@ def fit(
         "steps": fitter.step,
         "seconds": fitter.seconds,
         "steps_per_second": fitter.step / max(fitter.seconds, 1e-9),
+        **guard.metrics(),
         "interrupted": interrupted,
     }
     if config.figures:

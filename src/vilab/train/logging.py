@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
+
+from vilab.train.checkpoint import atomic_write_text
 
 
 class RunLogger:
@@ -21,6 +23,8 @@ class RunLogger:
             ``metrics.jsonl`` are dropped so a resumed run's log reads as one run.
         progress: show the bar.
         tensorboard: write TensorBoard events (``torch.utils.tensorboard``).
+        enabled: False for a process that must not write (a data-parallel rank > 0):
+            every method is then a no-op.
     """
 
     def __init__(
@@ -30,32 +34,49 @@ class RunLogger:
         start_step: int = 0,
         progress: bool = True,
         tensorboard: bool = True,
+        enabled: bool = True,
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.file: TextIO | None = None
+        self.writer: Any = None
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            disable=not (progress and enabled),
+            dynamic_ncols=True,
+            unit="step",
+        )
+        if not enabled:
+            return
         self._truncate_after(start_step)
         self.file = self.path.open("a")
-        self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(
                 log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1
             )
-        self.bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            disable=not progress,
-            dynamic_ncols=True,
-            unit="step",
-        )
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def rewind(self, step: int) -> None:
+        """Forget the records after ``step`` (a rollback to a checkpoint at ``step``)."""
+        if self.file is None:
+            return
+        self.file.close()
+        self._truncate_after(step)
+        self.file = self.path.open("a")
+        self.bar.n = step
+        self.bar.refresh()
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        if self.file is None:
+            return
         record = {"step": step, **{k: _num(v) for k, v in values.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -69,7 +90,8 @@ class RunLogger:
 
     def close(self) -> None:
         self.bar.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.writer is not None:
             self.writer.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,9 +23,17 @@ from torch import Tensor
 
 from vilab.config import DataConfig, TrainConfig, dump_config
 from vilab.data import Batches, load_dataset
+from vilab.data.binarize import derive_seed
 from vilab.data.mnist import load_mnist
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
-from vilab.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from vilab.train.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from vilab.train.distributed import SINGLE, World
+from vilab.train.guard import StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
 from vilab.vae import VAE, build_vae, vae_objective
@@ -48,8 +57,10 @@ class _GreyBatches(Batches):
         return self.dataset.images[self.indices(step)].to(self.dtype) / 255.0
 
 
-def load_vae_data(cfg: DataConfig, seed: int) -> VAEData:
-    """The data set of a run (see :class:`~vilab.config.DataConfig`)."""
+def load_vae_data(cfg: DataConfig, seed: int, world: World = SINGLE) -> VAEData:
+    """The data set of a run (see :class:`~vilab.config.DataConfig`); the training batches
+    are this rank's shares of the global batches (:class:`~vilab.data.Batches`)."""
+    shard = {"seed": seed, "rank": world.rank, "world_size": world.size}
     if cfg.name == "mnist_gray":
         from vilab.data.binarize import ImageDataset
 
@@ -58,7 +69,7 @@ def load_vae_data(cfg: DataConfig, seed: int) -> VAEData:
         n = len(images) - 10_000
         train = ImageDataset(images[:n], labels[:n], False, "mnist_gray", "train")
         return VAEData(
-            _GreyBatches(train, cfg.batch_size, seed=seed),
+            _GreyBatches(train, cfg.batch_size, **shard),
             images[n:].float() / 255,
             test.float() / 255,
             labels[n:],
@@ -66,7 +77,7 @@ def load_vae_data(cfg: DataConfig, seed: int) -> VAEData:
         )
     sets = {s: load_dataset(cfg.name, s, cfg.data_dir) for s in ("train", "valid", "test")}
     return VAEData(
-        Batches(sets["train"], cfg.batch_size, seed=seed),
+        Batches(sets["train"], cfg.batch_size, **shard),
         sets["valid"].tensor(),
         sets["test"].tensor(),
         sets["valid"].labels,
@@ -74,40 +85,85 @@ def load_vae_data(cfg: DataConfig, seed: int) -> VAEData:
     )
 
 
+def _per_batch(
+    images: Tensor,
+    batch: int,
+    fn: Callable[[Tensor], tuple[Tensor, ...]],
+    seed: int | None,
+    world: World,
+) -> list[Tensor]:
+    """``fn`` on each batch of ``images``, results concatenated over all images in order.
+
+    With ``seed``, batch b draws its random numbers from ``derive_seed(seed, 3, b)`` (the
+    global RNG is left as it was), so the result does not depend on which process did
+    which batch: rank r of W does batches r, r + W, …, and the per-image results are
+    gathered on every rank — the same numbers as one process, exactly.
+    """
+    if world.distributed and seed is None:
+        raise ValueError("a sharded evaluation needs a seed (the result must not depend on W)")
+    starts = range(0, images.shape[0], batch)
+    mine: dict[int, tuple[Tensor, ...]] = {}
+    for b in range(world.rank, len(starts), world.size):
+        x = images[starts[b] : starts[b] + batch]
+        if seed is None:
+            mine[b] = fn(x)
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, 3, b))
+            mine[b] = fn(x)
+    merged: dict[int, tuple[Tensor, ...]] = {}
+    for part in world.gather(mine):
+        merged.update(part)
+    columns = zip(*(merged[b] for b in range(len(starts))))
+    return [torch.cat(c) for c in columns]
+
+
 @torch.no_grad()
 def evaluate(
-    vae: VAE, images: Tensor, samples: int, chunk: int, batch: int, iwae_k: int | None = None
+    vae: VAE,
+    images: Tensor,
+    samples: int,
+    chunk: int,
+    batch: int,
+    iwae_k: int | None = None,
+    seed: int | None = None,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     """Importance-sampled log p(x) over ``images`` with K = ``samples`` per image.
 
     Batched over images (``batch`` at a time) and samples (``chunk`` at a time) with a
     streaming log-sum-exp; returns the mean log p(x), its Monte Carlo standard error, the
-    NLL, and from the same samples the ELBO and IWAE_k (k = ``iwae_k``).
+    NLL, and from the same samples the ELBO and IWAE_k (k = ``iwae_k``). With ``seed``
+    the estimate is reproducible and independent of how it is sharded; with a
+    multi-process ``world`` the batches are shared out and the result gathered exactly
+    (:func:`_per_batch`).
     """
     was_training = vae.training
     vae.eval()
-    lp, se, el, iw = [], [], [], []
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
-    for x in images.split(batch):
+
+    def one(x: Tensor) -> tuple[Tensor, ...]:
         h = vae.posterior.context(x)
         est = importance_log_likelihood(partial(vae.log_weights, x, h=h), samples, chunk, k)
-        lp.append(est.log_px)
-        se.append(est.stderr)
-        el.append(est.elbo)
-        if est.iwae is not None:
-            iw.append(est.iwae)
-    vae.train(was_training)
-    log_px, stderr = mean_with_stderr(torch.cat(lp), torch.cat(se))
+        assert est.elbo is not None
+        iwae = est.iwae if est.iwae is not None else torch.full_like(est.elbo, math.nan)
+        return est.log_px, est.stderr, est.elbo, iwae
+
+    try:
+        lp, se, el, iw = _per_batch(images, batch, one, seed, world)
+    finally:
+        vae.train(was_training)
+    log_px, stderr = mean_with_stderr(lp, se)
     out = {
         "log_px": log_px,
         "log_px_stderr": stderr,
         "nll": -log_px,
-        "elbo": float(torch.cat(el).mean()),
+        "elbo": float(el.mean()),
         "samples": samples,
         "images": int(images.shape[0]),
     }
-    if iw:
-        out[f"iwae_{k}"] = float(torch.cat(iw).mean())
+    if k is not None:
+        out[f"iwae_{k}"] = float(iw.mean())
     return out
 
 
@@ -118,64 +174,144 @@ OPTIMIZERS = {
 }
 
 
-class VAETrainer:
-    """Owns the model, optimizer, data and the step; ``train_step`` does one update."""
+class _Loss(torch.nn.Module):
+    """The training loss as a module, so that ``DistributedDataParallel`` (which hooks
+    the backward pass of its module's forward) can wrap it. ``scale`` turns this rank's
+    batch mean into its share of the global batch mean (see :mod:`.distributed`)."""
 
-    def __init__(self, config: TrainConfig, data: VAEData | None = None) -> None:
-        self.config = config
+    def __init__(self, vae: VAE, objective: Any) -> None:
+        super().__init__()
+        self.vae, self.objective = vae, objective
+
+    def forward(
+        self, x: Tensor, step: int, need_value: bool, scale: float
+    ) -> tuple[Tensor, Tensor]:
+        obj = vae_objective(self.vae, x, self.objective, step, need_value)
+        loss = -obj.surrogate if scale == 1.0 else -obj.surrogate * scale
+        return loss, obj.value.sum()
+
+
+class VAETrainer:
+    """Owns the model, optimizer, data and the step; ``train_step`` does one update.
+
+    In a multi-process ``world`` (``torchrun``) the loss is wrapped in
+    ``DistributedDataParallel`` and each rank trains on its share of the global batch.
+    """
+
+    def __init__(
+        self, config: TrainConfig, data: VAEData | None = None, world: World = SINGLE
+    ) -> None:
+        self.config, self.world = config, world
         torch.manual_seed(config.seed)
-        self.data = data if data is not None else load_vae_data(config.data, config.seed)
+        self.data = data if data is not None else load_vae_data(config.data, config.seed, world)
         self.vae = build_vae(config)
+        if world.rank > 0:  # one seed per rank; rank 0 continues the single-process stream
+            torch.manual_seed(derive_seed(config.seed, 2, world.rank))
+        self.loss = _Loss(self.vae, config.objective)
+        self.forward: torch.nn.Module = self.loss
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.loss)
         self.optimizer = OPTIMIZERS[config.optim.name](self.vae.parameters(), config.optim.lr)
+        self.guard = StepGuard(config.faults)
         self.step = 0
         self.seconds = 0.0
         self.best: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+
+    def start_clock(self) -> None:
+        """(Re)start the training clock at ``self.seconds`` (time outside train_step,
+        such as validation, is not training time)."""
+        self._t0 = time.perf_counter() - self.seconds
 
     def train_step(self, log_value: bool = True) -> dict[str, float]:
-        """One update; ``log_value=False`` may skip work only the logged bound needs."""
+        """One update; ``log_value=False`` may skip work only the logged bound needs.
+
+        A non-finite loss or gradient (on any rank) leaves the parameters and optimizer
+        state unchanged; the step still counts and ``"finite"`` is 0. The returned bound
+        is the global batch mean; ``self.seconds`` is rank 0's clock on every rank.
+        """
         cfg = self.config
         frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
-        lr = cfg.optim.lr * lr_factor(self.step, frac, cfg.optim)
+        lr = cfg.optim.lr * self.guard.lr_scale * lr_factor(self.step, frac, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x = self.data.train.batch(self.step)
-        obj = vae_objective(self.vae, x, cfg.objective, self.step, log_value)
-        loss = -obj.surrogate
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss at step {self.step + 1}; lower optim.lr "
-                f"(now {self.config.optim.lr}) or set optim.grad_clip"
-            )
+        batches = self.data.train
+        x = batches.batch(self.step)
+        n = batches.global_size(self.step) if isinstance(batches, Batches) else len(x)
         self.optimizer.zero_grad(set_to_none=True)
+        loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
         loss.backward()
-        if self.config.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.optim.grad_clip)
-        self.optimizer.step()
+        params = list(self.vae.parameters())
+        if cfg.optim.grad_clip is not None:
+            grads_ok = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip).isfinite()
+        else:
+            grads_ok = grads_finite(params)
+        elapsed = time.perf_counter() - self._t0 if self.world.is_main else 0.0
+        f64 = torch.float64
+        clock = torch.tensor(elapsed, dtype=f64)
+        status = self.world.sum(  # one collective: loss, bound, gradient check, rank 0's clock
+            torch.stack(
+                [loss.detach().to(f64), value_sum.detach().to(f64), grads_ok.to(f64), clock]
+            )
+        )
+        self.seconds = float(status[3])
+        finite = bool(status[0].isfinite()) and int(status[2]) == self.world.size
+        if finite:
+            self.optimizer.step()
         self.step += 1
-        return {"bound": float(obj.value.mean()), "lr": lr}
+        return {"bound": float(status[1]) / n, "lr": lr, "finite": float(finite)}
 
     def validate(self) -> dict[str, float]:
         e = self.config.eval
         valid = self.data.valid[: e.valid_images]
-        r = evaluate(self.vae, valid, e.valid_samples, min(e.chunk, e.valid_samples), e.batch)
+        seed = derive_seed(self.config.seed, 4, self.step)
+        chunk = min(e.chunk, e.valid_samples)
+        r = evaluate(self.vae, valid, e.valid_samples, chunk, e.batch, seed=seed, world=self.world)
         return {"valid_elbo": r["elbo"], "valid_log_px": r["log_px"]}
 
     def state_dict(self) -> dict[str, Any]:
+        """The whole training state; a collective in a multi-process world (every rank's
+        RNG state is gathered), so every rank must call it at the same step."""
         return {
             "step": self.step,
             "seconds": self.seconds,
             "best": self.best,
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": self.world.gather(torch.get_rng_state()),
+            "world_size": self.world.size,
+            "guard": self.guard.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.vae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        self.step, self.seconds = int(state["step"]), float(state["seconds"])
-        self.best = dict(state["best"])
+    def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
+        """Continue from ``state`` (written at any world size). The RNG state of rank r is
+        the one saved by rank r; a rank the checkpoint did not have gets a fresh stream
+        seeded from (seed, rank, step).
+
+        Raises:
+            ValueError: ``state`` does not belong to a run of this configuration.
+        """
+        try:
+            self.vae.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            step, seconds = int(state["step"]), float(state["seconds"])
+            best = dict(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(
+                f"{source} does not fit this configuration ({type(err).__name__}: {first}); "
+                "resume with the config the run was started with, or start a new run"
+            ) from None
+        rng = state.get("rng")
+        rng = rng if isinstance(rng, list) else [rng]
+        if self.world.rank < len(rng) and isinstance(rng[self.world.rank], Tensor):
+            torch.set_rng_state(rng[self.world.rank])
+        else:
+            torch.manual_seed(derive_seed(self.config.seed, 2, self.world.rank, step))
+        self.step, self.seconds, self.best = step, seconds, best
+        self.guard.load_state_dict(state.get("guard", {}))
 
 
 def _images(trainer: VAETrainer, run_dir: Path, logger: RunLogger | None, step: int) -> None:
@@ -193,6 +329,35 @@ def _images(trainer: VAETrainer, run_dir: Path, logger: RunLogger | None, step: 
         logger.writer.add_image("reconstructions", recon.unsqueeze(0), step)
 
 
+def _on_main(world: World, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0, its result (or its exception, raised) on every rank."""
+    result: tuple[bool, Any] = (True, None)
+    if world.is_main:
+        try:
+            result = (True, fn())
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            result = (False, err)
+    ok, value = world.broadcast(result)
+    if not ok:
+        raise value
+    return value
+
+
+def _save(trainer: VAETrainer, path: Path) -> None:
+    """Checkpoint (every rank takes part; rank 0 writes)."""
+    state = trainer.state_dict()
+    _on_main(trainer.world, lambda: save_checkpoint(path, state))
+
+
+def _restore(trainer: VAETrainer, path: Path, keep_guard: bool = False) -> None:
+    """Load ``path`` into the trainer on every rank (rank 0 reads it)."""
+    state = _on_main(trainer.world, lambda: load_checkpoint(path))
+    guard = trainer.guard.state_dict()
+    trainer.load_state_dict(state, f"checkpoint {str(path)!r}")
+    if keep_guard:  # a rollback keeps the counts and the lowered learning rate
+        trainer.guard.load_state_dict(guard)
+
+
 def train_vae(
     config: TrainConfig,
     run_dir: str | Path,
@@ -200,32 +365,56 @@ def train_vae(
     resume: bool = False,
     data: VAEData | None = None,
     tensorboard: bool = True,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, and write the run directory; returns metrics.
-    ``config.threads`` (if set) sets torch's thread count for the process."""
+
+    ``config.threads`` (if set) sets torch's thread count for the process. Everything is
+    validated (config, data, and with ``resume`` the checkpoint) before the first file is
+    written. A checkpoint is written at the start, every ``checkpoint_every`` steps and at
+    the end; a non-finite step is skipped, and repeated ones roll back to the last
+    checkpoint (:mod:`vilab.train.guard`). In a multi-process ``world`` only rank 0
+    writes, and every rank returns the same metrics.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    trainer = VAETrainer(config, data)
+    trainer = VAETrainer(config, data, world)
     ckpt = run_dir / "checkpoint.pt"
-    if resume and ckpt.exists():
-        trainer.load_state_dict(load_checkpoint(ckpt))
-    elif not resume:
-        (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's model
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    logger = RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
-    latent = _LatentTracker(trainer) if config.latent_dim == 2 else None
+    resume = resume and _on_main(world, ckpt.exists)
+    if resume:
+        _restore(trainer, ckpt)
+    main = world.is_main
+
+    def prepare() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+        if not resume:
+            (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+
+    _on_main(world, prepare)
+    logger = RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard, enabled=main)
+    latent = _LatentTracker(trainer) if config.latent_dim == 2 and main else None
+    guard = trainer.guard
     interrupted = False
-    rng_state = torch.get_rng_state()
     try:
-        t_start = time.perf_counter() - trainer.seconds
+        if not resume:
+            _save(trainer, ckpt)  # the state a rollback before the first checkpoint returns to
+        trainer.start_clock()
         while trainer.step < config.steps:
             values = trainer.train_step(log_value=(trainer.step + 1) % config.log_every == 0)
-            trainer.seconds = time.perf_counter() - t_start
             step = trainer.step
+            if guard.record(bool(values.pop("finite")), step):
+                _restore(trainer, ckpt, keep_guard=True)
+                logger.rewind(trainer.step)
+                logger.log(trainer.step, {"rollback": guard.rollbacks, **guard.metrics()})
+                trainer.start_clock()
+                continue
             if step % config.log_every == 0 or step == config.steps:
                 values["images_per_second"] = step * config.data.batch_size / trainer.seconds
+                if guard.skipped:
+                    values["skipped_steps"] = guard.skipped
                 logger.log(step, values)
             if step % config.eval_every == 0 or step == config.steps:
                 rng_state = torch.get_rng_state()
@@ -233,23 +422,25 @@ def train_vae(
                 logger.log(step, v)
                 if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
                     trainer.best = {"step": step, **v}
-                    save_checkpoint(
-                        run_dir / "best.pt", {"step": step, "model": trainer.vae.state_dict()}
-                    )
-                _images(trainer, run_dir, logger, step)
+                    best = {"step": step, "model": trainer.vae.state_dict()}
+                    _on_main(world, lambda best=best: save_checkpoint(run_dir / "best.pt", best))
+                if main:
+                    _images(trainer, run_dir, logger, step)
                 if latent is not None:
                     latent.snapshot(step)
                 torch.set_rng_state(rng_state)
-                t_start = time.perf_counter() - trainer.seconds  # evaluation is not training time
-            if step % config.checkpoint_every == 0:
-                save_checkpoint(ckpt, trainer.state_dict())
+                trainer.start_clock()  # evaluation is not training time
+            if step % config.checkpoint_every == 0 and guard.in_a_row == 0:
+                _save(trainer, ckpt)
             logger.advance()
             if config.max_seconds is not None and trainer.seconds >= config.max_seconds:
                 break
+        _save(trainer, ckpt)
     except KeyboardInterrupt:
         interrupted = True
+        if not world.distributed:  # with several ranks the last periodic checkpoint stands
+            save_checkpoint(ckpt, trainer.state_dict())
     finally:
-        save_checkpoint(ckpt, trainer.state_dict())
         logger.close()
     metrics: dict[str, Any] = {
         "data": config.data.name,
@@ -260,20 +451,34 @@ def train_vae(
         "steps": trainer.step,
         "seconds": trainer.seconds,
         "images_per_second": trainer.step * config.data.batch_size / max(trainer.seconds, 1e-9),
+        "world_size": world.size,
         "best_valid": trainer.best,
+        **guard.metrics(),
         "interrupted": interrupted,
     }
+    if interrupted and world.distributed:
+        return metrics
     if config.final_eval and not interrupted:
         best = run_dir / "best.pt"
-        if best.exists():
-            trainer.vae.load_state_dict(load_checkpoint(best)["model"])
+        if _on_main(world, best.exists):
+            trainer.vae.load_state_dict(_on_main(world, lambda: load_checkpoint(best))["model"])
         e = config.eval
         t0 = time.perf_counter()
-        test = evaluate(trainer.vae, trainer.data.test, e.samples, e.chunk, e.batch, iwae_k=50)
+        test = evaluate(
+            trainer.vae,
+            trainer.data.test,
+            e.samples,
+            e.chunk,
+            e.batch,
+            iwae_k=50,
+            seed=derive_seed(config.seed, 5),
+            world=world,
+        )
         test["seconds"] = time.perf_counter() - t0
         metrics["test"] = test
-    _figures(trainer, run_dir, latent)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if main:
+        _figures(trainer, run_dir, latent)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -323,6 +528,8 @@ def evaluate_ais(
     num_leapfrog: int = 5,
     batch: int = 100,
     init: str = "posterior",
+    seed: int | None = None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """log p(x) by annealed importance sampling (:func:`vilab.estimators.ais.ais`).
 
@@ -330,6 +537,7 @@ def evaluate_ais(
     where the start density is the Gaussian base and the target is
     p(x, T(ε)) |det ∂T/∂ε| (seed 002) — or at the prior (``init="prior"``). Batched over
     ``batch`` images and ``chains`` chains each. A stochastic lower bound on log p(x).
+    ``seed`` and ``world`` as for :func:`evaluate`.
     """
     from vilab.estimators.ais import ais
     from vilab.families.gaussian import StandardNormal
@@ -343,40 +551,40 @@ def evaluate_ais(
     for p in vae.parameters():
         p.requires_grad_(False)
     family, model = vae.posterior.family, vae.model
-    lp, se, acc = [], [], []
+
+    def one(x: Tensor) -> tuple[Tensor, ...]:
+        h = vae.posterior.context(x)
+        if init == "prior":
+            base: Any = StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h.dtype)
+            push = None
+        elif isinstance(family, FlowFamily):
+            base, push = family.base, family.push
+        else:
+            base, push = family, None
+
+        def log_target(e: Tensor) -> Tensor:
+            if push is None:
+                return model.log_joint(x, e)
+            z, logdet = push(e, h)
+            return model.log_joint(x, z) + logdet
+
+        est = ais(
+            partial(base.log_prob, context=h),
+            lambda c: base.rsample_and_log_prob(c, h)[0],
+            log_target,
+            chains,
+            num_dists,
+            num_leapfrog,
+        )
+        return est.log_z, est.stderr, torch.full_like(est.log_z, est.accept_rate)
+
     try:
-        for x in images.split(batch):
-            h = vae.posterior.context(x)
-            if init == "prior":
-                base: Any = StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h.dtype)
-                push = None
-            elif isinstance(family, FlowFamily):
-                base, push = family.base, family.push
-            else:
-                base, push = family, None
-
-            def log_target(e: Tensor, x: Tensor = x, h: Tensor = h, push: Any = push) -> Tensor:
-                if push is None:
-                    return model.log_joint(x, e)
-                z, logdet = push(e, h)
-                return model.log_joint(x, z) + logdet
-
-            est = ais(
-                partial(base.log_prob, context=h),
-                lambda c, h=h, base=base: base.rsample_and_log_prob(c, h)[0],
-                log_target,
-                chains,
-                num_dists,
-                num_leapfrog,
-            )
-            lp.append(est.log_z)
-            se.append(est.stderr)
-            acc.append(est.accept_rate)
+        lp, se, acc = _per_batch(images, batch, one, seed, world)
     finally:
         for p, r in zip(vae.parameters(), requires):
             p.requires_grad_(r)
         vae.train(was_training)
-    log_px, stderr = mean_with_stderr(torch.cat(lp), torch.cat(se))
+    log_px, stderr = mean_with_stderr(lp, se)
     return {
         "method": "ais",
         "log_px": log_px,
@@ -386,9 +594,37 @@ def evaluate_ais(
         "num_dists": num_dists,
         "num_leapfrog": num_leapfrog,
         "init": init,
-        "accept_rate": sum(acc) / len(acc),
+        "accept_rate": float(acc.mean()),
         "images": int(images.shape[0]),
     }
+
+
+def load_model(vae: VAE, path: Path) -> None:
+    """Load the ``model`` weights of a checkpoint into ``vae``.
+
+    Raises:
+        ValueError: the file is not a checkpoint of a model with this configuration.
+    """
+    state = load_checkpoint(path)
+    try:
+        vae.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [repr(err)])[0]
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the run's config.yaml "
+            f"({type(err).__name__}: {first})"
+        ) from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, with a clear error if it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({err}); delete or repair it") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} holds a {type(value).__name__}, not a JSON object")
+    return value
 
 
 def evaluate_run(
@@ -404,10 +640,13 @@ def evaluate_run(
     num_leapfrog: int = 5,
     images: int | None = None,
     init: str = "posterior",
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """``vilab eval``: log p(x) of a trained run's best (else last) model, by importance
     sampling (``method="is"``) or annealed importance sampling (``"ais"``); the result
-    is merged into the run's ``metrics.json`` under ``eval_<split>`` / ``ais_<split>``."""
+    is merged into the run's ``metrics.json`` under ``eval_<split>`` / ``ais_<split>``.
+    Seeded by the run's seed; in a multi-process ``world`` the images are shared out and
+    the estimate is the same as in one process."""
     from vilab.config import load_train_config
 
     run_dir = Path(run_dir)
@@ -419,7 +658,7 @@ def evaluate_run(
     samples, chunk, batch = samples or e.samples, chunk or e.chunk, batch or e.batch
     vae = build_vae(config)
     weights = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "checkpoint.pt"
-    vae.load_state_dict(load_checkpoint(weights)["model"])
+    load_model(vae, weights)
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
     if method not in ("is", "ais"):
@@ -427,16 +666,20 @@ def evaluate_run(
     data = load_vae_data(config.data, config.seed)
     x = data.test if split == "test" else data.valid
     x = x[:images] if images else x
-    torch.manual_seed(config.seed)
+    seed = derive_seed(config.seed, 5)
     t0 = time.perf_counter()
     if method == "is":
-        result = evaluate(vae, x, samples, min(chunk, samples), batch, iwae_k=50)
+        result = evaluate(vae, x, samples, min(chunk, samples), batch, 50, seed, world)
     else:
-        result = evaluate_ais(vae, x, chains, num_dists, num_leapfrog, min(batch, 100), init)
+        result = evaluate_ais(
+            vae, x, chains, num_dists, num_leapfrog, min(batch, 100), init, seed, world
+        )
     result["seconds"] = time.perf_counter() - t0
     result["weights"] = weights.name
-    path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    metrics[f"{'eval' if method == 'is' else 'ais'}_{split}"] = result
-    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    result["world_size"] = world.size
+    if world.is_main:
+        path = run_dir / "metrics.json"
+        metrics = read_json(path) if path.exists() else {}
+        metrics[f"{'eval' if method == 'is' else 'ais'}_{split}"] = result
+        atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     return result

@@ -1,0 +1,145 @@
+"""Data-parallel training with torch.distributed: the process group, collectives, launch.
+
+``vilab train`` runs data-parallel when started by ``torchrun`` (which sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``)::
+
+    torchrun --nproc_per_node=2 -m vilab train --config configs/vae_seed004_mean_field.yaml
+
+or with ``vilab train --nproc 2 …``, which starts that same ``torchrun`` for you on this
+machine (:func:`launch`). The backend is gloo: vilab trains on the CPU. The division of
+labour (implemented in :mod:`vilab.train.loop`):
+
+- **Data.** ``data.batch_size`` is the *global* batch. The batch at step s is the same
+  for every world size (:class:`vilab.data.Batches`); rank r of W trains on its rows
+  r, r + W, r + 2W, … — the rule of ``torch.utils.data.DistributedSampler`` applied to each
+  global batch rather than to each epoch, so that the union of the shards is exactly the
+  single-process batch and a checkpoint resumes at any world size.
+- **Gradients.** ``DistributedDataParallel`` averages them across ranks; each rank's
+  loss is its shard's sum divided by the global batch size times W, so the average is the
+  gradient of the global batch mean, as in one process.
+- **Randomness.** One seed per rank: rank 0 continues the stream seeded by ``seed``,
+  rank r > 0 is seeded ``derive_seed(seed, 2, r)``; every rank's RNG state goes into the
+  checkpoint.
+- **Metrics, clock and decisions** (skip a non-finite step, roll back, stop at
+  ``max_seconds``) are reduced across ranks every step, so all ranks take the same branch.
+- **Files.** Only rank 0 writes the run directory and checkpoints; on resume rank 0 reads
+  the checkpoint and broadcasts it (no shared file system needed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` of ``size`` (1 for a single process)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files, logs and shows progress."""
+        return self.rank == 0
+
+    # -- collectives (no-ops in a single process) -----------------------------------------
+    def sum(self, values: Tensor) -> Tensor:
+        """Element-wise sum over ranks (a float64 copy; ``values`` is left unchanged)."""
+        out = values.detach().to(torch.float64).clone()
+        if self.distributed:
+            dist.all_reduce(out)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled between our own processes only)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = World()
+
+
+def world_from_env(timeout_s: float = 1800.0) -> World:
+    """The :class:`World` of this process, joining the process group if ``torchrun``
+    started it (``WORLD_SIZE`` > 1); a single process otherwise.
+
+    Raises:
+        ValueError: the ``torchrun`` environment is incomplete or inconsistent.
+    """
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise ValueError(
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}, RANK={os.environ.get('RANK')!r}: "
+            "expected integers (as set by torchrun)"
+        ) from None
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"RANK={rank} of WORLD_SIZE={size}: expected 0 ≤ RANK < WORLD_SIZE")
+    if size == 1:
+        return SINGLE
+    if not dist.is_available():
+        raise ValueError("this torch build has no torch.distributed: run a single process")
+    if not dist.is_initialized():
+        for key in ("MASTER_ADDR", "MASTER_PORT"):
+            if key not in os.environ:
+                raise ValueError(f"WORLD_SIZE={size} but {key} is not set: start with torchrun")
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def shutdown(world: World) -> None:
+    """Leave the process group (if this process joined one)."""
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, argv: Sequence[str], threads: int | None = None) -> int:
+    """Run ``vilab <argv>`` in ``nproc`` processes on this machine with ``torchrun
+    --standalone`` and return its exit status. Each process gets ``threads`` torch threads
+    (``OMP_NUM_THREADS``; default: the CPU count divided among the processes)."""
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: expected a positive number of processes")
+    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "vilab",
+        *argv,
+    ]
+    return subprocess.call(cmd, env=env)

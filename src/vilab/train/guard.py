@@ -1,0 +1,94 @@
+"""Non-finite steps: skip, count, roll back with a lower learning rate, then stop.
+
+A step whose loss or gradient is NaN or ±inf is not applied: the parameters and the
+optimizer state stay as they were, the step counter moves on (the next batch comes), and
+the step is counted in ``skipped``. After ``faults.max_bad_steps`` such steps *in a row*
+the run rolls back to its last checkpoint (written only from finite steps), multiplies
+the learning rate by ``faults.rollback_lr_factor`` for the rest of the run, and goes on;
+after ``faults.max_rollbacks`` rollbacks it stops with :class:`Diverged`. The learning-rate
+scale and the counters are part of the checkpoint, so a resumed run keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class Diverged(FloatingPointError):
+    """Training kept producing non-finite losses or gradients after every rollback."""
+
+
+class _Faults(Protocol):
+    max_bad_steps: int
+    max_rollbacks: int
+    rollback_lr_factor: float
+
+
+def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> Tensor:
+    """A 0-d bool tensor: every gradient is finite (one fused norm over all of them; a
+    norm that overflows float32 counts as non-finite too)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    norms = torch._foreach_norm(grads)
+    return torch.stack(norms).sum().isfinite()
+
+
+class StepGuard:
+    """Counts non-finite steps and says when to roll back (see the module docstring)."""
+
+    def __init__(self, faults: _Faults) -> None:
+        self.faults = faults
+        self.skipped = 0
+        self.in_a_row = 0
+        self.rollbacks = 0
+        self.lr_scale = 1.0
+
+    def record(self, finite: bool, step: int) -> bool:
+        """Record the step just done; True if the run must now roll back.
+
+        Raises:
+            Diverged: a rollback is due but ``max_rollbacks`` are used up.
+        """
+        if finite:
+            self.in_a_row = 0
+            return False
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row < self.faults.max_bad_steps:
+            return False
+        if self.rollbacks >= self.faults.max_rollbacks:
+            raise Diverged(
+                f"training diverged: {self.in_a_row} non-finite steps in a row up to step "
+                f"{step}, after {self.rollbacks} rollback(s) that lowered the learning rate "
+                f"to {self.lr_scale:g}× optim.lr; lower optim.lr, set optim.grad_clip, or "
+                "raise faults.max_rollbacks"
+            )
+        self.rollbacks += 1
+        self.in_a_row = 0
+        self.lr_scale *= self.faults.rollback_lr_factor
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state.get("skipped", 0))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.in_a_row = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "skipped_steps": self.skipped,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
+        }
