@@ -1,0 +1,127 @@
+"""Data-parallel training and evaluation (2 CPU processes, gloo) against one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from ddp_helpers import run_ranks, train_and_evaluate, train_runs
+
+from vilab.cli import _without_nproc
+from vilab.config import load_train_config
+from vilab.data import Batches, load_dataset
+from vilab.data.binarize import derive_seed
+from vilab.train.checkpoint import load_checkpoint
+from vilab.train.loop import VAETrainer, evaluate, evaluate_ais, train_vae
+
+SMALL = [
+    "data.name=tiny",
+    "data.batch_size=32",
+    "latent_dim=4",
+    "encoder.hidden=[32]",
+    "decoder.hidden=[32]",
+    "eval.valid_images=40",
+    "eval.valid_samples=4",
+    "eval.chunk=4",
+    "threads=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def one_process_reference(overrides: list[str], steps: int, size: int = 2):
+    """One process doing what ``size`` ranks do: the same global batches, each shard with
+    the noise of its rank's RNG stream, the gradients averaged before one update."""
+    cfg = load_train_config(overrides=overrides)
+    torch.set_num_threads(1)
+    trainer = VAETrainer(cfg)
+    streams = [torch.get_rng_state()]
+    for r in range(1, size):
+        streams.append(torch.Generator().manual_seed(derive_seed(cfg.seed, 2, r)).get_state())
+    bounds = []
+    for step in range(steps):
+        x = trainer.data.train.batch(step)
+        n = len(x)
+        trainer.optimizer.zero_grad()
+        total = 0.0
+        for r in range(size):
+            torch.set_rng_state(streams[r])
+            xr = x[r::size]
+            loss, value = trainer.loss(xr, step, True, len(xr) * size / n)
+            (loss / size).backward()
+            total += float(value)
+            streams[r] = torch.get_rng_state()
+        trainer.optimizer.step()
+        bounds.append(total / n)
+    return trainer, bounds, streams
+
+
+def test_shards_of_a_global_batch_are_the_one_process_batch() -> None:
+    data = load_dataset("tiny", "train")
+    one = Batches(data, 30, seed=3)
+    two = [Batches(data, 30, seed=3, rank=r, world_size=2) for r in range(2)]
+    for step in (0, 5, one.steps_per_epoch - 1, one.steps_per_epoch):
+        x = one.batch(step)
+        torch.testing.assert_close(two[0].batch(step), x[0::2], rtol=0, atol=0)
+        torch.testing.assert_close(two[1].batch(step), x[1::2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="world_size"):
+        Batches(data, 30, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="smaller than world_size"):
+        Batches(data, 3, world_size=4)
+
+
+def test_two_processes_train_and_evaluate_like_one_process(tmp_path) -> None:
+    overrides = [*SMALL, "posterior.kind=planar", "posterior.layers=2", "objective.samples=2"]
+    steps = 4
+    run_ranks(2, train_and_evaluate, overrides, steps, tmp_path / "ddp.pt")
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    ref, bounds, streams = one_process_reference(overrides, steps)
+
+    torch.testing.assert_close(torch.tensor(ddp["bounds"]), torch.tensor(bounds), rtol=1e-5, atol=0)
+    for name, p in ref.vae.state_dict().items():
+        torch.testing.assert_close(ddp["model"][name], p, rtol=1e-5, atol=1e-6, msg=name)
+    for r in range(2):  # every rank drew exactly the noise of its stream
+        assert torch.equal(ddp["rng"][r], streams[r])
+
+    ref.vae.load_state_dict(ddp["model"])  # sharded evaluation = one process, exactly
+    test = ref.data.test[:30]
+    assert evaluate(ref.vae, test, 20, 10, 7, iwae_k=5, seed=11) == ddp["is"]
+    assert evaluate_ais(ref.vae, test[:8], 2, 4, 2, batch=3, seed=11) == ddp["ais"]
+
+
+def test_a_checkpoint_resumes_at_any_world_size(tmp_path) -> None:
+    base = [*SMALL, "final_eval=false", "eval_every=1000", "checkpoint_every=3", "log_every=1"]
+    full, part2, part1 = tmp_path / "full", tmp_path / "part2", tmp_path / "part1"
+    run_ranks(2, train_runs, [([*base, "steps=10"], full, False), ([*base, "steps=6"], part2, False)])
+    train_vae(load_train_config(overrides=[*base, "steps=6"]), part1, False, tensorboard=False)
+    shutil.copytree(part2, tmp_path / "part2to1")
+    assert len(load_checkpoint(part2 / "checkpoint.pt")["rng"]) == 2
+
+    run_ranks(2, train_runs, [([*base, "steps=10"], part2, True), ([*base, "steps=10"], part1, True)])
+    cfg10 = load_train_config(overrides=[*base, "steps=10"])
+    train_vae(cfg10, tmp_path / "part2to1", False, resume=True, tensorboard=False)
+
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part2 / "checkpoint.pt")
+    assert a["step"] == b["step"] == 10
+    for name, p in a["model"].items():  # same world size: resumed = uninterrupted, exactly
+        assert torch.equal(p, b["model"][name]), name
+    for run, size in ((part1, 2), (tmp_path / "part2to1", 1)):  # 1 → 2 and 2 → 1 processes
+        state = load_checkpoint(run / "checkpoint.pt")
+        assert state["step"] == 10 and len(state["rng"]) == size
+        assert all(torch.isfinite(p).all() for p in state["model"].values())
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["world_size"] == size and metrics["steps"] == 10
+        logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()]
+        assert sorted(set(logged)) == list(range(1, 11))
+
+
+def test_nproc_is_removed_from_what_each_worker_runs() -> None:
+    argv = ["train", "--nproc", "2", "--set", "steps=3", "--nproc=4", "--out", "d"]
+    assert _without_nproc(argv) == ["train", "--set", "steps=3", "--out", "d"]
