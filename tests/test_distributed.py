@@ -99,12 +99,16 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path) -> None:
 def test_a_checkpoint_resumes_at_any_world_size(tmp_path) -> None:
     base = [*SMALL, "final_eval=false", "eval_every=1000", "checkpoint_every=3", "log_every=1"]
     full, part2, part1 = tmp_path / "full", tmp_path / "part2", tmp_path / "part1"
-    run_ranks(2, train_runs, [([*base, "steps=10"], full, False), ([*base, "steps=6"], part2, False)])
+    run_ranks(
+        2, train_runs, [([*base, "steps=10"], full, False), ([*base, "steps=6"], part2, False)]
+    )
     train_vae(load_train_config(overrides=[*base, "steps=6"]), part1, False, tensorboard=False)
     shutil.copytree(part2, tmp_path / "part2to1")
     assert len(load_checkpoint(part2 / "checkpoint.pt")["rng"]) == 2
 
-    run_ranks(2, train_runs, [([*base, "steps=10"], part2, True), ([*base, "steps=10"], part1, True)])
+    run_ranks(
+        2, train_runs, [([*base, "steps=10"], part2, True), ([*base, "steps=10"], part1, True)]
+    )
     cfg10 = load_train_config(overrides=[*base, "steps=10"])
     train_vae(cfg10, tmp_path / "part2to1", False, resume=True, tensorboard=False)
 
