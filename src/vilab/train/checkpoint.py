@@ -78,6 +78,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 DIGEST_KEY = "sha256"
 
 
+def brief(err: BaseException, lines: int = 2, limit: int = 300) -> str:
+    """``Type: first lines`` of an exception from a library, for a one-line message."""
+    text = " ".join(x.strip() for x in str(err).strip().splitlines()[:lines] if x.strip())
+    return f"{type(err).__name__}: {text[:limit] or repr(err)}"
+
+
 def state_digest(state: Any) -> str:
     """SHA-256 of a nested state: every tensor's dtype, shape and bytes, every other
     value's type and ``repr``, in order. A zip checksum does not cover what ``torch.load``
@@ -128,10 +134,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
-            f"checkpoint {str(path)!r} is unreadable or corrupt ({type(err).__name__}: "
-            f"{first}); delete it to start over"
+            f"checkpoint {str(path)!r} is unreadable or corrupt ({brief(err, 1, 200)}); "
+            "delete it to start over"
         ) from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise ValueError(

@@ -28,6 +28,7 @@ from vilab.targets.base import Target, resolve_target
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
 from vilab.train.checkpoint import (
     atomic_write_text,
+    brief,
     load_checkpoint,
     remove_stale_temps,
     save_checkpoint,
@@ -168,9 +169,8 @@ class Fitter:
             torch.set_rng_state(state["rng"])
             self.step, self.seconds = int(state["step"]), float(state["seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [repr(err)])[0]
             raise ValueError(
-                f"{source} does not fit this configuration ({type(err).__name__}: {first}); "
+                f"{source} does not fit this configuration ({brief(err)}); "
                 "resume with the config the run was started with, or start a new run"
             ) from None
         self.guard.load_state_dict(state.get("guard", {}))

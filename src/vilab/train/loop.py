@@ -28,6 +28,7 @@ from vilab.data.mnist import load_mnist
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
 from vilab.train.checkpoint import (
     atomic_write_text,
+    brief,
     load_checkpoint,
     remove_stale_temps,
     save_checkpoint,
@@ -299,9 +300,8 @@ class VAETrainer:
             step, seconds = int(state["step"]), float(state["seconds"])
             best = dict(state["best"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise ValueError(
-                f"{source} does not fit this configuration ({type(err).__name__}: {first}); "
+                f"{source} does not fit this configuration ({brief(err)}); "
                 "resume with the config the run was started with, or start a new run"
             ) from None
         rng = state.get("rng")
@@ -609,10 +609,8 @@ def load_model(vae: VAE, path: Path) -> None:
     try:
         vae.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [repr(err)])[0]
         raise ValueError(
-            f"checkpoint {str(path)!r} does not fit the run's config.yaml "
-            f"({type(err).__name__}: {first})"
+            f"checkpoint {str(path)!r} does not fit the run's config.yaml ({brief(err)})"
         ) from None
 
 
