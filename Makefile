@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-all lint bench-env bench-density2d bench-mnist bench-uivi clean
+.PHONY: setup demo test test-all lint bench-env bench-density2d bench-mnist bench-uivi bench-scaling clean
 
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-mnist: bench-env
 # MNIST (~55 min), AIS vs IS on the IAF VAE (~25 min); `--part kl|vae|ais` runs one.
 bench-uivi: bench-env
 	$(BENCH)/bin/python benchmarks/uivi.py
+
+# `vilab train` images/s with 1 and 2 processes (DistributedDataParallel, gloo), ~3 min.
+bench-scaling: bench-env
+	$(BENCH)/bin/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) $(BENCH) runs
