@@ -147,7 +147,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if digest != state_digest(state):
         raise ValueError(
             f"checkpoint {str(path)!r} is corrupt: "
-            + ("it has no digest" if digest is None else "its contents do not match its digest")
+            + (
+                "it has no digest (not written by vilab's save_checkpoint, or damaged)"
+                if digest is None
+                else "its contents do not match its digest"
+            )
             + "; delete it to start over"
         )
     return state

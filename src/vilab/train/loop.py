@@ -299,17 +299,16 @@ class VAETrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             step, seconds = int(state["step"]), float(state["seconds"])
             best = dict(state["best"])
+            rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+            if self.world.rank < len(rng):
+                torch.set_rng_state(rng[self.world.rank])
+            else:
+                torch.manual_seed(derive_seed(self.config.seed, 2, self.world.rank, step))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ValueError(
                 f"{source} does not fit this configuration ({brief(err)}); "
                 "resume with the config the run was started with, or start a new run"
             ) from None
-        rng = state.get("rng")
-        rng = rng if isinstance(rng, list) else [rng]
-        if self.world.rank < len(rng) and isinstance(rng[self.world.rank], Tensor):
-            torch.set_rng_state(rng[self.world.rank])
-        else:
-            torch.manual_seed(derive_seed(self.config.seed, 2, self.world.rank, step))
         self.step, self.seconds, self.best = step, seconds, best
         self.guard.load_state_dict(state.get("guard", {}))
 
