@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,3 +19,11 @@ def shared_data() -> Path:
     if not (root / "binarized_mnist").is_dir():
         pytest.skip(f"real MNIST data not found in {root} (set VILAB_DATA_DIR)")
     return root
+
+
+@pytest.fixture
+def keep_threads():
+    """Restores torch's thread count after a test whose config sets ``threads``."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from ddp_helpers import run_ranks, train_and_evaluate, train_runs
+from tiny_vae import TINY_VAE
 
 from vilab.cli import _without_nproc
 from vilab.config import load_train_config
@@ -17,11 +18,7 @@ from vilab.train.checkpoint import load_checkpoint
 from vilab.train.loop import VAETrainer, evaluate, evaluate_ais, train_vae
 
 SMALL = [
-    "data.name=tiny",
-    "data.batch_size=32",
-    "latent_dim=4",
-    "encoder.hidden=[32]",
-    "decoder.hidden=[32]",
+    *TINY_VAE,
     "eval.valid_images=40",
     "eval.valid_samples=4",
     "eval.chunk=4",
@@ -29,11 +26,7 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def one_process_reference(overrides: list[str], steps: int, size: int = 2):

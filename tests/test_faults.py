@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_vae import TINY_VAE
 
 import vilab.train.checkpoint as checkpoint_module
 import vilab.train.loop as loop_module
@@ -28,11 +29,7 @@ from vilab.train.loop import VAETrainer, train_vae
 REPO = Path(__file__).resolve().parents[1]
 
 SMALL = [
-    "data.name=tiny",
-    "data.batch_size=32",
-    "latent_dim=4",
-    "encoder.hidden=[32]",
-    "decoder.hidden=[32]",
+    *TINY_VAE,
     "eval.valid_images=40",
     "eval.valid_samples=4",
     "eval.chunk=4",
@@ -42,11 +39,7 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def params(run: Path) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_vae import TINY_VAE
 
 from vilab.cli import main
 from vilab.config import load_train_config
@@ -14,11 +15,7 @@ from vilab.train.loop import VAETrainer, evaluate, train_vae
 from vilab.vae import build_vae, vae_objective
 
 SMALL = [
-    "data.name=tiny",
-    "data.batch_size=32",
-    "latent_dim=4",
-    "encoder.hidden=[32]",
-    "decoder.hidden=[32]",
+    *TINY_VAE,
     "posterior.hidden=[16]",
     "eval.samples=20",
     "eval.chunk=10",
@@ -99,7 +96,8 @@ def test_training_improves_the_bound_on_tiny() -> None:
     assert last > first + 100
 
 
-def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("ema", [[], ["optim.ema=0.9"]], ids=["plain", "ema"])
+def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, monkeypatch, ema) -> None:
     cfg = load_train_config(
         overrides=[
             *SMALL,
@@ -108,6 +106,7 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, monkeyp
             "checkpoint_every=5",
             "final_eval=false",
             "posterior.kind=iaf",
+            *ema,
         ]
     )
     train_vae(cfg, tmp_path / "straight", progress=False)
@@ -129,6 +128,29 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, monkeyp
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
     assert a["best"] == b["best"]
+    assert ("ema" in a) == bool(ema)
+    for k in a.get("ema", {}):
+        torch.testing.assert_close(a["ema"][k], b["ema"][k], rtol=0, atol=0)
+
+
+def test_the_moving_average_of_the_weights_is_what_gets_evaluated(tmp_path) -> None:
+    """θ̄ ← δ θ̄ + (1 − δ) θ after each update, starting from the first update's θ; the
+    validation, best.pt and the test use θ̄."""
+    cfg = load_train_config(overrides=[*SMALL, "optim.ema=0.75", "steps=3", "eval_every=3"])
+    trainer = VAETrainer(cfg)
+    thetas = []
+    for _ in range(3):
+        trainer.train_step()
+        thetas.append({k: v.detach().clone() for k, v in trainer.vae.named_parameters()})
+    for k, v in trainer.eval_vae.named_parameters():
+        expected = 0.75 * (0.75 * thetas[0][k] + 0.25 * thetas[1][k]) + 0.25 * thetas[2][k]
+        torch.testing.assert_close(v, expected, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(v, thetas[2][k])
+    train_vae(cfg, tmp_path, progress=False, tensorboard=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    best = load_checkpoint(tmp_path / "best.pt")["model"]
+    for k, v in best.items():
+        assert torch.equal(v, state["ema"][f"module.{k}"]), k
 
 
 def test_run_directory_and_eval_command(tmp_path, capsys) -> None:

@@ -351,11 +351,14 @@ class DataConfig(_Strict):
 
 class TrainOptimConfig(OptimConfig):
     """Optimizer for VAEs: ``adam``, ``adamax`` (Sylvester paper) or ``rmsprop`` (centered,
-    seed 004)."""
+    seed 004). ``ema``: decay δ of an exponential moving average of the weights,
+    θ̄ ← δ θ̄ + (1 − δ) θ after every update (Polyak averaging, as in Kingma et al.'s IAF
+    experiments); validation, ``best.pt`` and the test then use θ̄."""
 
     name: Literal["adam", "adamax", "rmsprop"] = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
     schedule: Literal["constant", "cosine"] = "constant"
+    ema: float | None = Field(None, gt=0, lt=1)
 
 
 class EvalConfig(_Strict):

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vilab.config import DataConfig, TrainConfig, dump_config
 from vilab.data import Batches, load_dataset
@@ -215,11 +216,20 @@ class VAETrainer:
 
             self.forward = DistributedDataParallel(self.loss)
         self.optimizer = OPTIMIZERS[config.optim.name](self.vae.parameters(), config.optim.lr)
+        self.ema: AveragedModel | None = None
+        if config.optim.ema is not None:
+            avg = get_ema_multi_avg_fn(config.optim.ema)
+            self.ema = AveragedModel(self.vae, multi_avg_fn=avg, use_buffers=True)
         self.guard = StepGuard(config.faults)
         self.step = 0
         self.seconds = 0.0
         self.best: dict[str, Any] = {}
         self._t0 = time.perf_counter()
+
+    @property
+    def eval_vae(self) -> VAE:
+        """The model to evaluate: the moving average of the weights if ``optim.ema``."""
+        return self.vae if self.ema is None else self.ema.module  # type: ignore[return-value]
 
     def start_clock(self) -> None:
         """(Re)start the training clock at ``self.seconds`` (time outside train_step,
@@ -261,6 +271,8 @@ class VAETrainer:
         finite = bool(status[0].isfinite()) and int(status[2]) == self.world.size
         if finite:
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.vae)
         self.step += 1
         return {"bound": float(status[1]) / n, "lr": lr, "finite": float(finite)}
 
@@ -269,7 +281,9 @@ class VAETrainer:
         valid = self.data.valid[: e.valid_images]
         seed = derive_seed(self.config.seed, 4, self.step)
         chunk = min(e.chunk, e.valid_samples)
-        r = evaluate(self.vae, valid, e.valid_samples, chunk, e.batch, seed=seed, world=self.world)
+        r = evaluate(
+            self.eval_vae, valid, e.valid_samples, chunk, e.batch, seed=seed, world=self.world
+        )
         return {"valid_elbo": r["elbo"], "valid_log_px": r["log_px"]}
 
     def state_dict(self) -> dict[str, Any]:
@@ -284,6 +298,7 @@ class VAETrainer:
             "rng": self.world.gather(torch.get_rng_state()),
             "world_size": self.world.size,
             "guard": self.guard.state_dict(),
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
@@ -299,6 +314,8 @@ class VAETrainer:
             self.optimizer.load_state_dict(state["optimizer"])
             step, seconds = int(state["step"]), float(state["seconds"])
             best = dict(state["best"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
             rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
             if self.world.rank < len(rng):
                 torch.set_rng_state(rng[self.world.rank])
@@ -316,7 +333,7 @@ class VAETrainer:
 def _images(trainer: VAETrainer, run_dir: Path, logger: RunLogger | None, step: int) -> None:
     from vilab.plots.images import grid, pairs, save_grid
 
-    vae = trainer.vae
+    vae = trainer.eval_vae
     torch.manual_seed(1234 + step)  # fixed pictures, independent of the training RNG
     samples = grid(vae.sample(64), nrow=8)
     x = trainer.data.test[:32]
@@ -421,7 +438,7 @@ def train_vae(
                 logger.log(step, v)
                 if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
                     trainer.best = {"step": step, **v}
-                    best = {"step": step, "model": trainer.vae.state_dict()}
+                    best = {"step": step, "model": trainer.eval_vae.state_dict()}
                     _on_main(world, lambda best=best: save_checkpoint(run_dir / "best.pt", best))
                 if main:
                     _images(trainer, run_dir, logger, step)
@@ -460,11 +477,12 @@ def train_vae(
     if config.final_eval and not interrupted:
         best = run_dir / "best.pt"
         if _on_main(world, best.exists):
-            trainer.vae.load_state_dict(_on_main(world, lambda: load_checkpoint(best))["model"])
+            state = _on_main(world, lambda: load_checkpoint(best))
+            trainer.eval_vae.load_state_dict(state["model"])
         e = config.eval
         t0 = time.perf_counter()
         test = evaluate(
-            trainer.vae,
+            trainer.eval_vae,
             trainer.data.test,
             e.samples,
             e.chunk,
@@ -501,7 +519,7 @@ class _LatentTracker:
     @torch.no_grad()
     def means(self) -> Tensor:
         x = self.trainer.data.test[: self.n]
-        z, _ = self.trainer.vae.posterior.rsample_and_log_prob(16, x)
+        z, _ = self.trainer.eval_vae.posterior.rsample_and_log_prob(16, x)
         return z.mean(0)
 
     def snapshot(self, step: int) -> None:
@@ -513,7 +531,7 @@ class _LatentTracker:
         labels = self.trainer.data.test_labels
         labels = None if labels is None else labels[: self.n]
         latent_scatter(self.means(), labels, run_dir / "latent.png")
-        manifold(self.trainer.vae, run_dir / "manifold.png")
+        manifold(self.trainer.eval_vae, run_dir / "manifold.png")
         if self.frames:
             latent_animation(self.frames, labels, run_dir / "latent.gif")
 
@@ -599,14 +617,21 @@ def evaluate_ais(
 
 
 def load_model(vae: VAE, path: Path) -> None:
-    """Load the ``model`` weights of a checkpoint into ``vae``.
+    """Load the weights to evaluate from a checkpoint into ``vae``: ``best.pt``'s model, a
+    training checkpoint's moving average of the weights if the run kept one
+    (``optim.ema``), else its model.
 
     Raises:
         ValueError: the file is not a checkpoint of a model with this configuration.
     """
     state = load_checkpoint(path)
     try:
-        vae.load_state_dict(state["model"])
+        if "ema" in state:  # a training checkpoint of a run with optim.ema: the average
+            n = len("module.")
+            weights = {k[n:]: v for k, v in state["ema"].items() if k.startswith("module.")}
+        else:
+            weights = state["model"]
+        vae.load_state_dict(weights)
     except (KeyError, TypeError, RuntimeError) as err:
         raise ValueError(
             f"checkpoint {str(path)!r} does not fit the run's config.yaml ({brief(err)})"
