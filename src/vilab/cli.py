@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    if getattr(args, "nproc", None) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if getattr(args, "nproc", None) and os.environ.get("WORLD_SIZE", "1") == "1":
         from vilab.train.distributed import launch
 
         return launch(args.nproc, _without_nproc(argv))
@@ -238,11 +238,6 @@ def _cmd_train(args: argparse.Namespace, world: World) -> int:
     config = load_train_config(args.config, overrides + list(args.set or []))
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
-    if config.data.batch_size % world.size:
-        raise ValueError(
-            f"data.batch_size={config.data.batch_size} (the global batch) must be a multiple "
-            f"of the number of processes, {world.size}"
-        )
     name = Path("runs") / f"vae_{config.posterior.kind}"
     out = Path(args.out) if args.out else world.broadcast(_unique_dir(name))
     if args.resume and not world.broadcast((out / "checkpoint.pt").exists()):
