@@ -30,8 +30,9 @@ pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def one_process_reference(overrides: list[str], steps: int, size: int = 2):
-    """One process doing what ``size`` ranks do: the same global batches, each shard with
-    the noise of its rank's RNG stream, the gradients averaged before one update."""
+    """One process doing what ``size`` ranks do: each global batch's loss is the mean over
+    all its images, each shard's images with the noise of its rank's RNG stream; one
+    update per batch."""
     cfg = load_train_config(overrides=overrides)
     torch.set_num_threads(1)
     trainer = VAETrainer(cfg)
@@ -43,14 +44,15 @@ def one_process_reference(overrides: list[str], steps: int, size: int = 2):
         x = trainer.data.train.batch(step)
         n = len(x)
         trainer.optimizer.zero_grad()
-        total = 0.0
+        loss, total = 0.0, 0.0
         for r in range(size):
             torch.set_rng_state(streams[r])
             xr = x[r::size]
-            loss, value = trainer.loss(xr, step, True, len(xr) * size / n)
-            (loss / size).backward()
+            shard_mean, value = trainer.loss(xr, step, True, 1.0)
+            loss = loss + shard_mean * len(xr) / n  # the global batch mean
             total += float(value)
             streams[r] = torch.get_rng_state()
+        loss.backward()
         trainer.optimizer.step()
         bounds.append(total / n)
     return trainer, bounds, streams
@@ -72,6 +74,7 @@ def test_shards_of_a_global_batch_are_the_one_process_batch() -> None:
 
 def test_two_processes_train_and_evaluate_like_one_process(tmp_path) -> None:
     overrides = [*SMALL, "posterior.kind=planar", "posterior.layers=2", "objective.samples=2"]
+    overrides.append("data.batch_size=31")  # uneven shards (16 + 15 images) weigh exactly
     steps = 4
     run_ranks(2, train_and_evaluate, overrides, steps, tmp_path / "ddp.pt")
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
