@@ -70,11 +70,13 @@ def test_shards_of_a_global_batch_are_the_one_process_batch() -> None:
         Batches(data, 30, rank=2, world_size=2)
     with pytest.raises(ValueError, match="smaller than world_size"):
         Batches(data, 3, world_size=4)
+    with pytest.raises(ValueError, match="leaves 1 image"):  # 4000 = 129 × 31 + 1
+        Batches(data, 31, world_size=2)
 
 
 def test_two_processes_train_and_evaluate_like_one_process(tmp_path) -> None:
     overrides = [*SMALL, "posterior.kind=planar", "posterior.layers=2", "objective.samples=2"]
-    overrides.append("data.batch_size=31")  # uneven shards (16 + 15 images) weigh exactly
+    overrides.append("data.batch_size=33")  # uneven shards (17 + 16 images) weigh exactly
     steps = 4
     run_ranks(2, train_and_evaluate, overrides, steps, tmp_path / "ddp.pt")
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from vilab.config import ConfigError, load_fit_config
 
 if TYPE_CHECKING:
+    from vilab.config import TrainConfig
     from vilab.train.distributed import World
 
 
@@ -144,19 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="importance-sampled log p(x) of a trained VAE run")
     e.add_argument("run_dir")
     e.add_argument(
-        "--samples", type=int, help="importance samples per image (default: the run's eval.samples)"
+        "--samples",
+        type=_positive,
+        help="importance samples per image (default: the run's eval.samples)",
     )
-    e.add_argument("--chunk", type=int, help="samples drawn at once (bounds memory)")
-    e.add_argument("--batch", type=int, help="images evaluated at once")
+    e.add_argument("--chunk", type=_positive, help="samples drawn at once (bounds memory)")
+    e.add_argument("--batch", type=_positive, help="images evaluated at once")
     e.add_argument("--split", default="test", choices=["test", "valid"])
     e.add_argument("--data-dir")
     e.add_argument(
         "--method", default="is", choices=["is", "ais"], help="importance sampling or annealed IS"
     )
-    e.add_argument("--images", type=int, help="evaluate only the first N images")
-    e.add_argument("--chains", type=int, default=16, help="AIS chains per image")
-    e.add_argument("--num-dists", type=int, default=500, help="AIS intermediate distributions")
-    e.add_argument("--leapfrog", type=int, default=5, help="AIS leapfrog steps per transition")
+    e.add_argument("--images", type=_positive, help="evaluate only the first N images")
+    e.add_argument("--chains", type=_positive, default=16, help="AIS chains per image")
+    e.add_argument(
+        "--num-dists", type=_positive, default=500, help="AIS intermediate distributions"
+    )
+    e.add_argument(
+        "--leapfrog", type=_positive, default=5, help="AIS leapfrog steps per transition"
+    )
     e.add_argument("--init", default="posterior", choices=["posterior", "prior"], help="AIS start")
     e.add_argument("--nproc", type=_positive, help="share the images among N processes")
 
@@ -173,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    if getattr(args, "nproc", None) and os.environ.get("WORLD_SIZE", "1") == "1":
-        from vilab.train.distributed import launch
-
-        return launch(args.nproc, _without_nproc(argv))
     world = None
     try:
+        if getattr(args, "nproc", None) and os.environ.get("WORLD_SIZE", "1") == "1":
+            from vilab.train.distributed import launch
+
+            _check_before_launch(args)
+            return launch(args.nproc, _without_nproc(argv))
         if args.command == "fit":
             return _cmd_fit(args)
         if args.command == "demo":
@@ -198,6 +206,22 @@ def main(argv: list[str] | None = None) -> int:
 
             shutdown(world)
     return 0  # pragma: no cover
+
+
+def _check_before_launch(args: argparse.Namespace) -> None:
+    """The input errors every worker would hit, reported once, before any process starts."""
+    if args.command == "eval":
+        if not (Path(args.run_dir) / "config.yaml").is_file():
+            raise ValueError(f"{args.run_dir!r} is not a vilab train run (no config.yaml)")
+        return
+    config = _train_config(args)
+    if config.data.batch_size < args.nproc:
+        raise ValueError(
+            f"data.batch_size={config.data.batch_size} is smaller than --nproc {args.nproc}: "
+            "every process needs at least one image of each global batch"
+        )
+    if args.resume and not (args.out and (Path(args.out) / "checkpoint.pt").exists()):
+        raise ValueError("--resume needs --out RUN_DIR holding a checkpoint.pt")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -226,16 +250,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace, world: World) -> int:
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     from vilab.config import load_train_config
-    from vilab.train.loop import train_vae
 
     overrides = [
         f"{k}={v}" for k, v in [("steps", args.steps), ("seed", args.seed)] if v is not None
     ]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    config = load_train_config(args.config, overrides + list(args.set or []))
+    return load_train_config(args.config, overrides + list(args.set or []))
+
+
+def _cmd_train(args: argparse.Namespace, world: World) -> int:
+    from vilab.train.loop import train_vae
+
+    config = _train_config(args)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
     name = Path("runs") / f"vae_{config.posterior.kind}"

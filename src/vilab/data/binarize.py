@@ -225,6 +225,13 @@ class Batches:
         self.dtype = dtype
         n = len(dataset)
         self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+        last = n - (self.steps_per_epoch - 1) * batch_size
+        if world_size > 1 and last < world_size:
+            raise ValueError(
+                f"batch_size={batch_size} leaves {last} image(s) for the last batch of each "
+                f"epoch of {n}, fewer than world_size={world_size} processes; choose a "
+                "batch size whose last batch is at least that large (or drop_last=True)"
+            )
         self._perm: tuple[int, Tensor] | None = None
 
     def epoch(self, step: int) -> int:

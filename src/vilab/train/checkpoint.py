@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,19 @@ import torch
 _TEMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+_FILE_MODE = 0o666 & ~_read_umask()  # read once, at import: os.umask is process-wide
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory,
+    fsync, rename over ``path``, fsync of the directory (so the rename survives a power
+    loss too).
 
     Raises:
         OSError: the write failed (disk full, file too large, no permission); the message
@@ -40,12 +46,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file is ordinary
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; a finished file is not
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -58,6 +65,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename stands
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
@@ -113,12 +133,18 @@ def state_digest(state: Any) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save ``state`` (tensors, numbers, strings, nested dicts/lists) with its
-    :func:`state_digest` under ``"sha256"``; a plain ``torch.load`` reads it too."""
+def encode_checkpoint(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file: ``state`` (tensors, numbers, strings, nested
+    dicts/lists) with its :func:`state_digest` under ``"sha256"``, in ``torch.save``'s
+    format (a plain ``torch.load`` reads it too)."""
     buffer = io.BytesIO()
     torch.save({**state, DIGEST_KEY: state_digest(state)}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically save ``state`` to ``path`` (:func:`encode_checkpoint`)."""
+    atomic_write_bytes(path, encode_checkpoint(state))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -132,7 +158,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file makes torch warn before it fails
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(
             f"checkpoint {str(path)!r} is unreadable or corrupt ({brief(err, 1, 200)}); "

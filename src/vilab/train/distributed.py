@@ -28,9 +28,10 @@ labour (implemented in :mod:`vilab.train.loop`):
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -125,21 +126,37 @@ def shutdown(world: World) -> None:
 
 
 def launch(nproc: int, argv: Sequence[str], threads: int | None = None) -> int:
-    """Run ``vilab <argv>`` in ``nproc`` processes on this machine with ``torchrun
-    --standalone`` and return its exit status. Each process gets ``threads`` torch threads
-    (``OMP_NUM_THREADS``; default: the CPU count divided among the processes)."""
+    """Run ``python -m vilab <argv>`` in ``nproc`` processes on this machine, as
+    ``torchrun --standalone --nproc-per-node=nproc`` does (``torch.distributed.launcher``),
+    and return 0 if every one succeeded, else the first failure's exit code. Each process
+    gets ``threads`` torch threads (``OMP_NUM_THREADS``), by default the value already in
+    the environment, else the CPU count divided among the processes; a ``threads`` key in
+    the run's config still wins inside the run."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     if nproc < 1:
         raise ValueError(f"--nproc {nproc}: expected a positive number of processes")
-    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "vilab",
-        *argv,
-    ]
-    return subprocess.call(cmd, env=env)
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // nproc)
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_endpoint="localhost:0",
+        rdzv_backend="c10d",
+        max_restarts=0,
+    )
+    quiet = logging.getLogger("torch.distributed.elastic")
+    level, quiet.level = quiet.level, logging.CRITICAL  # the workers report their own errors
+    try:
+        elastic_launch(config, sys.executable)("-m", "vilab", *argv)
+    except ChildFailedError as err:  # each worker has printed its own "vilab: error: …"
+        codes = [f.exitcode for f in err.failures.values()]
+        return next((c for c in codes if c and c > 0), 1)
+    finally:
+        quiet.setLevel(level)
+    return 0

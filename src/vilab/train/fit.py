@@ -27,13 +27,15 @@ from vilab.families.semi_implicit import SemiImplicit
 from vilab.targets.base import Target, resolve_target
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
 from vilab.train.checkpoint import (
+    atomic_write_bytes,
     atomic_write_text,
     brief,
+    encode_checkpoint,
     load_checkpoint,
     remove_stale_temps,
     save_checkpoint,
 )
-from vilab.train.guard import StepGuard, grads_finite
+from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
 
@@ -293,21 +295,25 @@ def fit(
     log_z = target_log_z(fitter.target) if fitter.target.context_dim is None else None
     logger = RunLogger(run_dir, config.steps, fitter.step, progress, tensorboard)
     guard = fitter.guard
+    ckpts = GoodCheckpoints(ckpt, atomic_write_bytes)
     interrupted = False
     try:
         if not resume:
-            save_checkpoint(ckpt, fitter.state_dict())  # what an early rollback returns to
+            ckpts.write(encode_checkpoint(fitter.state_dict()))  # for an early rollback
         t_start = time.perf_counter() - fitter.seconds
         while fitter.step < config.steps:
             values = fitter.train_step(log_value=(fitter.step + 1) % config.log_every == 0)
             fitter.seconds = time.perf_counter() - t_start
-            if guard.record(bool(values.pop("finite")), fitter.step):
-                counts = guard.state_dict()  # a rollback keeps the counts and lowered lr
+            finite = bool(values.pop("finite"))
+            ckpts.step_done(finite)
+            if guard.record(finite, fitter.step):
+                kept = guard.state_dict(), fitter.seconds  # a rollback keeps these
                 fitter.load_state_dict(load_checkpoint(ckpt), f"checkpoint {str(ckpt)!r}")
-                guard.load_state_dict(counts)
+                guard.load_state_dict(kept[0])
+                fitter.seconds = kept[1]
+                ckpts.write(encode_checkpoint(fitter.state_dict()))
                 logger.rewind(fitter.step)
                 logger.log(fitter.step, {"rollback": guard.rollbacks, **guard.metrics()})
-                t_start = time.perf_counter() - fitter.seconds
                 continue
             if fitter.step % config.log_every == 0 or fitter.step == config.steps:
                 if log_z is not None:
@@ -315,12 +321,12 @@ def fit(
                 if guard.skipped:
                     values["skipped_steps"] = guard.skipped
                 logger.log(fitter.step, values)
-            if fitter.step % config.checkpoint_every == 0 and guard.in_a_row == 0:
-                save_checkpoint(ckpt, fitter.state_dict())
+            if fitter.step % config.checkpoint_every == 0 and finite:
+                ckpts.hold(encode_checkpoint(fitter.state_dict()))
             logger.advance()
             if config.max_seconds is not None and fitter.seconds >= config.max_seconds:
                 break
-        save_checkpoint(ckpt, fitter.state_dict())
+        ckpts.write(encode_checkpoint(fitter.state_dict()))
     except KeyboardInterrupt:
         interrupted = True
         save_checkpoint(ckpt, fitter.state_dict())

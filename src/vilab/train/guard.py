@@ -3,15 +3,21 @@
 A step whose loss or gradient is NaN or ±inf is not applied: the parameters and the
 optimizer state stay as they were, the step counter moves on (the next batch comes), and
 the step is counted in ``skipped``. After ``faults.max_bad_steps`` such steps *in a row*
-the run rolls back to its last checkpoint (written only from finite steps), multiplies
-the learning rate by ``faults.rollback_lr_factor`` for the rest of the run, and goes on;
-after ``faults.max_rollbacks`` rollbacks it stops with :class:`Diverged`. The learning-rate
-scale and the counters are part of the checkpoint, so a resumed run keeps them.
+the run rolls back to its last good checkpoint, multiplies the learning rate by
+``faults.rollback_lr_factor`` for the rest of the run, writes that state as the new
+checkpoint, and goes on; after ``faults.max_rollbacks`` rollbacks it stops with
+:class:`Diverged`. The learning-rate scale and the counters are part of the checkpoint, so
+a resumed run keeps them.
+
+A checkpoint is *good* once the step after it was finite (:class:`GoodCheckpoints`): the
+update of the checkpointed step itself may be what sends every later step to NaN, and a
+rollback to it would then replay the same failure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -92,3 +98,30 @@ class StepGuard:
             "rollbacks": self.rollbacks,
             "lr_scale": self.lr_scale,
         }
+
+
+class GoodCheckpoints:
+    """Writes a checkpoint only once it is known to be good.
+
+    ``hold(data)`` keeps the encoded state of a checkpoint step in memory; ``step_done``
+    writes it if the next step was finite and drops it if not; ``write(data)`` writes at
+    once (start, end, after a rollback). So a crash loses at most ``checkpoint_every`` + 1
+    steps. ``write_file(path, data)`` does the writing (atomic; on rank 0 only in a
+    multi-process run, where ``data`` is None on the other ranks).
+    """
+
+    def __init__(self, path: Path, write_file: Callable[[Path, bytes | None], None]) -> None:
+        self.path, self.write_file = path, write_file
+        self.held: tuple[bytes | None] | None = None
+
+    def hold(self, data: bytes | None) -> None:
+        self.held = (data,)
+
+    def step_done(self, finite: bool) -> None:
+        if self.held is not None and finite:
+            self.write_file(self.path, self.held[0])
+        self.held = None
+
+    def write(self, data: bytes | None) -> None:
+        self.held = None
+        self.write_file(self.path, data)

@@ -28,14 +28,16 @@ from vilab.data.binarize import derive_seed
 from vilab.data.mnist import load_mnist
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
 from vilab.train.checkpoint import (
+    atomic_write_bytes,
     atomic_write_text,
     brief,
+    encode_checkpoint,
     load_checkpoint,
     remove_stale_temps,
     save_checkpoint,
 )
 from vilab.train.distributed import SINGLE, World
-from vilab.train.guard import StepGuard, grads_finite
+from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
 from vilab.vae import VAE, build_vae, vae_objective
@@ -85,6 +87,14 @@ def load_vae_data(cfg: DataConfig, seed: int, world: World = SINGLE) -> VAEData:
         sets["valid"].labels,
         sets["test"].labels,
     )
+
+
+def _check_positive(**values: int) -> None:
+    """Every rank checks its arguments before any work (one rank failing alone would
+    leave the others waiting in a collective)."""
+    for name, v in values.items():
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r}; accepted: a positive integer")
 
 
 def _per_batch(
@@ -140,6 +150,7 @@ def evaluate(
     multi-process ``world`` the batches are shared out and the result gathered exactly
     (:func:`_per_batch`).
     """
+    _check_positive(samples=samples, chunk=chunk, batch=batch)
     was_training = vae.training
     vae.eval()
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
@@ -297,6 +308,7 @@ class VAETrainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": self.world.gather(torch.get_rng_state()),
             "world_size": self.world.size,
+            "optimizer_name": self.config.optim.name,
             "guard": self.guard.state_dict(),
             **({} if self.ema is None else {"ema": self.ema.state_dict()}),
         }
@@ -309,6 +321,12 @@ class VAETrainer:
         Raises:
             ValueError: ``state`` does not belong to a run of this configuration.
         """
+        name = state.get("optimizer_name", self.config.optim.name)
+        if name != self.config.optim.name:
+            raise ValueError(
+                f"{source} was written with optim.name={name}, this config has "
+                f"optim.name={self.config.optim.name}: resume with the run's config"
+            )
         try:
             self.vae.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -330,6 +348,20 @@ class VAETrainer:
         self.guard.load_state_dict(state.get("guard", {}))
 
 
+def _after_validation(
+    trainer: VAETrainer,
+    run_dir: Path,
+    logger: RunLogger,
+    latent: _LatentTracker | None,
+    step: int,
+    values: dict[str, float],
+) -> None:
+    logger.log(step, values)
+    _images(trainer, run_dir, logger, step)
+    if latent is not None:
+        latent.snapshot(step)
+
+
 def _images(trainer: VAETrainer, run_dir: Path, logger: RunLogger | None, step: int) -> None:
     from vilab.plots.images import grid, pairs, save_grid
 
@@ -345,12 +377,12 @@ def _images(trainer: VAETrainer, run_dir: Path, logger: RunLogger | None, step: 
         logger.writer.add_image("reconstructions", recon.unsqueeze(0), step)
 
 
-def _on_main(world: World, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on rank 0, its result (or its exception, raised) on every rank."""
+def _on_main(world: World, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on rank 0, its result (or its exception, raised) on every rank."""
     result: tuple[bool, Any] = (True, None)
     if world.is_main:
         try:
-            result = (True, fn())
+            result = (True, fn(*args))
         except Exception as err:  # noqa: BLE001 - re-raised on every rank below
             result = (False, err)
     ok, value = world.broadcast(result)
@@ -359,19 +391,30 @@ def _on_main(world: World, fn: Callable[[], Any]) -> Any:
     return value
 
 
-def _save(trainer: VAETrainer, path: Path) -> None:
-    """Checkpoint (every rank takes part; rank 0 writes)."""
+def _main_only(world: World, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on rank 0 — file writes, logging — with its exception raised on every
+    rank (so that no rank waits for a crashed one); its result on rank 0, None elsewhere."""
+    out: list[Any] = []
+    _on_main(world, lambda: out.append(fn(*args)))
+    return out[0] if out else None
+
+
+def _encode(trainer: VAETrainer) -> bytes | None:
+    """The checkpoint's bytes on rank 0 (every rank takes part), None elsewhere."""
     state = trainer.state_dict()
-    _on_main(trainer.world, lambda: save_checkpoint(path, state))
+    return encode_checkpoint(state) if trainer.world.is_main else None
 
 
-def _restore(trainer: VAETrainer, path: Path, keep_guard: bool = False) -> None:
-    """Load ``path`` into the trainer on every rank (rank 0 reads it)."""
-    state = _on_main(trainer.world, lambda: load_checkpoint(path))
-    guard = trainer.guard.state_dict()
+def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
+    """Load ``path`` into the trainer on every rank (rank 0 reads it). A rollback keeps
+    the fault counts, the lowered learning rate, the best validation so far and the
+    training clock (a time budget counts the lost steps too)."""
+    state = _on_main(trainer.world, load_checkpoint, path)
+    kept = (trainer.guard.state_dict(), trainer.best, trainer.seconds)
     trainer.load_state_dict(state, f"checkpoint {str(path)!r}")
-    if keep_guard:  # a rollback keeps the counts and the lowered learning rate
-        trainer.guard.load_state_dict(guard)
+    if rollback:
+        trainer.guard.load_state_dict(kept[0])
+        trainer.best, trainer.seconds = kept[1], kept[2]
 
 
 def train_vae(
@@ -387,10 +430,10 @@ def train_vae(
 
     ``config.threads`` (if set) sets torch's thread count for the process. Everything is
     validated (config, data, and with ``resume`` the checkpoint) before the first file is
-    written. A checkpoint is written at the start, every ``checkpoint_every`` steps and at
-    the end; a non-finite step is skipped, and repeated ones roll back to the last
-    checkpoint (:mod:`vilab.train.guard`). In a multi-process ``world`` only rank 0
-    writes, and every rank returns the same metrics.
+    written. A checkpoint is written at the start, every ``checkpoint_every`` steps (once
+    the next step is finite) and at the end; a non-finite step is skipped, and repeated
+    ones roll back to the last checkpoint (:mod:`vilab.train.guard`). In a multi-process
+    ``world`` only rank 0 writes, and every rank returns the same metrics.
     """
     run_dir = Path(run_dir)
     if config.threads:
@@ -402,59 +445,59 @@ def train_vae(
         _restore(trainer, ckpt)
     main = world.is_main
 
-    def prepare() -> None:
+    def prepare() -> RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(run_dir)
         if not resume:
             (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        return RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
 
-    _on_main(world, prepare)
-    logger = RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard, enabled=main)
+    logger = _main_only(world, prepare) or RunLogger(run_dir, 0, enabled=False)
     latent = _LatentTracker(trainer) if config.latent_dim == 2 and main else None
     guard = trainer.guard
+    ckpts = GoodCheckpoints(ckpt, partial(_main_only, world, atomic_write_bytes))
     interrupted = False
     try:
         if not resume:
-            _save(trainer, ckpt)  # the state a rollback before the first checkpoint returns to
+            ckpts.write(_encode(trainer))  # what a rollback before the first checkpoint finds
         trainer.start_clock()
         while trainer.step < config.steps:
             values = trainer.train_step(log_value=(trainer.step + 1) % config.log_every == 0)
-            step = trainer.step
-            if guard.record(bool(values.pop("finite")), step):
-                _restore(trainer, ckpt, keep_guard=True)
-                logger.rewind(trainer.step)
-                logger.log(trainer.step, {"rollback": guard.rollbacks, **guard.metrics()})
+            step, finite = trainer.step, bool(values.pop("finite"))
+            ckpts.step_done(finite)
+            if guard.record(finite, step):
+                _restore(trainer, ckpt, rollback=True)
+                ckpts.write(_encode(trainer))  # the rollback and its lower lr survive a crash
+                _main_only(world, logger.rewind, trainer.step)
+                back = {"rollback": guard.rollbacks, **guard.metrics()}
+                _main_only(world, logger.log, trainer.step, back)
                 trainer.start_clock()
                 continue
             if step % config.log_every == 0 or step == config.steps:
                 values["images_per_second"] = step * config.data.batch_size / trainer.seconds
                 if guard.skipped:
                     values["skipped_steps"] = guard.skipped
-                logger.log(step, values)
+                _main_only(world, logger.log, step, values)
             if step % config.eval_every == 0 or step == config.steps:
                 rng_state = torch.get_rng_state()
                 v = trainer.validate()
-                logger.log(step, v)
                 if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
                     trainer.best = {"step": step, **v}
                     best = {"step": step, "model": trainer.eval_vae.state_dict()}
-                    _on_main(world, lambda best=best: save_checkpoint(run_dir / "best.pt", best))
-                if main:
-                    _images(trainer, run_dir, logger, step)
-                if latent is not None:
-                    latent.snapshot(step)
+                    _main_only(world, save_checkpoint, run_dir / "best.pt", best)
+                _main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
                 torch.set_rng_state(rng_state)
                 trainer.start_clock()  # evaluation is not training time
-            if step % config.checkpoint_every == 0 and guard.in_a_row == 0:
-                _save(trainer, ckpt)
+            if step % config.checkpoint_every == 0 and finite:
+                ckpts.hold(_encode(trainer))
             logger.advance()
             if config.max_seconds is not None and trainer.seconds >= config.max_seconds:
                 break
-        _save(trainer, ckpt)
+        ckpts.write(_encode(trainer))
     except KeyboardInterrupt:
         interrupted = True
-        if not world.distributed:  # with several ranks the last periodic checkpoint stands
+        if not world.distributed:  # with several ranks the last checkpoint written stands
             save_checkpoint(ckpt, trainer.state_dict())
     finally:
         logger.close()
@@ -562,6 +605,7 @@ def evaluate_ais(
 
     if init not in ("posterior", "prior"):
         raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
+    _check_positive(chains=chains, num_dists=num_dists, num_leapfrog=num_leapfrog, batch=batch)
     was_training = vae.training
     vae.eval()
     requires = [p.requires_grad for p in vae.parameters()]
