@@ -98,6 +98,7 @@ def test_no_nan_in_10000_uivi_steps_on_the_banana() -> None:
     fitter = Fitter(cfg)
     for step in range(10_000):
         out = fitter.train_step(log_value=step % 500 == 0)
+        assert out["finite"] == 1.0, step  # no step had a NaN loss or gradient to skip
         if step % 500 == 0:
             assert math.isfinite(out["bound"]), step
     for p in fitter.family.parameters():
