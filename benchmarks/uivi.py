@@ -403,12 +403,19 @@ def part_vae(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
         limit = f"{args.vae_minutes:g} min" + (
             f" or {config.steps} steps" if args.vae_steps else ""
         )
-        print(f"  training the {kind} VAE ({limit}) into {run_dir} …", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        metrics = train_vae(
-            config, run_dir, progress=sys.stderr.isatty(), data=data, tensorboard=False
-        )
-        wall = time.perf_counter() - t0
+        if args.vae_reuse and (run_dir / "metrics.json").is_file():
+            print(f"  reusing the {kind} VAE trained in {run_dir}", file=sys.stderr, flush=True)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            wall = metrics["seconds"]
+        else:
+            print(
+                f"  training the {kind} VAE ({limit}) into {run_dir} …", file=sys.stderr, flush=True
+            )
+            t0 = time.perf_counter()
+            metrics = train_vae(
+                config, run_dir, progress=sys.stderr.isatty(), data=data, tensorboard=False
+            )
+            wall = time.perf_counter() - t0
         _, vae, weights = load_run(run_dir, data_dir, prefer="checkpoint.pt")
         family = vae.posterior.family
         extra: dict[str, Any] = {}
@@ -807,6 +814,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     v.add_argument("--vae-test-images", type=int, help="first test images [1000; quick: 50]")
     v.add_argument("--vae-eval-batch", type=int, default=10, help="images at once [10]")
     v.add_argument("--vae-eval-chunk", type=int, default=10, help="samples at once [10]")
+    v.add_argument(
+        "--vae-reuse",
+        action="store_true",
+        help="evaluate the VAEs already trained in --runs-dir instead of training them",
+    )
     s = p.add_argument_group("part ais: AIS vs IS on the IAF VAE")
     s.add_argument("--iaf-run", type=Path, default=None, help="a trained run directory [train one]")
     s.add_argument("--iaf-steps", type=int, help="training steps of the IAF [30000; quick: 5]")
