@@ -225,7 +225,7 @@ class VAETrainer:
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.loss)
+            self.forward = DistributedDataParallel(self.loss, gradient_as_bucket_view=True)
         self.optimizer = OPTIMIZERS[config.optim.name](self.vae.parameters(), config.optim.lr)
         self.ema: AveragedModel | None = None
         if config.optim.ema is not None:
@@ -248,11 +248,14 @@ class VAETrainer:
         self._t0 = time.perf_counter() - self.seconds
 
     def train_step(self, log_value: bool = True) -> dict[str, float]:
-        """One update; ``log_value=False`` may skip work only the logged bound needs.
+        """One update; ``log_value=False`` may skip work only the logged bound needs (and,
+        with several processes, the collective that averages it).
 
         A non-finite loss or gradient (on any rank) leaves the parameters and optimizer
         state unchanged; the step still counts and ``"finite"`` is 0. The returned bound
-        is the global batch mean; ``self.seconds`` is rank 0's clock on every rank.
+        is the global batch mean (NaN if not ``log_value``). With several processes,
+        ``self.seconds`` is rank 0's clock on every rank whenever the run has a
+        ``max_seconds`` budget (its schedule and its stop follow the clock).
         """
         cfg = self.config
         frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
@@ -264,28 +267,33 @@ class VAETrainer:
         n = batches.global_size(self.step) if isinstance(batches, Batches) else len(x)
         self.optimizer.zero_grad(set_to_none=True)
         loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
-        loss.backward()
+        # × (1 + 0·loss) is × 1 exactly for a finite loss and × NaN otherwise: a non-finite
+        # loss on any rank makes the averaged gradient non-finite on every rank, so one
+        # local check of the (identical) gradients is a decision all ranks share.
+        (loss * (1.0 + 0.0 * loss.detach())).backward()
         params = list(self.vae.parameters())
         if cfg.optim.grad_clip is not None:
-            grads_ok = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip).isfinite()
+            finite = bool(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip).isfinite())
         else:
-            grads_ok = grads_finite(params)
-        elapsed = time.perf_counter() - self._t0 if self.world.is_main else 0.0
-        f64 = torch.float64
-        clock = torch.tensor(elapsed, dtype=f64)
-        status = self.world.sum(  # one collective: loss, bound, gradient check, rank 0's clock
-            torch.stack(
-                [loss.detach().to(f64), value_sum.detach().to(f64), grads_ok.to(f64), clock]
-            )
-        )
-        self.seconds = float(status[3])
-        finite = bool(status[0].isfinite()) and int(status[2]) == self.world.size
+            finite = bool(grads_finite(params))
+        elapsed = time.perf_counter() - self._t0
+        bound = math.nan
+        if self.world.distributed and (log_value or cfg.max_seconds is not None):
+            f64 = torch.float64
+            local = torch.stack([value_sum.detach().to(f64), torch.tensor(elapsed, dtype=f64)])
+            if not self.world.is_main:
+                local[1] = 0.0
+            status = self.world.sum(local)  # the bound's sum over ranks, rank 0's clock
+            bound, elapsed = float(status[0]) / n, float(status[1])
+        elif log_value:
+            bound = float(value_sum) / n
+        self.seconds = elapsed
         if finite:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.vae)
         self.step += 1
-        return {"bound": float(status[1]) / n, "lr": lr, "finite": float(finite)}
+        return {"bound": bound, "lr": lr, "finite": float(finite)}
 
     def validate(self) -> dict[str, float]:
         e = self.config.eval
