@@ -471,7 +471,8 @@ def train_vae(
             ckpts.write(_encode(trainer))  # what a rollback before the first checkpoint finds
         trainer.start_clock()
         while trainer.step < config.steps:
-            values = trainer.train_step(log_value=(trainer.step + 1) % config.log_every == 0)
+            logged = (trainer.step + 1) % config.log_every == 0 or trainer.step + 1 == config.steps
+            values = trainer.train_step(log_value=logged)
             step, finite = trainer.step, bool(values.pop("finite"))
             ckpts.step_done(finite)
             if guard.record(finite, step):
