@@ -5,8 +5,8 @@
 
     torchrun --nproc_per_node=2 -m vilab train --config configs/vae_seed004_mean_field.yaml
 
-or with ``vilab train --nproc 2 …``, which starts that same ``torchrun`` for you on this
-machine (:func:`launch`). The backend is gloo: vilab trains on the CPU. The division of
+or with ``vilab train --nproc 2 …``, which starts the same workers on this machine with
+torchrun's launcher (:func:`launch`). The backend is gloo: vilab trains on the CPU. The division of
 labour (implemented in :mod:`vilab.train.loop`):
 
 - **Data.** ``data.batch_size`` is the *global* batch. The batch at step s is the same
@@ -20,10 +20,14 @@ labour (implemented in :mod:`vilab.train.loop`):
 - **Randomness.** One seed per rank: rank 0 continues the stream seeded by ``seed``,
   rank r > 0 is seeded ``derive_seed(seed, 2, r)``; every rank's RNG state goes into the
   checkpoint.
-- **Metrics, clock and decisions** (skip a non-finite step, roll back, stop at
-  ``max_seconds``) are reduced across ranks every step, so all ranks take the same branch.
-- **Files.** Only rank 0 writes the run directory and checkpoints; on resume rank 0 reads
-  the checkpoint and broadcasts it (no shared file system needed).
+- **Decisions.** Skipping a non-finite step (and so rolling back or stopping) is decided
+  from the averaged gradients, identical on every rank; a non-finite loss on any rank is
+  folded into them. The bound is summed across ranks on log steps, and rank 0's clock is
+  shared every step of a run with ``max_seconds`` (its schedule and stop follow it), so
+  all ranks take the same branch with no other per-step collective.
+- **Files.** Only rank 0 writes the run directory and checkpoints, and an error while it
+  writes is raised on every rank; on resume rank 0 reads the checkpoint and broadcasts it
+  (no shared file system needed for that).
 """
 
 from __future__ import annotations
