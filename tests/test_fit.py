@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import pytest
 import torch
@@ -137,14 +138,14 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> No
     original = Fitter.train_step
 
     def interrupt_at_23(self, **kwargs):
-        if self.step == 23:
-            raise KeyboardInterrupt
+        if self.step == 23:  # Ctrl-C in the middle of step 24: it finishes, then the run stops
+            signal.raise_signal(signal.SIGINT)
         return original(self, **kwargs)
 
     monkeypatch.setattr(Fitter, "train_step", interrupt_at_23)
     m1 = fit(cfg, tmp_path / "resumed", progress=False, tensorboard=False)
-    assert m1["interrupted"] is True and m1["steps"] == 23
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 23
+    assert m1["interrupted"] is True and m1["steps"] == 24
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 24
     monkeypatch.setattr(Fitter, "train_step", original)
     m2 = fit(cfg, tmp_path / "resumed", progress=False, resume=True, tensorboard=False)
     assert m2["steps"] == 40 and m2["interrupted"] is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
@@ -113,13 +114,15 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path, monkeyp
     original = VAETrainer.train_step
 
     def stop_at_17(self, **kwargs):
-        if self.step == 17:
-            raise KeyboardInterrupt
+        if self.step == 17:  # Ctrl-C twice in the middle of step 18: it stops at once
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return original(self, **kwargs)
 
     monkeypatch.setattr(VAETrainer, "train_step", stop_at_17)
     m = train_vae(cfg, tmp_path / "resumed", progress=False)
     assert m["interrupted"] and m["steps"] == 17
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 15  # the last one
     monkeypatch.setattr(VAETrainer, "train_step", original)
     train_vae(cfg, tmp_path / "resumed", progress=False, resume=True)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")

@@ -124,8 +124,13 @@ def world_from_env(timeout_s: float = 1800.0) -> World:
 
 
 def shutdown(world: World) -> None:
-    """Leave the process group (if this process joined one)."""
+    """Leave the process group (if this process joined one), after a barrier so that no
+    rank tears down its connections while another still uses them."""
     if world.distributed and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer is gone already (it failed): nothing to wait for
+            pass
         dist.destroy_process_group()
 
 
@@ -136,6 +141,7 @@ def launch(nproc: int, argv: Sequence[str], threads: int | None = None) -> int:
     gets ``threads`` torch threads (``OMP_NUM_THREADS``), by default the value already in
     the environment, else the CPU count divided among the processes; a ``threads`` key in
     the run's config still wins inside the run."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -161,6 +167,8 @@ def launch(nproc: int, argv: Sequence[str], threads: int | None = None) -> int:
     except ChildFailedError as err:  # each worker has printed its own "vilab: error: …"
         codes = [f.exitcode for f in err.failures.values()]
         return next((c for c in codes if c and c > 0), 1)
+    except SignalException as err:  # Ctrl-C or a kill of the launcher: the workers stopped
+        return 128 + int(err.sigval)
     finally:
         quiet.setLevel(level)
     return 0

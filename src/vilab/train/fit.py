@@ -9,9 +9,11 @@ logged KL over training is log Z − ELBO and the final figure is the exact KL f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,9 @@ from vilab.train.checkpoint import (
     encode_checkpoint,
     load_checkpoint,
     remove_stale_temps,
-    save_checkpoint,
 )
 from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
+from vilab.train.interrupt import stop_at_step_boundary
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
 
@@ -263,6 +265,53 @@ def _kl_dict(est: KLEstimate) -> dict[str, Any]:
     return d
 
 
+def _steps(
+    fitter: Fitter,
+    ckpts: GoodCheckpoints,
+    logger: RunLogger,
+    log_z: float | None,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """The training loop of :func:`fit`, up to the last checkpoint; True if it stopped
+    early on a Ctrl-C."""
+    config, guard = fitter.config, fitter.guard
+    interrupted = False
+    t_start = time.perf_counter() - fitter.seconds
+    while fitter.step < config.steps:
+        logged = (fitter.step + 1) % config.log_every == 0 or fitter.step + 1 == config.steps
+        values = fitter.train_step(log_value=logged)
+        fitter.seconds = time.perf_counter() - t_start
+        finite = bool(values.pop("finite"))
+        ckpts.step_done(finite)
+        if guard.record(finite, fitter.step):
+            ckpts.drop()
+            kept = guard.state_dict(), fitter.seconds  # a rollback keeps these
+            fitter.load_state_dict(load_checkpoint(ckpts.path), f"checkpoint {str(ckpts.path)!r}")
+            guard.load_state_dict(kept[0])
+            fitter.seconds = kept[1]
+            ckpts.write(encode_checkpoint(fitter.state_dict()))
+            logger.rewind(fitter.step)
+            logger.log(fitter.step, {"rollback": guard.rollbacks, **guard.metrics()})
+            continue
+        if fitter.step % config.log_every == 0 or fitter.step == config.steps:
+            if log_z is not None:
+                values["kl"] = log_z - values["bound"]
+            if guard.skipped:
+                values["skipped_steps"] = guard.skipped
+            logger.log(fitter.step, values)
+        if fitter.step % config.checkpoint_every == 0:
+            ckpts.hold(encode_checkpoint(fitter.state_dict()))
+        logger.advance()
+        if config.max_seconds is not None and fitter.seconds >= config.max_seconds:
+            break
+        if stop_requested():
+            interrupted = True
+            break
+    if guard.in_a_row == 0:  # else the last good checkpoint stands
+        ckpts.write(encode_checkpoint(fitter.state_dict()))
+    return interrupted
+
+
 def fit(
     config: FitConfig,
     run_dir: str | Path,
@@ -275,8 +324,9 @@ def fit(
 
     The run directory gets ``config.yaml``, ``metrics.jsonl`` (every ``log_every`` steps),
     ``tensorboard/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
-    ``metrics.json`` and the figures. Ctrl-C stops training cleanly: the checkpoint,
-    metrics and figures are still written, with ``"interrupted": true``. With
+    ``metrics.json`` and the figures. Ctrl-C stops training cleanly at the end of the
+    current step: the checkpoint, metrics and figures are still written, with
+    ``"interrupted": true`` (a second Ctrl-C stops at once and keeps the last checkpoint). With
     ``resume=True`` an existing checkpoint is continued exactly. A step with a non-finite
     loss or gradient is skipped; repeated ones roll back to the last checkpoint with a
     lower learning rate (:mod:`vilab.train.guard`, ``config.faults``).
@@ -297,41 +347,15 @@ def fit(
     guard = fitter.guard
     ckpts = GoodCheckpoints(ckpt, atomic_write_bytes)
     interrupted = False
-    try:
+    with contextlib.ExitStack() as stack:
+        stop_requested = stack.enter_context(stop_at_step_boundary())
+        stack.callback(logger.close)
         if not resume:
             ckpts.write(encode_checkpoint(fitter.state_dict()))  # for an early rollback
-        t_start = time.perf_counter() - fitter.seconds
-        while fitter.step < config.steps:
-            values = fitter.train_step(log_value=(fitter.step + 1) % config.log_every == 0)
-            fitter.seconds = time.perf_counter() - t_start
-            finite = bool(values.pop("finite"))
-            ckpts.step_done(finite)
-            if guard.record(finite, fitter.step):
-                kept = guard.state_dict(), fitter.seconds  # a rollback keeps these
-                fitter.load_state_dict(load_checkpoint(ckpt), f"checkpoint {str(ckpt)!r}")
-                guard.load_state_dict(kept[0])
-                fitter.seconds = kept[1]
-                ckpts.write(encode_checkpoint(fitter.state_dict()))
-                logger.rewind(fitter.step)
-                logger.log(fitter.step, {"rollback": guard.rollbacks, **guard.metrics()})
-                continue
-            if fitter.step % config.log_every == 0 or fitter.step == config.steps:
-                if log_z is not None:
-                    values["kl"] = log_z - values["bound"]
-                if guard.skipped:
-                    values["skipped_steps"] = guard.skipped
-                logger.log(fitter.step, values)
-            if fitter.step % config.checkpoint_every == 0 and finite:
-                ckpts.hold(encode_checkpoint(fitter.state_dict()))
-            logger.advance()
-            if config.max_seconds is not None and fitter.seconds >= config.max_seconds:
-                break
-        ckpts.write(encode_checkpoint(fitter.state_dict()))
-    except KeyboardInterrupt:
-        interrupted = True
-        save_checkpoint(ckpt, fitter.state_dict())
-    finally:
-        logger.close()
+        try:
+            interrupted = _steps(fitter, ckpts, logger, log_z, stop_requested)
+        except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stands
+            interrupted = True
     metrics: dict[str, Any] = {
         "target": fitter.target.name,
         "family": config.family.kind,

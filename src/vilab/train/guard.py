@@ -6,8 +6,8 @@ the step is counted in ``skipped``. After ``faults.max_bad_steps`` such steps *i
 the run rolls back to its last good checkpoint, multiplies the learning rate by
 ``faults.rollback_lr_factor`` for the rest of the run, writes that state as the new
 checkpoint, and goes on; after ``faults.max_rollbacks`` rollbacks it stops with
-:class:`Diverged`. The learning-rate scale and the counters are part of the checkpoint, so
-a resumed run keeps them.
+:class:`Diverged`. The learning-rate scale and the counters (the bad steps in a row too)
+are part of the checkpoint, so a resumed run keeps them.
 
 A checkpoint is *good* once the step after it was finite (:class:`GoodCheckpoints`): the
 update of the checkpointed step itself may be what sends every later step to NaN, and a
@@ -82,15 +82,16 @@ class StepGuard:
     def state_dict(self) -> dict[str, Any]:
         return {
             "skipped": self.skipped,
+            "in_a_row": self.in_a_row,
             "rollbacks": self.rollbacks,
             "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped = int(state.get("skipped", 0))
+        self.in_a_row = int(state.get("in_a_row", 0))
         self.rollbacks = int(state.get("rollbacks", 0))
         self.lr_scale = float(state.get("lr_scale", 1.0))
-        self.in_a_row = 0
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -104,10 +105,12 @@ class GoodCheckpoints:
     """Writes a checkpoint only once it is known to be good.
 
     ``hold(data)`` keeps the encoded state of a checkpoint step in memory; ``step_done``
-    writes it if the next step was finite and drops it if not; ``write(data)`` writes at
-    once (start, end, after a rollback). So a crash loses at most ``checkpoint_every`` + 1
-    steps. ``write_file(path, data)`` does the writing (atomic; on rank 0 only in a
-    multi-process run, where ``data`` is None on the other ranks).
+    writes it at the next finite step (a skipped step changes nothing, so a later finite
+    step vouches for the held state as well); ``write(data)`` writes at once (start, end,
+    after a rollback) and forgets what was held, and a rollback drops it. So a crash loses
+    at most ``checkpoint_every`` steps plus the non-finite steps in a row just after a
+    checkpoint step. ``write_file(path, data)`` does the writing (atomic; on rank 0 only in
+    a multi-process run, where ``data`` is None on the other ranks).
     """
 
     def __init__(self, path: Path, write_file: Callable[[Path, bytes | None], None]) -> None:
@@ -120,6 +123,9 @@ class GoodCheckpoints:
     def step_done(self, finite: bool) -> None:
         if self.held is not None and finite:
             self.write_file(self.path, self.held[0])
+            self.held = None
+
+    def drop(self) -> None:
         self.held = None
 
     def write(self, data: bytes | None) -> None:

@@ -9,6 +9,7 @@ figures, and ``metrics.json`` with the test log p(x) by importance sampling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -38,6 +39,7 @@ from vilab.train.checkpoint import (
 )
 from vilab.train.distributed import SINGLE, World
 from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
+from vilab.train.interrupt import stop_at_step_boundary
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
 from vilab.vae import VAE, build_vae, vae_objective
@@ -391,7 +393,7 @@ def _on_main(world: World, fn: Callable[..., Any], *args: Any) -> Any:
     if world.is_main:
         try:
             result = (True, fn(*args))
-        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+        except BaseException as err:  # noqa: BLE001 - re-raised on every rank below
             result = (False, err)
     ok, value = world.broadcast(result)
     if not ok:
@@ -409,8 +411,7 @@ def _main_only(world: World, fn: Callable[..., Any], *args: Any) -> Any:
 
 def _encode(trainer: VAETrainer) -> bytes | None:
     """The checkpoint's bytes on rank 0 (every rank takes part), None elsewhere."""
-    state = trainer.state_dict()
-    return encode_checkpoint(state) if trainer.world.is_main else None
+    return _main_only(trainer.world, encode_checkpoint, trainer.state_dict())
 
 
 def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
@@ -423,6 +424,61 @@ def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
     if rollback:
         trainer.guard.load_state_dict(kept[0])
         trainer.best, trainer.seconds = kept[1], kept[2]
+
+
+def _steps(
+    trainer: VAETrainer,
+    run_dir: Path,
+    ckpts: GoodCheckpoints,
+    logger: RunLogger,
+    latent: _LatentTracker | None,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """The training loop of :func:`train_vae`, up to the last checkpoint; True if it
+    stopped early on a Ctrl-C."""
+    config, world, guard = trainer.config, trainer.world, trainer.guard
+    interrupted = False
+    trainer.start_clock()
+    while trainer.step < config.steps:
+        logged = (trainer.step + 1) % config.log_every == 0 or trainer.step + 1 == config.steps
+        values = trainer.train_step(log_value=logged)
+        step, finite = trainer.step, bool(values.pop("finite"))
+        ckpts.step_done(finite)
+        if guard.record(finite, step):
+            ckpts.drop()
+            _restore(trainer, ckpts.path, rollback=True)
+            ckpts.write(_encode(trainer))  # the rollback and its lower lr survive a crash
+            _main_only(world, logger.rewind, trainer.step)
+            back = {"rollback": guard.rollbacks, **guard.metrics()}
+            _main_only(world, logger.log, trainer.step, back)
+            trainer.start_clock()
+            continue
+        if step % config.log_every == 0 or step == config.steps:
+            values["images_per_second"] = step * config.data.batch_size / trainer.seconds
+            if guard.skipped:
+                values["skipped_steps"] = guard.skipped
+            _main_only(world, logger.log, step, values)
+        if step % config.eval_every == 0 or step == config.steps:
+            rng_state = torch.get_rng_state()
+            v = trainer.validate()
+            if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
+                trainer.best = {"step": step, **v}
+                best = {"step": step, "model": trainer.eval_vae.state_dict()}
+                _main_only(world, save_checkpoint, run_dir / "best.pt", best)
+            _main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
+            torch.set_rng_state(rng_state)
+            trainer.start_clock()  # evaluation is not training time
+        if step % config.checkpoint_every == 0:
+            ckpts.hold(_encode(trainer))
+        logger.advance()
+        if config.max_seconds is not None and trainer.seconds >= config.max_seconds:
+            break
+        if stop_requested():
+            interrupted = True
+            break
+    if guard.in_a_row == 0:  # else the last good checkpoint stands
+        ckpts.write(_encode(trainer))
+    return interrupted
 
 
 def train_vae(
@@ -440,7 +496,9 @@ def train_vae(
     validated (config, data, and with ``resume`` the checkpoint) before the first file is
     written. A checkpoint is written at the start, every ``checkpoint_every`` steps (once
     the next step is finite) and at the end; a non-finite step is skipped, and repeated
-    ones roll back to the last checkpoint (:mod:`vilab.train.guard`). In a multi-process
+    ones roll back to the last checkpoint (:mod:`vilab.train.guard`). Ctrl-C stops at the
+    end of the current step and writes its checkpoint (a second one, or one under
+    torchrun, stops at once and keeps the last checkpoint written). In a multi-process
     ``world`` only rank 0 writes, and every rank returns the same metrics.
     """
     run_dir = Path(run_dir)
@@ -466,50 +524,15 @@ def train_vae(
     guard = trainer.guard
     ckpts = GoodCheckpoints(ckpt, partial(_main_only, world, atomic_write_bytes))
     interrupted = False
-    try:
-        if not resume:
-            ckpts.write(_encode(trainer))  # what a rollback before the first checkpoint finds
-        trainer.start_clock()
-        while trainer.step < config.steps:
-            logged = (trainer.step + 1) % config.log_every == 0 or trainer.step + 1 == config.steps
-            values = trainer.train_step(log_value=logged)
-            step, finite = trainer.step, bool(values.pop("finite"))
-            ckpts.step_done(finite)
-            if guard.record(finite, step):
-                _restore(trainer, ckpt, rollback=True)
-                ckpts.write(_encode(trainer))  # the rollback and its lower lr survive a crash
-                _main_only(world, logger.rewind, trainer.step)
-                back = {"rollback": guard.rollbacks, **guard.metrics()}
-                _main_only(world, logger.log, trainer.step, back)
-                trainer.start_clock()
-                continue
-            if step % config.log_every == 0 or step == config.steps:
-                values["images_per_second"] = step * config.data.batch_size / trainer.seconds
-                if guard.skipped:
-                    values["skipped_steps"] = guard.skipped
-                _main_only(world, logger.log, step, values)
-            if step % config.eval_every == 0 or step == config.steps:
-                rng_state = torch.get_rng_state()
-                v = trainer.validate()
-                if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
-                    trainer.best = {"step": step, **v}
-                    best = {"step": step, "model": trainer.eval_vae.state_dict()}
-                    _main_only(world, save_checkpoint, run_dir / "best.pt", best)
-                _main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
-                torch.set_rng_state(rng_state)
-                trainer.start_clock()  # evaluation is not training time
-            if step % config.checkpoint_every == 0 and finite:
-                ckpts.hold(_encode(trainer))
-            logger.advance()
-            if config.max_seconds is not None and trainer.seconds >= config.max_seconds:
-                break
-        ckpts.write(_encode(trainer))
-    except KeyboardInterrupt:
-        interrupted = True
-        if not world.distributed:  # with several ranks the last checkpoint written stands
-            save_checkpoint(ckpt, trainer.state_dict())
-    finally:
-        logger.close()
+    with contextlib.ExitStack() as stack:
+        stop_requested = stack.enter_context(stop_at_step_boundary(not world.distributed))
+        stack.callback(logger.close)
+        if not resume:  # what a rollback before the first checkpoint finds
+            ckpts.write(_encode(trainer))
+        try:
+            interrupted = _steps(trainer, run_dir, ckpts, logger, latent, stop_requested)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one under torchrun: no new file
+            interrupted = True
     metrics: dict[str, Any] = {
         "data": config.data.name,
         "posterior": config.posterior.kind,
@@ -524,8 +547,6 @@ def train_vae(
         **guard.metrics(),
         "interrupted": interrupted,
     }
-    if interrupted and world.distributed:
-        return metrics
     if config.final_eval and not interrupted:
         best = run_dir / "best.pt"
         if _on_main(world, best.exists):
