@@ -24,6 +24,7 @@ from vilab.config import load_fit_config, load_train_config
 from vilab.estimators.objectives import Objective
 from vilab.train.checkpoint import load_checkpoint, save_checkpoint
 from vilab.train.fit import build_target, fit
+from vilab.train.guard import GoodCheckpoints
 from vilab.train.loop import VAETrainer, train_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,6 +192,36 @@ def test_a_checkpoint_whose_next_step_fails_is_not_rolled_back_to(monkeypatch, t
     m = train_vae(cfg, tmp_path, False, tensorboard=False)
     assert (m["steps"], m["skipped_steps"], m["rollbacks"]) == (10, 3, 1)
     assert [r["step"] for r in records(tmp_path) if "rollback" in r] == [0]
+
+
+def test_a_held_checkpoint_is_written_at_the_next_finite_step_and_dropped_by_a_write() -> None:
+    written: list[bytes | None] = []
+    ckpts = GoodCheckpoints(Path("unused"), lambda path, data: written.append(data))
+    ckpts.hold(b"step 4")
+    ckpts.step_done(False)  # a skipped step changes nothing: keep holding
+    assert written == []
+    ckpts.step_done(True)
+    assert written == [b"step 4"]
+    ckpts.step_done(True)
+    assert written == [b"step 4"]
+    ckpts.hold(b"step 8")
+    ckpts.write(b"rolled back")  # a rollback's write forgets what was held
+    ckpts.step_done(True)
+    assert written == [b"step 4", b"rolled back"]
+
+
+def test_a_run_ending_in_non_finite_steps_keeps_its_last_good_checkpoint(
+    monkeypatch, tmp_path
+) -> None:
+    calls = nan_on_calls(monkeypatch, {9, 10})
+    cfg = load_train_config(overrides=[*SMALL, "steps=10", "checkpoint_every=4"])
+    m = train_vae(cfg, tmp_path, False, tensorboard=False)
+    assert (m["steps"], m["skipped_steps"], m["rollbacks"]) == (10, 2, 0)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")  # 8 was never followed by a good step
+    assert state["step"] == 4 and state["guard"]["in_a_row"] == 0
+    calls[0] = 100  # finite from here on
+    m = train_vae(cfg, tmp_path, False, resume=True, tensorboard=False)
+    assert m["steps"] == 10 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 10
 
 
 def test_a_run_that_stays_non_finite_stops_with_a_clear_message(monkeypatch, tmp_path) -> None:
