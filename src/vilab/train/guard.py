@@ -9,9 +9,10 @@ checkpoint, and goes on; after ``faults.max_rollbacks`` rollbacks it stops with
 :class:`Diverged`. The learning-rate scale and the counters (the bad steps in a row too)
 are part of the checkpoint, so a resumed run keeps them.
 
-A checkpoint is *good* once the step after it was finite (:class:`GoodCheckpoints`): the
+A checkpoint is *good* once a later step was finite (:class:`GoodCheckpoints`): the
 update of the checkpointed step itself may be what sends every later step to NaN, and a
-rollback to it would then replay the same failure.
+rollback to it would then replay the same failure. A run that ends in non-finite steps
+keeps its last good checkpoint rather than writing its end state.
 """
 
 from __future__ import annotations
