@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -127,3 +130,32 @@ def test_a_checkpoint_resumes_at_any_world_size(tmp_path) -> None:
 def test_nproc_is_removed_from_what_each_worker_runs() -> None:
     argv = ["train", "--nproc", "2", "--set", "steps=3", "--nproc=4", "--out", "d"]
     assert _without_nproc(argv) == ["train", "--set", "steps=3", "--out", "d"]
+
+
+def vilab(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "vilab", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_nproc_option_trains_and_evaluates_in_two_processes(tmp_path) -> None:
+    out = tmp_path / "run"
+    sets = [f"--set={o}" for o in [*SMALL, "steps=4", "eval.samples=4", "final_eval=true"]]
+    done = vilab("train", *sets, "--nproc", "2", "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4
+    assert len(load_checkpoint(out / "checkpoint.pt")["rng"]) == 2
+    assert done.stdout.count("run directory:") == 1  # rank 0 alone prints
+    one = vilab("eval", str(out), "--samples", "4", "--images", "30")
+    two = vilab("eval", str(out), "--samples", "4", "--images", "30", "--nproc", "2")
+    assert one.returncode == two.returncode == 0, two.stderr
+    assert json.loads(one.stdout)["log_px"] == json.loads(two.stdout)["log_px"]
+
+
+def test_the_nproc_option_refuses_bad_input_once_and_cleanly(tmp_path) -> None:
+    out = tmp_path / "run"
+    done = vilab("train", "--set=steps=0", "--nproc", "2", "--out", str(out))
+    assert done.returncode == 2
+    assert done.stderr.count("vilab: error") == 1 and "Traceback" not in done.stderr
+    assert not out.exists()
