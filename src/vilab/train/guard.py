@@ -38,7 +38,7 @@ class _Faults(Protocol):
 def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> Tensor:
     """A 0-d bool tensor: every gradient is finite. One sum over all entries (NaN and ±inf
     propagate; a sum that overflows the dtype counts as non-finite too): about 0.07 ms for
-    seed 004's 1.3M parameters."""
+    seed 004's 633k parameters on two cores."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(True)
