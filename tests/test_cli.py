@@ -104,3 +104,14 @@ def test_demo_runs_every_target_and_writes_figure_and_table(tmp_path, capsys) ->
         assert (tmp_path / name / "metrics.json").is_file()
     assert (tmp_path / "demo.png").is_file()
     assert "| U1 |" in capsys.readouterr().out
+
+
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(monkeypatch, capsys) -> None:
+    import vilab.demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vilab.demo, "run_demo", interrupted)
+    assert main(["demo"]) == 130
+    assert capsys.readouterr().err == "vilab: interrupted\n"

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         rank = f" (rank {world.rank})" if world is not None and world.distributed else ""
         print(f"vilab: error{rank}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops cleanly itself)
+        print("vilab: interrupted", file=sys.stderr)
+        return 130
     finally:
         if world is not None:
             from vilab.train.distributed import shutdown
