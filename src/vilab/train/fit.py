@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
 from vilab.train.interrupt import stop_at_step_boundary
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
+from vilab.train.steps import Hooks, run_steps
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -101,6 +101,11 @@ class Fitter:
         self.guard = StepGuard(config.faults)
         self.step = 0
         self.seconds = 0.0
+        self._t0 = time.perf_counter()
+
+    def start_clock(self) -> None:
+        """(Re)start the training clock at ``self.seconds``."""
+        self._t0 = time.perf_counter() - self.seconds
 
     # -- one step -------------------------------------------------------------------------
     def contexts(self, n: int) -> tuple[int, Tensor | None]:
@@ -148,6 +153,7 @@ class Fitter:
         if finite:
             self.optimizer.step()
         self.step += 1
+        self.seconds = time.perf_counter() - self._t0
         return {"bound": bound.item(), "beta": beta, "lr": lr, "finite": float(finite)}
 
     # -- state ------------------------------------------------------------------------------
@@ -160,6 +166,18 @@ class Fitter:
             "rng": torch.get_rng_state(),
             "guard": self.guard.state_dict(),
         }
+
+    def encode(self) -> bytes:
+        """The checkpoint file's bytes (:func:`~vilab.train.checkpoint.encode_checkpoint`)."""
+        return encode_checkpoint(self.state_dict())
+
+    def rollback(self, path: Path) -> None:
+        """Go back to the checkpoint at ``path``, keeping the fault counts, the lowered
+        learning rate and the training clock."""
+        kept = self.guard.state_dict(), self.seconds
+        self.load_state_dict(load_checkpoint(path), f"checkpoint {str(path)!r}")
+        self.guard.load_state_dict(kept[0])
+        self.seconds = kept[1]
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
         """Continue from ``state``.
@@ -265,53 +283,6 @@ def _kl_dict(est: KLEstimate) -> dict[str, Any]:
     return d
 
 
-def _steps(
-    fitter: Fitter,
-    ckpts: GoodCheckpoints,
-    logger: RunLogger,
-    log_z: float | None,
-    stop_requested: Callable[[], bool],
-) -> bool:
-    """The training loop of :func:`fit`, up to the last checkpoint; True if it stopped
-    early on a Ctrl-C."""
-    config, guard = fitter.config, fitter.guard
-    interrupted = False
-    t_start = time.perf_counter() - fitter.seconds
-    while fitter.step < config.steps:
-        logged = (fitter.step + 1) % config.log_every == 0 or fitter.step + 1 == config.steps
-        values = fitter.train_step(log_value=logged)
-        fitter.seconds = time.perf_counter() - t_start
-        finite = bool(values.pop("finite"))
-        ckpts.step_done(finite)
-        if guard.record(finite, fitter.step):
-            ckpts.drop()
-            kept = guard.state_dict(), fitter.seconds  # a rollback keeps these
-            fitter.load_state_dict(load_checkpoint(ckpts.path), f"checkpoint {str(ckpts.path)!r}")
-            guard.load_state_dict(kept[0])
-            fitter.seconds = kept[1]
-            ckpts.write(encode_checkpoint(fitter.state_dict()))
-            logger.rewind(fitter.step)
-            logger.log(fitter.step, {"rollback": guard.rollbacks, **guard.metrics()})
-            continue
-        if fitter.step % config.log_every == 0 or fitter.step == config.steps:
-            if log_z is not None:
-                values["kl"] = log_z - values["bound"]
-            if guard.skipped:
-                values["skipped_steps"] = guard.skipped
-            logger.log(fitter.step, values)
-        if fitter.step % config.checkpoint_every == 0:
-            ckpts.hold(encode_checkpoint(fitter.state_dict()))
-        logger.advance()
-        if config.max_seconds is not None and fitter.seconds >= config.max_seconds:
-            break
-        if stop_requested():
-            interrupted = True
-            break
-    if guard.in_a_row == 0:  # else the last good checkpoint stands
-        ckpts.write(encode_checkpoint(fitter.state_dict()))
-    return interrupted
-
-
 def fit(
     config: FitConfig,
     run_dir: str | Path,
@@ -351,9 +322,16 @@ def fit(
         stop_requested = stack.enter_context(stop_at_step_boundary())
         stack.callback(logger.close)
         if not resume:
-            ckpts.write(encode_checkpoint(fitter.state_dict()))  # for an early rollback
+            ckpts.write(fitter.encode())  # for an early rollback
+
+        def log(step: int, values: dict[str, float]) -> None:
+            if log_z is not None and "bound" in values:
+                values["kl"] = log_z - values["bound"]
+            logger.log(step, values)
+
+        hooks = Hooks(log=log, rewind=logger.rewind, advance=logger.advance)
         try:
-            interrupted = _steps(fitter, ckpts, logger, log_z, stop_requested)
+            interrupted = run_steps(fitter, config, ckpts, hooks, stop_requested)
         except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stands
             interrupted = True
     metrics: dict[str, Any] = {

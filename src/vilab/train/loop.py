@@ -42,6 +42,7 @@ from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
 from vilab.train.interrupt import stop_at_step_boundary
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.schedule import lr_factor, progress
+from vilab.train.steps import Hooks, run_steps
 from vilab.vae import VAE, build_vae, vae_objective
 
 
@@ -297,6 +298,14 @@ class VAETrainer:
         self.step += 1
         return {"bound": bound, "lr": lr, "finite": float(finite)}
 
+    def encode(self) -> bytes | None:
+        """The checkpoint file's bytes on rank 0, None elsewhere (a collective)."""
+        return _main_only(self.world, encode_checkpoint, self.state_dict())
+
+    def rollback(self, path: Path) -> None:
+        """Go back to the checkpoint at ``path`` (:func:`_restore` with ``rollback``)."""
+        _restore(self, path, rollback=True)
+
     def validate(self) -> dict[str, float]:
         e = self.config.eval
         valid = self.data.valid[: e.valid_images]
@@ -409,11 +418,6 @@ def _main_only(world: World, fn: Callable[..., Any], *args: Any) -> Any:
     return out[0] if out else None
 
 
-def _encode(trainer: VAETrainer) -> bytes | None:
-    """The checkpoint's bytes on rank 0 (every rank takes part), None elsewhere."""
-    return _main_only(trainer.world, encode_checkpoint, trainer.state_dict())
-
-
 def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
     """Load ``path`` into the trainer on every rank (rank 0 reads it). A rollback keeps
     the fault counts, the lowered learning rate, the best validation so far and the
@@ -426,59 +430,32 @@ def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
         trainer.best, trainer.seconds = kept[1], kept[2]
 
 
-def _steps(
-    trainer: VAETrainer,
-    run_dir: Path,
-    ckpts: GoodCheckpoints,
-    logger: RunLogger,
-    latent: _LatentTracker | None,
-    stop_requested: Callable[[], bool],
-) -> bool:
-    """The training loop of :func:`train_vae`, up to the last checkpoint; True if it
-    stopped early on a Ctrl-C."""
-    config, world, guard = trainer.config, trainer.world, trainer.guard
-    interrupted = False
-    trainer.start_clock()
-    while trainer.step < config.steps:
-        logged = (trainer.step + 1) % config.log_every == 0 or trainer.step + 1 == config.steps
-        values = trainer.train_step(log_value=logged)
-        step, finite = trainer.step, bool(values.pop("finite"))
-        ckpts.step_done(finite)
-        if guard.record(finite, step):
-            ckpts.drop()
-            _restore(trainer, ckpts.path, rollback=True)
-            ckpts.write(_encode(trainer))  # the rollback and its lower lr survive a crash
-            _main_only(world, logger.rewind, trainer.step)
-            back = {"rollback": guard.rollbacks, **guard.metrics()}
-            _main_only(world, logger.log, trainer.step, back)
-            trainer.start_clock()
-            continue
-        if step % config.log_every == 0 or step == config.steps:
+def _hooks(
+    trainer: VAETrainer, run_dir: Path, logger: RunLogger, latent: _LatentTracker | None
+) -> Hooks:
+    """The VAE's side of the step loop: records through rank 0, and validation (with
+    ``best.pt``, pictures and the latent animation) every ``eval_every`` steps."""
+    config, world = trainer.config, trainer.world
+
+    def log(step: int, values: dict[str, float]) -> None:
+        if "bound" in values:
             values["images_per_second"] = step * config.data.batch_size / trainer.seconds
-            if guard.skipped:
-                values["skipped_steps"] = guard.skipped
-            _main_only(world, logger.log, step, values)
-        if step % config.eval_every == 0 or step == config.steps:
-            rng_state = torch.get_rng_state()
-            v = trainer.validate()
-            if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
-                trainer.best = {"step": step, **v}
-                best = {"step": step, "model": trainer.eval_vae.state_dict()}
-                _main_only(world, save_checkpoint, run_dir / "best.pt", best)
-            _main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
-            torch.set_rng_state(rng_state)
-            trainer.start_clock()  # evaluation is not training time
-        if step % config.checkpoint_every == 0:
-            ckpts.hold(_encode(trainer))
-        logger.advance()
-        if config.max_seconds is not None and trainer.seconds >= config.max_seconds:
-            break
-        if stop_requested():
-            interrupted = True
-            break
-    if guard.in_a_row == 0:  # else the last good checkpoint stands
-        ckpts.write(_encode(trainer))
-    return interrupted
+        _main_only(world, logger.log, step, values)
+
+    def validate(step: int) -> None:
+        if step % config.eval_every and step != config.steps:
+            return
+        rng_state = torch.get_rng_state()
+        v = trainer.validate()
+        if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
+            trainer.best = {"step": step, **v}
+            best = {"step": step, "model": trainer.eval_vae.state_dict()}
+            _main_only(world, save_checkpoint, run_dir / "best.pt", best)
+        _main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
+        torch.set_rng_state(rng_state)
+        trainer.start_clock()  # evaluation is not training time
+
+    return Hooks(log, partial(_main_only, world, logger.rewind), logger.advance, validate)
 
 
 def train_vae(
@@ -528,9 +505,10 @@ def train_vae(
         stop_requested = stack.enter_context(stop_at_step_boundary(not world.distributed))
         stack.callback(logger.close)
         if not resume:  # what a rollback before the first checkpoint finds
-            ckpts.write(_encode(trainer))
+            ckpts.write(trainer.encode())
         try:
-            interrupted = _steps(trainer, run_dir, ckpts, logger, latent, stop_requested)
+            hooks = _hooks(trainer, run_dir, logger, latent)
+            interrupted = run_steps(trainer, config, ckpts, hooks, stop_requested)
         except KeyboardInterrupt:  # a second Ctrl-C, or one under torchrun: no new file
             interrupted = True
     metrics: dict[str, Any] = {

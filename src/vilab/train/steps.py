@@ -1,0 +1,96 @@
+"""The step loop shared by ``vilab fit`` and ``vilab train``.
+
+One iteration: a training step; if it was not finite, the :class:`~vilab.train.guard.
+StepGuard` may call for a rollback to the last good checkpoint; the train values are
+logged every ``log_every`` steps; the caller's ``after_step`` hook runs (the VAE's
+validation); a checkpoint is held every ``checkpoint_every`` steps and written by
+:class:`~vilab.train.guard.GoodCheckpoints` once a later step is finite; the loop stops at
+``steps``, at the ``max_seconds`` budget, or at a Ctrl-C (at the step boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from vilab.train.guard import GoodCheckpoints, StepGuard
+
+
+class Stepper(Protocol):
+    """What the loop drives: a :class:`~vilab.train.fit.Fitter` or a
+    :class:`~vilab.train.loop.VAETrainer`."""
+
+    step: int
+    seconds: float
+    guard: StepGuard
+
+    def train_step(self, log_value: bool = True) -> dict[str, float]: ...
+
+    def start_clock(self) -> None: ...
+
+    def encode(self) -> bytes | None: ...
+
+    def rollback(self, path: Path) -> None: ...
+
+
+class LoopConfig(Protocol):
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    max_seconds: float | None
+
+
+@dataclass
+class Hooks:
+    """Where the loop's records go (the VAE sends them through rank 0)."""
+
+    log: Callable[[int, dict[str, float]], None]
+    rewind: Callable[[int], None]
+    advance: Callable[[], None]
+    after_step: Callable[[int], None] = lambda step: None
+
+
+def run_steps(
+    stepper: Stepper,
+    config: LoopConfig,
+    ckpts: GoodCheckpoints,
+    hooks: Hooks,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """Train from ``stepper.step`` to ``config.steps`` (see the module docstring); the last
+    state is written as a checkpoint unless the run ended in non-finite steps. True if a
+    Ctrl-C stopped it early."""
+    guard = stepper.guard
+    interrupted = False
+    stepper.start_clock()
+    while stepper.step < config.steps:
+        logged = (stepper.step + 1) % config.log_every == 0 or stepper.step + 1 == config.steps
+        values = stepper.train_step(log_value=logged)
+        step, finite = stepper.step, bool(values.pop("finite"))
+        ckpts.step_done(finite)
+        if guard.record(finite, step):
+            ckpts.drop()
+            stepper.rollback(ckpts.path)
+            ckpts.write(stepper.encode())  # the rollback and its lower lr survive a crash
+            hooks.rewind(stepper.step)
+            hooks.log(stepper.step, {"rollback": guard.rollbacks, **guard.metrics()})
+            stepper.start_clock()
+            continue
+        if step % config.log_every == 0 or step == config.steps:
+            if guard.skipped:
+                values["skipped_steps"] = guard.skipped
+            hooks.log(step, values)
+        hooks.after_step(step)
+        if step % config.checkpoint_every == 0:
+            ckpts.hold(stepper.encode())
+        hooks.advance()
+        if config.max_seconds is not None and stepper.seconds >= config.max_seconds:
+            break
+        if stop_requested():
+            interrupted = True
+            break
+    if guard.in_a_row == 0:  # else the last good checkpoint stands
+        ckpts.write(stepper.encode())
+    return interrupted
