@@ -86,10 +86,6 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
 
 SINGLE = World()
 
@@ -134,23 +130,20 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: Sequence[str], threads: int | None = None) -> int:
+def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m vilab <argv>`` in ``nproc`` processes on this machine, as
     ``torchrun --standalone --nproc-per-node=nproc`` does (``torch.distributed.launcher``),
     and return 0 if every one succeeded, else the first failure's exit code. Each process
-    gets ``threads`` torch threads (``OMP_NUM_THREADS``), by default the value already in
-    the environment, else the CPU count divided among the processes; a ``threads`` key in
-    the run's config still wins inside the run."""
+    gets ``$OMP_NUM_THREADS`` torch threads if set, else the CPU count divided among the
+    processes; a ``threads`` key in the run's config still wins inside the run."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nproc < 1:
         raise ValueError(f"--nproc {nproc}: expected a positive number of processes")
-    if threads is None and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, (os.cpu_count() or 1) // nproc)
-    if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

@@ -37,7 +37,6 @@ class RunLogger:
         enabled: bool = True,
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
         self.file: TextIO | None = None
         self.writer: Any = None
         self.bar = tqdm(
