@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,3 +47,12 @@ def default_data_dir(arg: str | None) -> str | None:
         return os.environ["VILAB_DATA_DIR"]
     beside = REPO.parent / "shared" / "data"
     return str(beside) if beside.is_dir() else None
+
+
+def report_goals(out: dict[str, Any], lines: list[str], json_path: Path | None) -> None:
+    """Print the Goals section and, with ``--json``, write the raw results with it."""
+    print("## Goals\n")
+    print("\n".join(lines) + "\n")
+    out["goals"] = lines
+    if json_path is not None:
+        json_path.write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -911,12 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["b"] = part_b(models, args)
     if "c" in parts:
         out["c"] = part_c(args, data_dir)
-    lines = goals(out, args)
-    print("## Goals\n")
-    print("\n".join(lines) + "\n")
-    out["goals"] = lines
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    common.report_goals(out, goals(out, args), args.json)
     return 0
 
 

@@ -913,12 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if "ais" in parts:
         out["ais"] = part_ais(args, data_dir)
-    lines = goals(out, args)
-    print("## Goals\n")
-    print("\n".join(lines) + "\n")
-    out["goals"] = lines
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    common.report_goals(out, goals(out, args), args.json)
     return 0
 
 
