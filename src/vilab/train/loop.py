@@ -267,7 +267,7 @@ class VAETrainer:
             group["lr"] = lr
         batches = self.data.train
         x = batches.batch(self.step)
-        n = batches.global_size(self.step) if isinstance(batches, Batches) else len(x)
+        n = batches.global_size(self.step)  # all ranks' images in this step
         self.optimizer.zero_grad(set_to_none=True)
         loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
         # × (1 + 0·loss) is × 1 exactly for a finite loss and × NaN otherwise: a non-finite
