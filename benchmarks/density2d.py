@@ -53,8 +53,8 @@ import common
 import torch
 from torch import Tensor
 
+from vilab.build import FAMILY_KINDS, build_family
 from vilab.config import FamilyConfig, FitConfig, load_fit_config
-from vilab.families.registry import FAMILY_KINDS, build_family
 from vilab.targets import Target, resolve_target
 from vilab.train.fit import Fitter, fit
 

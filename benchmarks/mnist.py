@@ -21,7 +21,7 @@ measures, in one process on one machine:
 
 (b) **Seconds per 1000 test images** of the importance-sampled log p(x) with K = 1000
     samples per image, all three evaluating the same weights (vilab's model after (a),
-    copied into the others): ``vilab.train.loop.evaluate`` (``--eval-batch`` images ×
+    copied into the others): ``vilab.evaluation.evaluate`` (``--eval-batch`` images ×
     ``--eval-chunk`` samples at a time), pythae's ``VAE.get_nll`` (its loop over images,
     ``--pythae-batch`` samples at a time; run under ``torch.no_grad``, which it does not
     do itself) and the plain loop's per-image evaluation (K samples of one image at a
@@ -31,7 +31,7 @@ measures, in one process on one machine:
 (c) **Test NLL** (K = 5000) of seed 004's mean-field and IAF configurations
     (``configs/vae_seed004_mean_field.yaml``, ``configs/vae_seed004_iaf.yaml``) after
     30,000 steps of batch 128, and the training wall time, via
-    ``vilab.train.loop.train_vae`` into ``--runs-dir``/<config> (overwritten). Only the
+    ``vilab.train.vae.train_vae`` into ``--runs-dir``/<config> (overwritten). Only the
     presets' ``eval.batch``/``eval.chunk`` (500 × 500) are replaced, by ``--eval-batch`` ×
     ``--eval-chunk``: the same estimate, several times faster on a CPU.
 
@@ -71,7 +71,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vilab.config import TrainConfig, load_train_config
-from vilab.train.loop import VAEData, VAETrainer, evaluate, load_vae_data, train_vae
+from vilab.data.vae_data import VAEData, load_vae_data
+from vilab.evaluation import evaluate
+from vilab.train.vae import VAETrainer, train_vae
 from vilab.vae import VAE, vae_objective
 
 try:  # pythae is optional: without it the pythae rows say why

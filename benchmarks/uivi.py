@@ -36,10 +36,10 @@ What it measures, in one process on one machine (REFERENCE.md §1 and §3):
     ``config.yaml`` and ``best.pt``, else ``checkpoint.pt``). On the first
     ``--ais-images`` test images, in batches of ``--ais-batch``: log p(x) by importance
     sampling with ``--is-samples`` (5000) samples of q(z | x)
-    (``vilab.train.loop.evaluate``) and by annealed importance sampling with
+    (``vilab.evaluation.evaluate``) and by annealed importance sampling with
     ``--ais-dists`` (≤ 1000) intermediate distributions, ``--ais-chains`` chains per image,
     5 leapfrog steps per HMC transition, from q(z | x) in the flow's base space
-    (``vilab.train.loop.evaluate_ais``). Estimate, Monte Carlo standard error, seconds per
+    (``vilab.evaluation.evaluate_ais``). Estimate, Monte Carlo standard error, seconds per
     1000 images, and the difference AIS − IS with its standard error over the paired
     batches (the same images for both).
 
@@ -84,12 +84,14 @@ import common
 import torch
 from torch import Tensor
 
+from vilab.build import build_family
 from vilab.config import FitConfig, TrainConfig, load_fit_config, load_train_config
-from vilab.families.registry import build_family
+from vilab.data.vae_data import load_vae_data
+from vilab.evaluation import evaluate, evaluate_ais
 from vilab.families.semi_implicit import SemiImplicit
 from vilab.train.checkpoint import load_checkpoint
 from vilab.train.fit import Fitter, fit, semi_implicit_kl
-from vilab.train.loop import evaluate, evaluate_ais, load_vae_data, train_vae
+from vilab.train.vae import train_vae
 from vilab.vae import VAE, build_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -466,7 +468,7 @@ def part_vae(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
     print(
         f"\nTest NLL = −log p̂(x) by importance sampling with **K = {k} samples of q(z | x) "
         f"per image for both**, on the first {u['test']['images']:,} test images "
-        f"(`vilab.train.loop.evaluate`, {batch} images × {chunk} samples at a time). For "
+        f"(`vilab.evaluation.evaluate`, {batch} images × {chunk} samples at a time). For "
         f"UIVI, log q(z | x) inside each log-weight is itself estimated by importance "
         f"sampling over ε with **T = {t} prior draws** (`family.log_q_samples`) plus the ε "
         "that generated z — the SIVI upper estimate of log q, so the UIVI log p(x) is "

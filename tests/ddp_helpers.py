@@ -12,8 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 from vilab.config import load_train_config
-from vilab.train.distributed import World, shutdown, world_from_env
-from vilab.train.loop import VAETrainer, evaluate, evaluate_ais, train_vae
+from vilab.distributed import World, shutdown, world_from_env
+from vilab.evaluation import evaluate, evaluate_ais
+from vilab.train.vae import VAETrainer, train_vae
 
 
 def free_port() -> int:

@@ -17,8 +17,9 @@ from vilab.cli import _without_nproc
 from vilab.config import load_train_config
 from vilab.data import Batches, load_dataset
 from vilab.data.binarize import derive_seed
+from vilab.evaluation import evaluate, evaluate_ais
 from vilab.train.checkpoint import load_checkpoint
-from vilab.train.loop import VAETrainer, evaluate, evaluate_ais, train_vae
+from vilab.train.vae import VAETrainer, train_vae
 
 SMALL = [
     *TINY_VAE,

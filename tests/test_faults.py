@@ -18,14 +18,14 @@ import pytest
 import torch
 from tiny_vae import TINY_VAE
 
-import vilab.train.checkpoint as checkpoint_module
-import vilab.train.loop as loop_module
+import vilab.core.io as io_module
+import vilab.train.vae as loop_module
 from vilab.config import load_fit_config, load_train_config
 from vilab.estimators.objectives import Objective
 from vilab.train.checkpoint import load_checkpoint, save_checkpoint
 from vilab.train.fit import build_target, fit
 from vilab.train.guard import GoodCheckpoints
-from vilab.train.loop import VAETrainer, train_vae
+from vilab.train.vae import VAETrainer, train_vae
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,7 +284,7 @@ class _FullDisk:
 
 def full_disk(monkeypatch) -> None:
     real = os.fdopen
-    monkeypatch.setattr(checkpoint_module.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode)))
+    monkeypatch.setattr(io_module.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode)))
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(monkeypatch, tmp_path) -> None:

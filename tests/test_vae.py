@@ -11,8 +11,9 @@ from tiny_vae import TINY_VAE
 
 from vilab.cli import main
 from vilab.config import load_train_config
+from vilab.evaluation import evaluate
 from vilab.train.checkpoint import load_checkpoint
-from vilab.train.loop import VAETrainer, evaluate, train_vae
+from vilab.train.vae import VAETrainer, train_vae
 from vilab.vae import build_vae, vae_objective
 
 SMALL = [

@@ -1,7 +1,7 @@
 """Command line: ``vilab fit``, ``train``, ``eval`` and ``demo``. Thin: parses, builds a
 config, calls one function per command. Errors in the input end with ``vilab: error: …``
 and exit code 2. ``train`` and ``eval`` run data-parallel under ``torchrun`` (or with
-``--nproc N``, which starts it; :mod:`vilab.train.distributed`)."""
+``--nproc N``, which starts it; :mod:`vilab.distributed`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vilab.config import ConfigError, load_fit_config
 
 if TYPE_CHECKING:
     from vilab.config import TrainConfig
-    from vilab.train.distributed import World
+    from vilab.distributed import World
 
 
 def _fit_overrides(args: argparse.Namespace) -> list[str]:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     world = None
     try:
         if getattr(args, "nproc", None) and os.environ.get("WORLD_SIZE", "1") == "1":
-            from vilab.train.distributed import launch
+            from vilab.distributed import launch
 
             _check_before_launch(args)
             return launch(args.nproc, _without_nproc(argv))
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _cmd_demo(args)
         if args.command in ("train", "eval"):
-            from vilab.train.distributed import world_from_env
+            from vilab.distributed import world_from_env
 
             world = world_from_env()
             return _cmd_train(args, world) if args.command == "train" else _cmd_eval(args, world)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if world is not None:
-            from vilab.train.distributed import shutdown
+            from vilab.distributed import shutdown
 
             shutdown(world)
     return 0  # pragma: no cover
@@ -265,7 +265,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace, world: World) -> int:
-    from vilab.train.loop import train_vae
+    from vilab.train.vae import train_vae
 
     config = _train_config(args)
     if args.resume and not args.out:
@@ -282,7 +282,7 @@ def _cmd_train(args: argparse.Namespace, world: World) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, world: World) -> int:
-    from vilab.train.loop import evaluate_run
+    from vilab.evaluation import evaluate_run
 
     result = evaluate_run(
         args.run_dir,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vilab.config import load_fit_config
-from vilab.train.checkpoint import atomic_write_text
+from vilab.core.io import atomic_write_text
 
 DEMO_TARGETS = ("U1", "U2", "U3", "U4", "banana")
 

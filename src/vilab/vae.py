@@ -2,7 +2,7 @@
 
     h = encoder(x),  z ~ q(z | h),  log w = log p(x, z) − log q(z | x)
 
-Any family of :mod:`vilab.families.registry` is amortized from the encoder's features h
+Any family of :mod:`vilab.build` is amortized from the encoder's features h
 (``context_dim = features``): mean-field (the head is the encoder's last layer), planar,
 radial and Sylvester (their parameters are heads on h), IAF (h enters every MADE) — with
 no class per flow × model combination (DESIGN.md §4). :func:`vae_objective` turns a batch
@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vilab.build import family_from_config
 from vilab.config import NetConfig, ObjectiveConfig, TrainConfig
 from vilab.estimators.gradients import log_prob_stop_params
 from vilab.estimators.objectives import (
@@ -108,7 +109,7 @@ def build_vae(cfg: TrainConfig) -> VAE:
     """The VAE described by a :class:`~vilab.config.TrainConfig`."""
     encoder = build_net(cfg.encoder, "encoder", PIXELS)
     features = encoder_features(encoder, cfg.encoder)
-    family = cfg.posterior.build(cfg.latent_dim, context_dim=features)
+    family = family_from_config(cfg.posterior, cfg.latent_dim, features)
     out = PIXELS * (2 if cfg.likelihood == "gaussian" else 1)
     decoder = build_net(cfg.decoder, "decoder", cfg.latent_dim, out)
     return VAE(

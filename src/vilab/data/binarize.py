@@ -19,22 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from vilab.core.seeding import Stream, derive_seed
+
 __all__ = ["Batches", "ImageDataset", "binarize_once", "derive_seed", "dynamic_binarize"]
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A well-mixed 63-bit seed from ``(seed, *keys)`` (NumPy ``SeedSequence``).
-
-    Distinct key tuples give independent streams, unlike ``seed + key``.
-    """
-    if seed < 0 or any(k < 0 for k in keys):
-        raise ValueError(f"seed={seed}, keys={keys}: accepted values are non-negative integers")
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def _check_grey(images: Tensor) -> None:
@@ -241,7 +231,7 @@ class Batches:
     def _permutation(self, epoch: int) -> Tensor:
         if self._perm is None or self._perm[0] != epoch:
             n = len(self.dataset)
-            g = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, Stream.EPOCH_ORDER, epoch))
             perm = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
             self._perm = (epoch, perm.to(self.dataset.images.device))
         return self._perm[1]
@@ -267,7 +257,9 @@ class Batches:
         if not self.dataset.dynamic:
             return self.dataset.images[self.indices(step)].to(self.dtype)
         images = self.dataset.images[self.global_indices(step)]
-        g = torch.Generator(device=images.device).manual_seed(derive_seed(self.seed, 1, step))
+        g = torch.Generator(device=images.device).manual_seed(
+            derive_seed(self.seed, Stream.BINARIZE, step)
+        )
         return dynamic_binarize(images, g, self.dtype)[self.rank :: self.world_size]
 
     def labels(self, step: int) -> Tensor | None:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vilab.train.checkpoint import atomic_write_bytes
+from vilab.core.io import atomic_write_bytes
 
 __all__ = [
     "KNOWN_FILES",

@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vilab.build import family_from_config, target_from_config
 from vilab.config import FitConfig, dump_config
 from vilab.estimators.elbo import annealed_elbo_surrogate, elbo
 from vilab.estimators.gradients import log_prob_stop_params
 from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
-from vilab.targets.base import Target, resolve_target
+from vilab.targets.base import Target
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
 from vilab.train.checkpoint import (
     atomic_write_bytes,
@@ -45,13 +46,15 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def build_target(config: FitConfig) -> Target:
-    t = config.target
-    return resolve_target(t.name, t.dim, t.box, t.log_z, t.context_dim, t.context_range)
+    """The target of a fit's config."""
+    return target_from_config(config.target)
 
 
 def build_for(config: FitConfig, target: Target) -> Family:
     """The configured family for ``target`` (amortized when it is a target family)."""
-    return config.family.build(target.dim, target.context_dim).to(DTYPES[config.dtype])
+    return family_from_config(config.family, target.dim, target.context_dim).to(
+        DTYPES[config.dtype]
+    )
 
 
 def beta_at(frac: float, config: FitConfig) -> float:

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from vilab.train.checkpoint import atomic_write_text
+from vilab.core.io import atomic_write_text
 
 
 class RunLogger:

@@ -20,7 +20,7 @@ from vilab.train.guard import GoodCheckpoints, StepGuard
 
 class Stepper(Protocol):
     """What the loop drives: a :class:`~vilab.train.fit.Fitter` or a
-    :class:`~vilab.train.loop.VAETrainer`."""
+    :class:`~vilab.train.vae.VAETrainer`."""
 
     step: int
     seconds: float

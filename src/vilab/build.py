@@ -1,10 +1,15 @@
-"""Build a family from a short spec: one function, every family, free or amortized."""
+"""Build what a config describes: a family from a short spec (one function, every family,
+free or amortized), a family or a target from their config sections.
+
+This module sits above :mod:`vilab.families`, :mod:`vilab.flows` and :mod:`vilab.targets`
+and below the trainers: the config describes, this module builds."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from vilab.config import FAMILY_KINDS, FLOW_KINDS, FamilyConfig, TargetConfig
 from vilab.families.base import Family
 from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
 from vilab.families.semi_implicit import SemiImplicit
@@ -14,16 +19,17 @@ from vilab.flows.iaf import IAF
 from vilab.flows.planar import Planar
 from vilab.flows.radial import Radial
 from vilab.flows.sylvester import Sylvester
+from vilab.targets.base import Target, resolve_target
 
-FLOW_KINDS = (
-    "planar",
-    "radial",
-    "iaf",
-    "sylvester_orthogonal",
-    "sylvester_householder",
-    "sylvester_triangular",
-)
-FAMILY_KINDS = ("mean_field", "full_rank", *FLOW_KINDS, "stack", "uivi")
+__all__ = [
+    "FAMILY_KINDS",
+    "FLOW_KINDS",
+    "build_family",
+    "build_flows",
+    "family_from_config",
+    "target_from_config",
+]
+
 BaseKind = Literal["standard", "mean_field", "full_rank"]
 
 
@@ -108,3 +114,25 @@ def build_family(
     else:
         raise ValueError(f"unknown family {kind!r}; choose one of {', '.join(FAMILY_KINDS)}")
     return FlowFamily(build_base(base, dim, context_dim), flows)
+
+
+def family_from_config(cfg: FamilyConfig, dim: int, context_dim: int | None = None) -> Family:
+    """The family a :class:`~vilab.config.FamilyConfig` describes, free or amortized."""
+    return build_family(
+        cfg.kind,
+        dim,
+        context_dim,
+        layers=cfg.layers,
+        base=cfg.base,  # type: ignore[arg-type]
+        hidden=cfg.hidden,
+        num_ortho=cfg.num_ortho,
+        num_householder=cfg.num_householder,
+        stack=[spec.model_dump() for spec in cfg.stack],
+        noise_dim=cfg.noise_dim,
+        log_q_samples=cfg.log_q_samples,
+    )
+
+
+def target_from_config(cfg: TargetConfig) -> Target:
+    """The target a :class:`~vilab.config.TargetConfig` describes."""
+    return resolve_target(cfg.name, cfg.dim, cfg.box, cfg.log_z, cfg.context_dim, cfg.context_range)

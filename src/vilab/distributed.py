@@ -7,7 +7,7 @@
 
 or with ``vilab train --nproc 2 …``, which starts the same workers on this machine with
 torchrun's launcher (:func:`launch`). The backend is gloo: vilab trains on the CPU. The division of
-labour (implemented in :mod:`vilab.train.loop`):
+labour (implemented in :mod:`vilab.train.vae`):
 
 - **Data.** ``data.batch_size`` is the *global* batch. The batch at step s is the same
   for every world size (:class:`vilab.data.Batches`); rank r of W trains on its rows
@@ -36,7 +36,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -165,3 +165,25 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     finally:
         quiet.setLevel(level)
     return 0
+
+
+def on_main(world: World, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on rank 0, its result (or its exception, raised) on every rank."""
+    result: tuple[bool, Any] = (True, None)
+    if world.is_main:
+        try:
+            result = (True, fn(*args))
+        except BaseException as err:  # noqa: BLE001 - re-raised on every rank below
+            result = (False, err)
+    ok, value = world.broadcast(result)
+    if not ok:
+        raise value
+    return value
+
+
+def main_only(world: World, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on rank 0 — file writes, logging — with its exception raised on every
+    rank (so that no rank waits for a crashed one); its result on rank 0, None elsewhere."""
+    out: list[Any] = []
+    on_main(world, lambda: out.append(fn(*args)))
+    return out[0] if out else None

@@ -1,0 +1,62 @@
+"""Typed, validated configuration: the only place that reads config files.
+
+A run is described by a :class:`FitConfig` (``vilab fit``: 2-D / user targets) or a
+:class:`TrainConfig` (``vilab train``: VAEs). Configs come from defaults, then an optional
+YAML file, then ``key.sub=value`` overrides from the command line (values parsed as YAML
+scalars/lists). Every error names the bad key and value and what is accepted. This package
+imports nothing else of vilab: it describes runs, :mod:`vilab.build` builds them.
+"""
+
+from vilab.config.base import (
+    FAMILY_KINDS,
+    FLOW_KINDS,
+    ConfigError,
+    dump_config,
+    parse_override,
+    read_yaml,
+)
+from vilab.config.fit import (
+    FamilyConfig,
+    FaultConfig,
+    FitConfig,
+    FlowConfig,
+    OptimConfig,
+    TargetConfig,
+    default_stack,
+    load_fit_config,
+)
+from vilab.config.train import (
+    DataConfig,
+    EvalConfig,
+    NetConfig,
+    ObjectiveConfig,
+    PosteriorConfig,
+    TrainConfig,
+    TrainOptimConfig,
+    load_train_config,
+)
+
+__all__ = [
+    "FAMILY_KINDS",
+    "FLOW_KINDS",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FamilyConfig",
+    "FaultConfig",
+    "FitConfig",
+    "FlowConfig",
+    "NetConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "PosteriorConfig",
+    "TargetConfig",
+    "TrainConfig",
+    "TrainOptimConfig",
+    "default_stack",
+    "dump_config",
+    "load_fit_config",
+    "load_train_config",
+    "parse_override",
+    "read_yaml",
+]

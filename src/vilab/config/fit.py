@@ -1,0 +1,145 @@
+"""The configuration of ``vilab fit``: a target, a family, the optimizer and the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vilab.config.base import FAMILY_KINDS, FLOW_KINDS, Widths, _load, _one_of, _Strict
+
+
+class TargetConfig(_Strict):
+    """What p is: a built-in name (U1–U4, banana, banana_family) or ``module:function`` /
+    ``file.py:function``; ``box`` = (x0, x1, y0, y1) for plots and 2-D quadrature."""
+
+    name: str = "U1"
+    dim: int | None = Field(None, ge=1)
+    box: tuple[float, float, float, float] | None = None
+    log_z: float | None = None
+    context_dim: int | None = Field(None, ge=1)
+    context_range: tuple[float, float] = (0.0, 1.0)
+
+
+class FlowConfig(_Strict):
+    """One kind of flow: ``kind`` (see FLOW_KINDS), depth ``layers``, MADE ``hidden``
+    widths (IAF), Sylvester options."""
+
+    kind: str = "sylvester_orthogonal"
+    layers: int = Field(32, ge=1, le=10_000)
+    hidden: Widths = Field(default_factory=lambda: [64, 64])
+    num_ortho: int | None = Field(None, ge=1)
+    num_householder: int = Field(2, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _one_of(v, FLOW_KINDS, "flow")
+
+
+def default_stack() -> list[FlowConfig]:
+    """vilab's strong default for 2-D targets: 24 orthogonal Sylvester layers (they move
+    mass between modes) followed by 4 IAF steps (they fix scales and curved tails)."""
+    return [
+        FlowConfig(kind="sylvester_orthogonal", layers=24),
+        FlowConfig(kind="iaf", layers=4, hidden=[64, 64]),
+    ]
+
+
+class FamilyConfig(FlowConfig):
+    """What q is: ``kind`` (see FAMILY_KINDS) with the flow options of :class:`FlowConfig`
+    and the ``base`` of a flow; ``kind: stack`` (the default) chains the flows listed in
+    ``stack`` on the base (``stack`` is ignored by the other kinds); ``kind: uivi`` uses
+    ``noise_dim``, ``hidden`` (its network μ(ε [, h])) and ``log_q_samples`` (the K draws
+    of ε that estimate log q(z) for reported KLs and log-likelihoods)."""
+
+    kind: str = "stack"
+    base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
+    stack: list[FlowConfig] = Field(default_factory=default_stack)
+    noise_dim: int = Field(10, ge=1)
+    log_q_samples: int = Field(1000, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _one_of(v, FAMILY_KINDS, "family")
+
+    @model_validator(mode="after")
+    def _stack_given(self) -> FamilyConfig:
+        if self.kind == "stack" and not self.stack:
+            raise ValueError("family.kind=stack needs family.stack: a list of flows")
+        return self
+
+
+class OptimConfig(_Strict):
+    """Adam with a learning-rate schedule: linear warm-up, then constant or cosine decay to
+    ``lr * min_lr_ratio``; optional gradient-norm clipping."""
+
+    lr: float = Field(2e-3, gt=0, le=10)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class FaultConfig(_Strict):
+    """What to do about non-finite losses or gradients (:mod:`vilab.train.guard`): skip
+    the step; after ``max_bad_steps`` in a row, roll back to the last checkpoint with the
+    learning rate multiplied by ``rollback_lr_factor``; after ``max_rollbacks`` rollbacks,
+    stop with an error."""
+
+    max_bad_steps: int = Field(5, ge=1)
+    max_rollbacks: int = Field(3, ge=0)
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
+
+
+class FitConfig(_Strict):
+    """Fit a family to a target by maximizing the reverse-KL ELBO.
+
+    ``beta_start``/``beta_steps``: β-annealing β_t = min(1, beta_start + t / beta_steps)
+    on log p̃ (Rezende & Mohamed 2015); ``beta_steps = 0`` turns it off and the default
+    (None) anneals over the first 40% of the steps. Annealing lets q spread over every mode
+    before it sharpens: without it a flow on U1 typically keeps one of the two halves
+    (KL ≈ log 2). ``stl``: the
+    sticking-the-landing gradient (Roeder et al. 2017), for families with a log_prob.
+    ``samples``: samples of q per step (split over ``contexts`` contexts for a target
+    family). ``eval_samples``: samples for the exact KL. ``max_seconds``: stop early after
+    this much training time.
+    """
+
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    family: FamilyConfig = Field(default_factory=FamilyConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    steps: int = Field(8000, ge=1)
+    samples: int = Field(1000, ge=1)
+    contexts: int = Field(16, ge=1)
+    eval_contexts: list[float] | None = None
+    beta_start: float = Field(0.01, ge=0, le=1)
+    beta_steps: int | None = Field(None, ge=0)
+    stl: bool = False
+    seed: int = 0
+    eval_samples: int = Field(100_000, ge=2)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    threads: int | None = Field(None, ge=1)
+    figures: bool = True
+    max_seconds: float | None = Field(None, gt=0)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @model_validator(mode="after")
+    def _samples_split(self) -> FitConfig:
+        has_context = self.target.name == "banana_family" or self.target.context_dim is not None
+        if has_context and self.samples < self.contexts:
+            raise ValueError(f"samples ({self.samples}) must be ≥ contexts ({self.contexts})")
+        return self
+
+
+def load_fit_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> FitConfig:
+    """Defaults <- ``base`` <- YAML file ``path`` <- ``overrides`` (``key.sub=value``)."""
+    return _load(FitConfig, path, overrides, base)

@@ -1,0 +1,138 @@
+"""The configuration of ``vilab train``: data, networks, posterior, objective, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vilab.config.base import FAMILY_KINDS, Widths, _load, _one_of, _Strict
+from vilab.config.fit import FamilyConfig, FaultConfig, FlowConfig, OptimConfig
+
+
+class NetConfig(_Strict):
+    """An encoder or decoder network: ``mlp`` (``hidden`` widths), ``resnet`` (the conv
+    pair of Kingma et al. 2016 / seed 002, ``channels`` feature maps), ``gated`` (the
+    gated-conv pair of van den Berg et al. 2018), or ``identity`` (encoder only: the
+    posterior sees x itself, as UIVI's network μ(ε, x) does)."""
+
+    kind: Literal["mlp", "resnet", "gated", "identity"] = "mlp"
+    hidden: Widths = Field(default_factory=lambda: [256, 256])
+    activation: Literal["relu", "elu", "tanh", "softplus", "gelu"] = "relu"
+    channels: int = Field(64, ge=1)
+    features: int = Field(256, ge=1)
+
+
+class PosteriorConfig(FamilyConfig):
+    """q(z | x): a family amortized from the encoder's features (same options as the 2-D
+    families; ``mean_field`` by default)."""
+
+    kind: str = "mean_field"
+    layers: int = Field(2, ge=1, le=10_000)
+    hidden: Widths = Field(default_factory=lambda: [256, 256])
+    stack: list[FlowConfig] = Field(default_factory=list)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _one_of(v, [k for k in FAMILY_KINDS if k != "full_rank"], "posterior")
+
+
+class ObjectiveConfig(_Strict):
+    """The training objective. ``kind``: ``elbo`` (analytic KL for mean-field), ``iwae``
+    (K = ``samples``) or ``dreg`` (IWAE with doubly-reparameterized gradients);
+    ``samples``: samples of q per image; ``kl_warmup_steps``: β rises linearly from 0 to 1
+    over these steps (ELBO); ``free_bits``: λ nats per latent dimension (mean-field ELBO);
+    ``stl``: sticking-the-landing gradients (ELBO, families with a log_prob)."""
+
+    kind: Literal["elbo", "iwae", "dreg"] = "elbo"
+    samples: int = Field(1, ge=1)
+    kl_warmup_steps: int = Field(0, ge=0)
+    free_bits: float = Field(0.0, ge=0)
+    stl: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ObjectiveConfig:
+        if self.kind != "elbo" and (self.kl_warmup_steps or self.free_bits or self.stl):
+            raise ValueError(
+                f"kl_warmup_steps, free_bits and stl apply to kind=elbo, not {self.kind!r}"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    """``binarized_mnist`` (Larochelle's static set), ``mnist_dynamic`` (re-binarized every
+    batch), ``mnist_gray`` (grey levels in [0, 1], for a Gaussian likelihood), ``tiny``
+    (built in, no files, dynamic) or ``tiny_static``; ``data_dir`` (default:
+    $VILAB_DATA_DIR, else the user cache)."""
+
+    name: Literal["binarized_mnist", "mnist_dynamic", "mnist_gray", "tiny", "tiny_static"] = (
+        "binarized_mnist"
+    )
+    data_dir: str | None = None
+    batch_size: int = Field(128, ge=1)
+
+
+class TrainOptimConfig(OptimConfig):
+    """Optimizer for VAEs: ``adam``, ``adamax`` (Sylvester paper) or ``rmsprop`` (centered,
+    seed 004). ``ema``: decay δ of an exponential moving average of the weights,
+    θ̄ ← δ θ̄ + (1 − δ) θ after every update (Polyak averaging, as in Kingma et al.'s IAF
+    experiments); validation, ``best.pt`` and the test then use θ̄."""
+
+    name: Literal["adam", "adamax", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    schedule: Literal["constant", "cosine"] = "constant"
+    ema: float | None = Field(None, gt=0, lt=1)
+
+
+class EvalConfig(_Strict):
+    """Evaluation of log p(x) by importance sampling: ``samples`` per image (K), drawn
+    ``chunk`` at a time for ``batch`` images at once; ``valid_images`` / ``valid_samples``
+    for the quick validation estimate during training."""
+
+    samples: int = Field(5000, ge=1)
+    chunk: int = Field(100, ge=1)
+    batch: int = Field(20, ge=1)
+    valid_images: int = Field(1000, ge=1)
+    valid_samples: int = Field(100, ge=1)
+
+
+class TrainConfig(_Strict):
+    """Train a VAE with an amortized flexible posterior (``vilab train``)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    latent_dim: int = Field(32, ge=1)
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    encoder: NetConfig = Field(default_factory=NetConfig)
+    decoder: NetConfig = Field(default_factory=NetConfig)
+    posterior: PosteriorConfig = Field(default_factory=PosteriorConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: TrainOptimConfig = Field(default_factory=TrainOptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    steps: int = Field(30_000, ge=1)
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    eval_every: int = Field(2000, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    threads: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    final_eval: bool = True
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @model_validator(mode="after")
+    def _likelihood_matches_data(self) -> TrainConfig:
+        if self.likelihood == "gaussian" and self.data.name != "mnist_gray":
+            raise ValueError("likelihood=gaussian is for continuous data: data.name=mnist_gray")
+        if self.likelihood == "bernoulli" and self.data.name == "mnist_gray":
+            raise ValueError("data.name=mnist_gray needs likelihood=gaussian")
+        return self
+
+
+def load_train_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults <- ``base`` <- YAML file ``path`` <- ``overrides`` (``key.sub=value``)."""
+    return _load(TrainConfig, path, overrides, base)

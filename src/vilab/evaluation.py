@@ -1,0 +1,293 @@
+"""Honest evaluation of a trained VAE: importance-sampled and annealed-IS log p(x), batched
+over images and samples, sharded over processes with results identical to one process;
+and ``vilab eval``, which evaluates a run directory and records the result in it.
+
+    log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k | x),   z_k ~ q(· | x)
+
+(:func:`vilab.estimators.loglik.importance_log_likelihood`, Burda et al. 2016) and AIS
+(:func:`vilab.estimators.ais.ais`, Neal 2001; Wu et al. 2017).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vilab.core.io import atomic_write_text
+from vilab.core.seeding import Stream, derive_seed
+from vilab.data.vae_data import load_vae_data
+from vilab.distributed import SINGLE, World
+from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
+from vilab.train.checkpoint import brief, load_checkpoint
+from vilab.vae import VAE, build_vae
+
+
+def check_positive(**values: int) -> None:
+    """Every rank checks its arguments before any work (one rank failing alone would
+    leave the others waiting in a collective)."""
+    for name, v in values.items():
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r}; accepted: a positive integer")
+
+
+def per_batch(
+    images: Tensor,
+    batch: int,
+    fn: Callable[[Tensor], tuple[Tensor, ...]],
+    seed: int | None,
+    world: World,
+) -> list[Tensor]:
+    """``fn`` on each batch of ``images``, results concatenated over all images in order.
+
+    With ``seed``, batch b draws its random numbers from ``derive_seed(seed, 3, b)`` (the
+    global RNG is left as it was), so the result does not depend on which process did
+    which batch: rank r of W does batches r, r + W, …, and the per-image results are
+    gathered on every rank — the same numbers as one process, exactly.
+    """
+    if world.distributed and seed is None:
+        raise ValueError("a sharded evaluation needs a seed (the result must not depend on W)")
+    starts = range(0, images.shape[0], batch)
+    mine: dict[int, tuple[Tensor, ...]] = {}
+    for b in range(world.rank, len(starts), world.size):
+        x = images[starts[b] : starts[b] + batch]
+        if seed is None:
+            mine[b] = fn(x)
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, Stream.EVAL_BATCH, b))
+            mine[b] = fn(x)
+    merged: dict[int, tuple[Tensor, ...]] = {}
+    for part in world.gather(mine):
+        merged.update(part)
+    columns = zip(*(merged[b] for b in range(len(starts))))
+    return [torch.cat(c) for c in columns]
+
+
+@torch.no_grad()
+def evaluate(
+    vae: VAE,
+    images: Tensor,
+    samples: int,
+    chunk: int,
+    batch: int,
+    iwae_k: int | None = None,
+    seed: int | None = None,
+    world: World = SINGLE,
+) -> dict[str, float]:
+    """Importance-sampled log p(x) over ``images`` with K = ``samples`` per image.
+
+    Batched over images (``batch`` at a time) and samples (``chunk`` at a time) with a
+    streaming log-sum-exp; returns the mean log p(x), its Monte Carlo standard error, the
+    NLL, and from the same samples the ELBO and IWAE_k (k = ``iwae_k``). With ``seed``
+    the estimate is reproducible and independent of how it is sharded; with a
+    multi-process ``world`` the batches are shared out and the result gathered exactly
+    (:func:`per_batch`).
+    """
+    check_positive(samples=samples, chunk=chunk, batch=batch)
+    was_training = vae.training
+    vae.eval()
+    k = None if iwae_k is None else min(iwae_k, chunk, samples)
+
+    def one(x: Tensor) -> tuple[Tensor, ...]:
+        h = vae.posterior.context(x)
+        est = importance_log_likelihood(partial(vae.log_weights, x, h=h), samples, chunk, k)
+        assert est.elbo is not None
+        iwae = est.iwae if est.iwae is not None else torch.full_like(est.elbo, math.nan)
+        return est.log_px, est.stderr, est.elbo, iwae
+
+    try:
+        lp, se, el, iw = per_batch(images, batch, one, seed, world)
+    finally:
+        vae.train(was_training)
+    log_px, stderr = mean_with_stderr(lp, se)
+    out = {
+        "log_px": log_px,
+        "log_px_stderr": stderr,
+        "nll": -log_px,
+        "elbo": float(el.mean()),
+        "samples": samples,
+        "images": int(images.shape[0]),
+    }
+    if k is not None:
+        out[f"iwae_{k}"] = float(iw.mean())
+    return out
+
+
+@torch.no_grad()
+def evaluate_ais(
+    vae: VAE,
+    images: Tensor,
+    chains: int = 16,
+    num_dists: int = 500,
+    num_leapfrog: int = 5,
+    batch: int = 100,
+    init: str = "posterior",
+    seed: int | None = None,
+    world: World = SINGLE,
+) -> dict[str, Any]:
+    """log p(x) by annealed importance sampling (:func:`vilab.estimators.ais.ais`).
+
+    The path starts at the encoder's q(z | x) — in the base space of a flow posterior,
+    where the start density is the Gaussian base and the target is
+    p(x, T(ε)) |det ∂T/∂ε| (seed 002) — or at the prior (``init="prior"``). Batched over
+    ``batch`` images and ``chains`` chains each. A stochastic lower bound on log p(x).
+    ``seed`` and ``world`` as for :func:`evaluate`.
+    """
+    from vilab.estimators.ais import ais
+    from vilab.families.gaussian import StandardNormal
+    from vilab.flows.flow import FlowFamily
+
+    if init not in ("posterior", "prior"):
+        raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
+    check_positive(chains=chains, num_dists=num_dists, num_leapfrog=num_leapfrog, batch=batch)
+    was_training = vae.training
+    vae.eval()
+    requires = [p.requires_grad for p in vae.parameters()]
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    family, model = vae.posterior.family, vae.model
+
+    def one(x: Tensor) -> tuple[Tensor, ...]:
+        h = vae.posterior.context(x)
+        if init == "prior":
+            base: Any = StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h.dtype)
+            push = None
+        elif isinstance(family, FlowFamily):
+            base, push = family.base, family.push
+        else:
+            base, push = family, None
+
+        def log_target(e: Tensor) -> Tensor:
+            if push is None:
+                return model.log_joint(x, e)
+            z, logdet = push(e, h)
+            return model.log_joint(x, z) + logdet
+
+        est = ais(
+            partial(base.log_prob, context=h),
+            lambda c: base.rsample_and_log_prob(c, h)[0],
+            log_target,
+            chains,
+            num_dists,
+            num_leapfrog,
+        )
+        return est.log_z, est.stderr, torch.full_like(est.log_z, est.accept_rate)
+
+    try:
+        lp, se, acc = per_batch(images, batch, one, seed, world)
+    finally:
+        for p, r in zip(vae.parameters(), requires):
+            p.requires_grad_(r)
+        vae.train(was_training)
+    log_px, stderr = mean_with_stderr(lp, se)
+    return {
+        "method": "ais",
+        "log_px": log_px,
+        "log_px_stderr": stderr,
+        "nll": -log_px,
+        "chains": chains,
+        "num_dists": num_dists,
+        "num_leapfrog": num_leapfrog,
+        "init": init,
+        "accept_rate": float(acc.mean()),
+        "images": int(images.shape[0]),
+    }
+
+
+def load_model(vae: VAE, path: Path) -> None:
+    """Load the weights to evaluate from a checkpoint into ``vae``: ``best.pt``'s model, a
+    training checkpoint's moving average of the weights if the run kept one
+    (``optim.ema``), else its model.
+
+    Raises:
+        ValueError: the file is not a checkpoint of a model with this configuration.
+    """
+    state = load_checkpoint(path)
+    try:
+        if "ema" in state:  # a training checkpoint of a run with optim.ema: the average
+            n = len("module.")
+            weights = {k[n:]: v for k, v in state["ema"].items() if k.startswith("module.")}
+        else:
+            weights = state["model"]
+        vae.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the run's config.yaml ({brief(err)})"
+        ) from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, with a clear error if it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({err}); delete or repair it") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    samples: int | None = None,
+    chunk: int | None = None,
+    batch: int | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    method: str = "is",
+    chains: int = 16,
+    num_dists: int = 500,
+    num_leapfrog: int = 5,
+    images: int | None = None,
+    init: str = "posterior",
+    world: World = SINGLE,
+) -> dict[str, Any]:
+    """``vilab eval``: log p(x) of a trained run's best (else last) model, by importance
+    sampling (``method="is"``) or annealed importance sampling (``"ais"``); the result
+    is merged into the run's ``metrics.json`` under ``eval_<split>`` / ``ais_<split>``.
+    Seeded by the run's seed; in a multi-process ``world`` the images are shared out and
+    the estimate is the same as in one process."""
+    from vilab.config import load_train_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a vilab train run (no config.yaml)")
+    overrides = [f"data.data_dir={data_dir}"] if data_dir else []
+    config = load_train_config(run_dir / "config.yaml", overrides)
+    e = config.eval
+    samples, chunk, batch = samples or e.samples, chunk or e.chunk, batch or e.batch
+    vae = build_vae(config)
+    weights = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "checkpoint.pt"
+    load_model(vae, weights)
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    if method not in ("is", "ais"):
+        raise ValueError(f"method must be 'is' or 'ais', got {method!r}")
+    data = load_vae_data(config.data, config.seed)
+    x = data.test if split == "test" else data.valid
+    x = x[:images] if images else x
+    seed = derive_seed(config.seed, Stream.TEST)
+    t0 = time.perf_counter()
+    if method == "is":
+        result = evaluate(vae, x, samples, min(chunk, samples), batch, 50, seed, world)
+    else:
+        result = evaluate_ais(
+            vae, x, chains, num_dists, num_leapfrog, min(batch, 100), init, seed, world
+        )
+    result["seconds"] = time.perf_counter() - t0
+    result["weights"] = weights.name
+    result["world_size"] = world.size
+    if world.is_main:
+        path = run_dir / "metrics.json"
+        metrics = read_json(path) if path.exists() else {}
+        metrics[f"{'eval' if method == 'is' else 'ais'}_{split}"] = result
+        atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    return result

@@ -1,0 +1,379 @@
+"""Train a VAE with an amortized flexible posterior.
+
+:class:`VAETrainer` owns the model, the optimizer, the data and one step; :func:`train_vae`
+runs it through the run lifecycle. The run directory (DESIGN.md) holds ``config.yaml``,
+``metrics.jsonl`` (train bound every ``log_every`` steps, validation every ``eval_every``),
+TensorBoard scalars and image grids, ``checkpoint.pt`` (atomic; resumes exactly: the batch
+at step s depends only on (seed, s), and the RNG state is saved), ``best.pt`` (best
+validation log p(x)), figures, and ``metrics.json`` with the test log p(x) by importance
+sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from vilab.config import TrainConfig, dump_config
+from vilab.core.io import atomic_write_bytes, atomic_write_text
+from vilab.core.seeding import Stream, derive_seed
+from vilab.data.vae_data import VAEData, load_vae_data
+from vilab.distributed import SINGLE, World, main_only, on_main
+from vilab.evaluation import evaluate
+from vilab.plots.vae import LatentTracker, final_figures, sample_images
+from vilab.train.checkpoint import (
+    brief,
+    encode_checkpoint,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
+from vilab.train.interrupt import stop_at_step_boundary
+from vilab.train.logging import RunLogger, read_metrics
+from vilab.train.schedule import lr_factor, progress
+from vilab.train.steps import Hooks, run_steps
+from vilab.vae import VAE, build_vae, vae_objective
+
+OPTIMIZERS = {
+    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
+    "adamax": lambda p, lr: torch.optim.Adamax(p, lr=lr),
+    "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr=lr, centered=True),
+}
+
+
+class _Loss(torch.nn.Module):
+    """The training loss as a module, so that ``DistributedDataParallel`` (which hooks
+    the backward pass of its module's forward) can wrap it. ``scale`` turns this rank's
+    batch mean into its share of the global batch mean (see :mod:`.distributed`)."""
+
+    def __init__(self, vae: VAE, objective: Any) -> None:
+        super().__init__()
+        self.vae, self.objective = vae, objective
+
+    def forward(
+        self, x: Tensor, step: int, need_value: bool, scale: float
+    ) -> tuple[Tensor, Tensor]:
+        obj = vae_objective(self.vae, x, self.objective, step, need_value)
+        loss = -obj.surrogate if scale == 1.0 else -obj.surrogate * scale
+        return loss, obj.value.sum()
+
+
+class VAETrainer:
+    """Owns the model, optimizer, data and the step; ``train_step`` does one update.
+
+    In a multi-process ``world`` (``torchrun``) the loss is wrapped in
+    ``DistributedDataParallel`` and each rank trains on its share of the global batch.
+    """
+
+    def __init__(
+        self, config: TrainConfig, data: VAEData | None = None, world: World = SINGLE
+    ) -> None:
+        self.config, self.world = config, world
+        torch.manual_seed(config.seed)
+        self.data = data if data is not None else load_vae_data(config.data, config.seed, world)
+        self.vae = build_vae(config)
+        if world.rank > 0:  # one seed per rank; rank 0 continues the single-process stream
+            torch.manual_seed(derive_seed(config.seed, Stream.RANK, world.rank))
+        self.loss = _Loss(self.vae, config.objective)
+        self.forward: torch.nn.Module = self.loss
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.loss, gradient_as_bucket_view=True)
+        self.optimizer = OPTIMIZERS[config.optim.name](self.vae.parameters(), config.optim.lr)
+        self.ema: AveragedModel | None = None
+        if config.optim.ema is not None:
+            avg = get_ema_multi_avg_fn(config.optim.ema)
+            self.ema = AveragedModel(self.vae, multi_avg_fn=avg, use_buffers=True)
+        self.guard = StepGuard(config.faults)
+        self.step = 0
+        self.seconds = 0.0
+        self.best: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+
+    @property
+    def eval_vae(self) -> VAE:
+        """The model to evaluate: the moving average of the weights if ``optim.ema``."""
+        return self.vae if self.ema is None else self.ema.module  # type: ignore[return-value]
+
+    def start_clock(self) -> None:
+        """(Re)start the training clock at ``self.seconds`` (time outside train_step,
+        such as validation, is not training time)."""
+        self._t0 = time.perf_counter() - self.seconds
+
+    def train_step(self, log_value: bool = True) -> dict[str, float]:
+        """One update; ``log_value=False`` may skip work only the logged bound needs (and,
+        with several processes, the collective that averages it).
+
+        A non-finite loss or gradient (on any rank) leaves the parameters and optimizer
+        state unchanged; the step still counts and ``"finite"`` is 0. The returned bound
+        is the global batch mean (NaN if not ``log_value``). With several processes,
+        ``self.seconds`` is rank 0's clock on every rank whenever the run has a
+        ``max_seconds`` budget (its schedule and its stop follow the clock).
+        """
+        cfg = self.config
+        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
+        lr = cfg.optim.lr * self.guard.lr_scale * lr_factor(self.step, frac, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = self.data.train
+        x = batches.batch(self.step)
+        n = batches.global_size(self.step)  # all ranks' images in this step
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
+        # × (1 + 0·loss) is × 1 exactly for a finite loss and × NaN otherwise: a non-finite
+        # loss on any rank makes the averaged gradient non-finite on every rank, so one
+        # local check of the (identical) gradients is a decision all ranks share.
+        (loss * (1.0 + 0.0 * loss.detach())).backward()
+        params = list(self.vae.parameters())
+        if cfg.optim.grad_clip is not None:
+            finite = bool(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip).isfinite())
+        else:
+            finite = bool(grads_finite(params))
+        elapsed = time.perf_counter() - self._t0
+        bound = math.nan
+        if self.world.distributed and (log_value or cfg.max_seconds is not None):
+            f64 = torch.float64
+            local = torch.stack([value_sum.detach().to(f64), torch.tensor(elapsed, dtype=f64)])
+            if not self.world.is_main:
+                local[1] = 0.0
+            status = self.world.sum(local)  # the bound's sum over ranks, rank 0's clock
+            bound, elapsed = float(status[0]) / n, float(status[1])
+        elif log_value:
+            bound = float(value_sum) / n
+        self.seconds = elapsed
+        if finite:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.vae)
+        self.step += 1
+        return {"bound": bound, "lr": lr, "finite": float(finite)}
+
+    def encode(self) -> bytes | None:
+        """The checkpoint file's bytes on rank 0, None elsewhere (a collective)."""
+        return main_only(self.world, encode_checkpoint, self.state_dict())
+
+    def rollback(self, path: Path) -> None:
+        """Go back to the checkpoint at ``path`` (:func:`_restore` with ``rollback``)."""
+        _restore(self, path, rollback=True)
+
+    def validate(self) -> dict[str, float]:
+        e = self.config.eval
+        valid = self.data.valid[: e.valid_images]
+        seed = derive_seed(self.config.seed, Stream.VALIDATION, self.step)
+        chunk = min(e.chunk, e.valid_samples)
+        r = evaluate(
+            self.eval_vae, valid, e.valid_samples, chunk, e.batch, seed=seed, world=self.world
+        )
+        return {"valid_elbo": r["elbo"], "valid_log_px": r["log_px"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state; a collective in a multi-process world (every rank's
+        RNG state is gathered), so every rank must call it at the same step."""
+        return {
+            "step": self.step,
+            "seconds": self.seconds,
+            "best": self.best,
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.world.gather(torch.get_rng_state()),
+            "world_size": self.world.size,
+            "optimizer_name": self.config.optim.name,
+            "guard": self.guard.state_dict(),
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "the checkpoint") -> None:
+        """Continue from ``state`` (written at any world size). The RNG state of rank r is
+        the one saved by rank r; a rank the checkpoint did not have gets a fresh stream
+        seeded from (seed, rank, step).
+
+        Raises:
+            ValueError: ``state`` does not belong to a run of this configuration.
+        """
+        name = state.get("optimizer_name", self.config.optim.name)
+        if name != self.config.optim.name:
+            raise ValueError(
+                f"{source} was written with optim.name={name}, this config has "
+                f"optim.name={self.config.optim.name}: resume with the run's config"
+            )
+        try:
+            self.vae.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            step, seconds = int(state["step"]), float(state["seconds"])
+            best = dict(state["best"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+            if self.world.rank < len(rng):
+                torch.set_rng_state(rng[self.world.rank])
+            else:
+                torch.manual_seed(derive_seed(self.config.seed, Stream.RANK, self.world.rank, step))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{source} does not fit this configuration ({brief(err)}); "
+                "resume with the config the run was started with, or start a new run"
+            ) from None
+        self.step, self.seconds, self.best = step, seconds, best
+        self.guard.load_state_dict(state.get("guard", {}))
+
+
+def _after_validation(
+    trainer: VAETrainer,
+    run_dir: Path,
+    logger: RunLogger,
+    latent: LatentTracker | None,
+    step: int,
+    values: dict[str, float],
+) -> None:
+    logger.log(step, values)
+    sample_images(trainer.eval_vae, trainer.data.test, run_dir, step, logger.writer)
+    if latent is not None:
+        latent.snapshot(step)
+
+
+def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
+    """Load ``path`` into the trainer on every rank (rank 0 reads it). A rollback keeps
+    the fault counts, the lowered learning rate, the best validation so far and the
+    training clock (a time budget counts the lost steps too)."""
+    state = on_main(trainer.world, load_checkpoint, path)
+    kept = (trainer.guard.state_dict(), trainer.best, trainer.seconds)
+    trainer.load_state_dict(state, f"checkpoint {str(path)!r}")
+    if rollback:
+        trainer.guard.load_state_dict(kept[0])
+        trainer.best, trainer.seconds = kept[1], kept[2]
+
+
+def _hooks(
+    trainer: VAETrainer, run_dir: Path, logger: RunLogger, latent: LatentTracker | None
+) -> Hooks:
+    """The VAE's side of the step loop: records through rank 0, and validation (with
+    ``best.pt``, pictures and the latent animation) every ``eval_every`` steps."""
+    config, world = trainer.config, trainer.world
+
+    def log(step: int, values: dict[str, float]) -> None:
+        if "bound" in values:
+            values["images_per_second"] = step * config.data.batch_size / trainer.seconds
+        main_only(world, logger.log, step, values)
+
+    def validate(step: int) -> None:
+        if step % config.eval_every and step != config.steps:
+            return
+        rng_state = torch.get_rng_state()
+        v = trainer.validate()
+        if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
+            trainer.best = {"step": step, **v}
+            best = {"step": step, "model": trainer.eval_vae.state_dict()}
+            main_only(world, save_checkpoint, run_dir / "best.pt", best)
+        main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
+        torch.set_rng_state(rng_state)
+        trainer.start_clock()  # evaluation is not training time
+
+    return Hooks(log, partial(main_only, world, logger.rewind), logger.advance, validate)
+
+
+def train_vae(
+    config: TrainConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    data: VAEData | None = None,
+    tensorboard: bool = True,
+    world: World = SINGLE,
+) -> dict[str, Any]:
+    """Train, evaluate on the test set, and write the run directory; returns metrics.
+
+    ``config.threads`` (if set) sets torch's thread count for the process. Everything is
+    validated (config, data, and with ``resume`` the checkpoint) before the first file is
+    written. A checkpoint is written at the start, every ``checkpoint_every`` steps (once
+    the next step is finite) and at the end; a non-finite step is skipped, and repeated
+    ones roll back to the last checkpoint (:mod:`vilab.train.guard`). Ctrl-C stops at the
+    end of the current step and writes its checkpoint (a second one, or one under
+    torchrun, stops at once and keeps the last checkpoint written). In a multi-process
+    ``world`` only rank 0 writes, and every rank returns the same metrics.
+    """
+    run_dir = Path(run_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    trainer = VAETrainer(config, data, world)
+    ckpt = run_dir / "checkpoint.pt"
+    resume = resume and on_main(world, ckpt.exists)
+    if resume:
+        _restore(trainer, ckpt)
+    main = world.is_main
+
+    def prepare() -> RunLogger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+        if not resume:
+            (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        return RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
+
+    logger = main_only(world, prepare) or RunLogger(run_dir, 0, enabled=False)
+    latent = (
+        LatentTracker(lambda: trainer.eval_vae, trainer.data.test, trainer.data.test_labels)
+        if config.latent_dim == 2 and main
+        else None
+    )
+    guard = trainer.guard
+    ckpts = GoodCheckpoints(ckpt, partial(main_only, world, atomic_write_bytes))
+    interrupted = False
+    with contextlib.ExitStack() as stack:
+        stop_requested = stack.enter_context(stop_at_step_boundary(not world.distributed))
+        stack.callback(logger.close)
+        if not resume:  # what a rollback before the first checkpoint finds
+            ckpts.write(trainer.encode())
+        try:
+            hooks = _hooks(trainer, run_dir, logger, latent)
+            interrupted = run_steps(trainer, config, ckpts, hooks, stop_requested)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one under torchrun: no new file
+            interrupted = True
+    metrics: dict[str, Any] = {
+        "data": config.data.name,
+        "posterior": config.posterior.kind,
+        "objective": config.objective.kind,
+        "latent_dim": config.latent_dim,
+        "parameters": sum(p.numel() for p in trainer.vae.parameters()),
+        "steps": trainer.step,
+        "seconds": trainer.seconds,
+        "images_per_second": trainer.step * config.data.batch_size / max(trainer.seconds, 1e-9),
+        "world_size": world.size,
+        "best_valid": trainer.best,
+        **guard.metrics(),
+        "interrupted": interrupted,
+    }
+    if config.final_eval and not interrupted:
+        best = run_dir / "best.pt"
+        if on_main(world, best.exists):
+            state = on_main(world, lambda: load_checkpoint(best))
+            trainer.eval_vae.load_state_dict(state["model"])
+        e = config.eval
+        t0 = time.perf_counter()
+        test = evaluate(
+            trainer.eval_vae,
+            trainer.data.test,
+            e.samples,
+            e.chunk,
+            e.batch,
+            iwae_k=50,
+            seed=derive_seed(config.seed, Stream.TEST),
+            world=world,
+        )
+        test["seconds"] = time.perf_counter() - t0
+        metrics["test"] = test
+    if main:
+        records = read_metrics(run_dir / "metrics.jsonl")
+        final_figures(trainer.eval_vae, trainer.data.test, records, run_dir, trainer.step, latent)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
