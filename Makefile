@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-all lint bench-env bench-density2d bench-mnist bench-uivi bench-scaling clean
+.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling clean
 
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,12 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup lint-imports
 	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+
+# The layers of src/vilab and the forbidden imports: contracts in pyproject.toml.
+lint-imports: setup
+	$(BIN)/lint-imports --no-cache
 
 # The benchmarks compare against peers installed from PyPI into their own environment.
 # BENCH_NODEPS go in with --no-deps, after the requirements that hold what they import:

@@ -37,16 +37,12 @@ Timings are only comparable within one run on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import common
@@ -56,25 +52,24 @@ from torch import Tensor
 from vilab.build import FAMILY_KINDS, build_family
 from vilab.config import FamilyConfig, FitConfig, load_fit_config
 from vilab.targets import Target, resolve_target
-from vilab.train.fit import Fitter, fit
+from vilab.train.fit import Fitter
 
 ALL_TARGETS = ("U1", "U2", "U3", "U4", "banana")
 DEPTH_KINDS = ("planar", "radial")  # fitted at every depth of --depths
 REFERENCE_DEPTH = 32  # other families are matched to the parameter count of planar K = 32
-MIN_EVAL_SAMPLES = 100_000
 DIM = 2
 
 
 # -- machine ----------------------------------------------------------------------------------
-def machine_lines() -> list[str]:
-    """The machine, vilab, and the normflows version."""
+def normflows_version() -> str:
+    """``"normflows <version>"``, or that it is not installed."""
     try:
         import normflows
 
         nf_version = getattr(normflows, "__version__", "installed")
     except ImportError:
         nf_version = "not installed"
-    return common.machine_lines(f"normflows {nf_version}")
+    return f"normflows {nf_version}"
 
 
 # -- part (a): exact KL per family and target ------------------------------------------------
@@ -169,8 +164,7 @@ def fit_config(spec: FamilySpec, target: str, recipe: Recipe) -> FitConfig:
         "optim": {"lr": recipe.lr, "schedule": "cosine"},
         "steps": recipe.steps,
         "samples": recipe.samples,
-        "beta_start": recipe.beta_start,
-        "beta_steps": recipe.beta_steps,
+        "objective": {"beta_start": recipe.beta_start, "beta_steps": recipe.beta_steps},
         "seed": recipe.seed,
         "eval_samples": recipe.eval_samples,
         "dtype": "float32",
@@ -182,42 +176,29 @@ def fit_config(spec: FamilySpec, target: str, recipe: Recipe) -> FitConfig:
 
 
 @dataclass
-class FitResult:
+class FitResult(common.FitFigures):
     """Outcome of one fit: the exact KL and its standard error, or why there is none."""
 
     family: str
     setting: str
     parameters: int
     target: str
-    kl: float | None = None
-    kl_stderr: float | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    error: str | None = None
 
-    def cell(self, requested_steps: int) -> str:
-        if self.kl is None or self.kl_stderr is None:
-            return f"failed ({self.error})" if self.error else "–"
+    @property
+    def where(self) -> str:
+        return f"{self.family} {self.setting} on {self.target}"
+
+    def kl_cell(self, requested_steps: int) -> str:
+        """The KL cell, marked ``*`` if the clock stopped the fit early."""
         mark = "*" if self.steps < requested_steps else ""
-        return f"{self.kl:.3f} ± {self.kl_stderr:.3f}{mark}"
+        return self.cell(self.kl, self.kl_stderr, mark)
 
 
 def run_fit(spec: FamilySpec, target: str, recipe: Recipe) -> FitResult:
     """Fits one family to one target in a temporary run directory; never raises on a
     diverged fit (the error is recorded instead)."""
     result = FitResult(spec.kind, spec.label, spec.parameters(), target)
-    config = fit_config(spec, target, recipe)
-    with tempfile.TemporaryDirectory(prefix="vilab-bench-") as run_dir:
-        try:
-            metrics = fit(config, run_dir, progress=False, tensorboard=False)
-        except (FloatingPointError, RuntimeError, ValueError) as err:
-            result.error = type(err).__name__
-            print(f"  {spec.kind} {spec.label} on {target}: {err}", file=sys.stderr)
-            return result
-    result.kl, result.kl_stderr = metrics["kl"], metrics["kl_stderr"]
-    result.steps, result.seconds = int(metrics["steps"]), float(metrics["seconds"])
-    if metrics.get("interrupted"):
-        result.error = "interrupted"
+    result.run(fit_config(spec, target, recipe))
     return result
 
 
@@ -232,7 +213,7 @@ def kl_table(results: Sequence[FitResult], targets: Sequence[str], steps: int) -
     rule = "|---|---|---:|" + "---:|" * len(targets)
     lines = [head, rule]
     for key, cells in by_key.items():
-        row = [cells[t].cell(steps) if t in cells else "–" for t in targets]
+        row = [cells[t].kl_cell(steps) if t in cells else "–" for t in targets]
         lines.append(f"| {key[0]} | {key[1]} | {params[key]} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -249,20 +230,8 @@ def part_a(
     rows = family_rows(families, depths)
     print("## (a) Exact KL(q‖p) after fitting, nats (lower is better; 0 = exact)\n")
     print(f"Recipe: {recipe.describe()}.\n", flush=True)
-    pairs = [(s, t) for s in rows for t in targets]
-    total = len(pairs)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_fit, spec, target, recipe) for spec, target in pairs]
-        for i, future in enumerate(as_completed(futures), start=1):
-            r = future.result()
-            status = f"KL {r.kl:.4f} ± {r.kl_stderr:.4f}" if r.kl is not None else r.error
-            print(
-                f"  [{i}/{total}] {r.family} {r.setting} on {r.target}: {status} "
-                f"({r.steps} steps, {r.seconds:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        results = [f.result() for f in futures]
+    calls = [(s, t, recipe) for s in rows for t in targets]
+    results = common.run_parallel(run_fit, calls, jobs)
     print(kl_table(results, targets, recipe.steps))
     print(
         "\nMean ± standard error of log q − log p̃ + log Z over the samples of q. "
@@ -285,7 +254,7 @@ def vilab_stepper(target: Target, layers: int, samples: int, lr: float, threads:
         "family": {"kind": "planar", "layers": layers, "base": "mean_field"},
         "optim": {"lr": lr, "schedule": "constant"},
         "samples": samples,
-        "beta_steps": 0,
+        "objective": {"beta_steps": 0},
         "dtype": "float32",
         "threads": threads,
         "figures": False,
@@ -351,18 +320,12 @@ class SpeedResult:
         return statistics.median(self.vilab) / statistics.median(self.normflows)
 
 
-def part_b(
-    target_name: str,
-    layers: int,
-    samples: int,
-    lr: float,
-    threads: int,
-    warmup: int,
-    steps: int,
-    rounds: int,
-    seed: int,
-) -> SpeedResult:
-    """Times the planar flow's training step in vilab and normflows, alternating rounds."""
+def part_b(args: argparse.Namespace) -> SpeedResult:
+    """Times the planar flow's training step in vilab and normflows, alternating rounds
+    (``--speed-*``, ``--samples``, ``--lr``, ``--threads``, ``--seed``)."""
+    target_name, layers, samples, lr = args.speed_target, args.speed_layers, args.samples, args.lr
+    threads, seed = args.threads, args.seed
+    warmup, steps, rounds = args.speed_warmup, args.speed_steps, args.speed_rounds
     torch.set_num_threads(threads)
     target = resolve_target(target_name)
     torch.manual_seed(seed)
@@ -397,10 +360,10 @@ def part_b(
     time_steps(fitter.train_step, warmup)
     time_steps(normflows_step, warmup)
     result = SpeedResult()
+    steppers = {"vilab": fitter.train_step, "normflows": normflows_step}
     for r in range(rounds):
-        order = [("vilab", fitter.train_step), ("normflows", normflows_step)]
-        for name, step in order if r % 2 == 0 else order[::-1]:
-            getattr(result, name).append(time_steps(step, steps))
+        for name in common.rotated(list(steppers), r):
+            getattr(result, name).append(time_steps(steppers[name], steps))
         print(
             f"  round {r + 1}/{rounds}: vilab {result.vilab[-1]:.1f}, "
             f"normflows {result.normflows[-1]:.1f} steps/s",
@@ -417,62 +380,26 @@ def part_b(
 
 
 # -- command line ----------------------------------------------------------------------------
-def csv_list(kind: str, allowed: Sequence[str] | None = None) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        bad = [s for s in items if allowed is not None and s not in allowed]
-        if not items or bad:
-            choices = ", ".join(allowed or [])
-            raise argparse.ArgumentTypeError(
-                f"unknown {kind} {', '.join(bad) or repr(text)}; choose from {choices}"
-            )
-        return items
-
-    return parse
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        msg = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"depths must be positive integers, got {text!r}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Defaults in brackets; [quick: …] is the default under --quick.",
-    )
-    p.add_argument("--part", choices=("a", "b", "both"), default="both", help="[both]")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run of every code path")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads [2]")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=2,
-        help="part (a): fits run at once, each with max(1, threads // jobs) threads [2]",
-    )
-    p.add_argument("--seed", type=int, default=0, help="[0]")
-    p.add_argument("--json", type=Path, default=None, help="also write raw results to this file")
+    p = common.base_parser(__doc__, ("a", "b", "both"), "both", data_dir=False)
     a = p.add_argument_group("part (a): exact KL")
+    a.add_argument(
+        "--jobs", type=int, default=2, help="fits at once, each max(1, threads // jobs) threads [2]"
+    )
     kinds, targets = ",".join(FAMILY_KINDS), ",".join(ALL_TARGETS)
     a.add_argument(
         "--families",
-        type=csv_list("family", FAMILY_KINDS),
+        type=common.choice_list("family", FAMILY_KINDS),
         default=list(FAMILY_KINDS),
         help=f"comma-separated [{kinds}]",
     )
     a.add_argument(
         "--targets",
-        type=csv_list("target", ALL_TARGETS),
+        type=common.choice_list("target", ALL_TARGETS),
         default=list(ALL_TARGETS),
         help=f"comma-separated [{targets}]",
     )
-    a.add_argument("--depths", type=int_list, help="planar/radial K [2,8,32; quick: 2,8]")
+    a.add_argument("--depths", type=common.int_list, help="planar/radial K [2,8,32; quick: 2,8]")
     a.add_argument("--steps", type=int, help="training steps per fit [8000; quick: 20]")
     a.add_argument("--max-seconds", type=float, help="time limit per fit [120; quick: 30]")
     a.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, cosine [2e-3]")
@@ -480,7 +407,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.add_argument("--beta-start", type=float, default=0.01, help="initial β [0.01]")
     a.add_argument("--beta-steps", type=int, help="steps for β to reach 1 [40%% of steps]")
     a.add_argument(
-        "--eval-samples", type=int, help=f"samples for the KL [{MIN_EVAL_SAMPLES}; quick: 2000]"
+        "--eval-samples",
+        type=int,
+        help=f"samples for the KL [{common.MIN_EVAL_SAMPLES}; quick: 2000]",
     )
     b = p.add_argument_group("part (b): speed")
     b.add_argument("--speed-target", choices=ALL_TARGETS, default="U1", help="[U1]")
@@ -490,66 +419,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     b.add_argument("--speed-rounds", type=int, help="alternating rounds [5; quick: 2]")
     args = p.parse_args(argv)
 
-    quick = args.quick
-    defaults = {
-        "depths": [2, 8] if quick else [2, 8, 32],
-        "steps": 20 if quick else 8_000,
-        "max_seconds": 30.0 if quick else 120.0,
-        "eval_samples": 2_000 if quick else MIN_EVAL_SAMPLES,
-        "speed_warmup": 5 if quick else 50,
-        "speed_steps": 20 if quick else 500,
-        "speed_rounds": 2 if quick else 5,
-    }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    common.fill_defaults(
+        args,
+        {
+            "depths": ([2, 8], [2, 8, 32]),
+            "steps": (20, 8_000),
+            "max_seconds": (30.0, 120.0),
+            "eval_samples": (2_000, common.MIN_EVAL_SAMPLES),
+            "speed_warmup": (5, 50),
+            "speed_steps": (20, 500),
+            "speed_rounds": (2, 5),
+        },
+    )
     if args.beta_steps is None:
         args.beta_steps = max(1, int(0.4 * args.steps))
-    if args.eval_samples < MIN_EVAL_SAMPLES and not quick:
-        p.error(f"--eval-samples must be ≥ {MIN_EVAL_SAMPLES} for a reported KL (or use --quick)")
-    for name in ("threads", "steps", "samples", "speed_steps", "speed_rounds", "speed_layers"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    common.require_kl_samples(p, args)
+    common.require(
+        p, args, ["threads", "steps", "samples", "speed_steps", "speed_rounds", "speed_layers"]
+    )
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print("# vilab density2d benchmark" + (" (--quick smoke run)" if args.quick else "") + "\n")
-    print("\n".join(machine_lines()) + "\n", flush=True)
-    out: dict[str, Any] = {"machine": machine_lines(), "args": vars(args) | {"json": None}}
+    out = common.start("vilab density2d benchmark", args, normflows_version())
     if args.part in ("a", "both"):
-        recipe = Recipe(
-            steps=args.steps,
-            max_seconds=args.max_seconds,
-            lr=args.lr,
-            samples=args.samples,
-            beta_start=args.beta_start,
-            beta_steps=args.beta_steps,
-            eval_samples=args.eval_samples,
-            threads=max(1, args.threads // args.jobs),
-            seed=args.seed,
-        )
+        recipe = common.from_args(Recipe, args, threads=max(1, args.threads // args.jobs))
         results = part_a(args.families, args.targets, args.depths, recipe, args.jobs)
         out["kl"] = [asdict(r) for r in results]
     if args.part in ("b", "both"):
-        speed = part_b(
-            args.speed_target,
-            args.speed_layers,
-            args.samples,
-            args.lr,
-            args.threads,
-            args.speed_warmup,
-            args.speed_steps,
-            args.speed_rounds,
-            args.seed,
-        )
+        speed = part_b(args)
         out["speed"] = asdict(speed) | {"ratio": speed.ratio}
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    return 0
+    common.write_json(out, args.json)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 import sys
@@ -67,6 +66,7 @@ from typing import Any
 import common
 import torch
 import torch.nn.functional as F
+from common import REPO, goal_line, join_notes, plural
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -87,7 +87,6 @@ try:  # pythae is optional: without it the pythae rows say why
 except Exception as err:  # any failure (missing, broken dependency) means unavailable
     PYTHAE_ERROR = f"{type(err).__name__}: {err}"
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "mean_field": REPO / "configs" / "vae_seed004_mean_field.yaml",
     "iaf": REPO / "configs" / "vae_seed004_iaf.yaml",
@@ -106,8 +105,8 @@ AGREE_SIGMAS = 3.0  # (b) estimates agree within this many combined MC standard 
 
 # -- machine ----------------------------------------------------------------------------------
 def threads() -> str:
-    n = torch.get_num_threads()
-    return f"{n} thread{'s' if n != 1 else ''}"
+    """The torch thread count, e.g. ``"2 threads"``."""
+    return plural(torch.get_num_threads(), "thread")
 
 
 def pythae_version() -> str:
@@ -119,42 +118,34 @@ def pythae_version() -> str:
         return "installed"
 
 
-def machine_lines() -> list[str]:
-    """The machine, vilab, and the pythae version."""
-    return common.machine_lines(f"pythae {pythae_version()}")
-
-
 def seed004_config(
     name: str, threads: int, seed: int, data_dir: str | None, extra: Sequence[str] = ()
 ) -> TrainConfig:
     """Seed 004's preset (``configs/vae_seed004_<name>.yaml``) with the run's threads, seed
     and data directory, and ``extra`` overrides (``key.sub=value``)."""
-    overrides = [f"threads={threads}", f"seed={seed}"]
-    if data_dir is not None:
-        overrides.append(f"data.data_dir={json.dumps(data_dir)}")  # a JSON string is YAML
+    overrides = [f"threads={threads}", f"seed={seed}", *common.data_override(data_dir)]
     return load_train_config(CONFIGS[name], [*overrides, *extra])
 
 
 # -- the plain PyTorch loop: the floor --------------------------------------------------------
+def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """Seed 004's network shape: ``n_in``-``hidden``-``hidden``-``n_out``, ReLU between."""
+    return nn.Sequential(
+        nn.Linear(n_in, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, n_out),
+    )
+
+
 class PlainVAE(nn.Module):
     """Seed 004's mean-field VAE as one writes it without a library."""
 
     def __init__(self, latent: int = LATENT, hidden: int = HIDDEN) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(PIXELS, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, 2 * latent),
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, PIXELS),
-        )
+        self.encoder = mlp(PIXELS, hidden, 2 * latent)
+        self.decoder = mlp(latent, hidden, PIXELS)
 
     def loss(self, x: Tensor) -> Tensor:
         """−ELBO averaged over the batch: BCE-with-logits + analytic KL, one z per image."""
@@ -210,13 +201,7 @@ def build_pythae(latent: int = LATENT, hidden: int = HIDDEN) -> Any:
     class Encoder(BaseEncoder):
         def __init__(self) -> None:
             BaseEncoder.__init__(self)
-            self.net = nn.Sequential(
-                nn.Linear(PIXELS, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, 2 * latent),
-            )
+            self.net = mlp(PIXELS, hidden, 2 * latent)
 
         def forward(self, x: Tensor) -> Any:
             loc, rho = self.net(x.reshape(x.shape[0], -1)).chunk(2, dim=-1)
@@ -225,13 +210,7 @@ def build_pythae(latent: int = LATENT, hidden: int = HIDDEN) -> Any:
     class Decoder(BaseDecoder):
         def __init__(self) -> None:
             BaseDecoder.__init__(self)
-            self.net = nn.Sequential(
-                nn.Linear(latent, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, PIXELS),
-            )
+            self.net = mlp(latent, hidden, PIXELS)
 
         def forward(self, z: Tensor) -> Any:
             probs = torch.sigmoid(self.net(z))
@@ -462,7 +441,8 @@ def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dic
 
     print("## (a) Training throughput, seed 004's mean-field VAE\n")
     print(
-        f"Batch {batch}, RMSprop (centered) lr {lr:g}, float32, {threads()}; every row trains its own copy of vilab's initial weights. "
+        f"Batch {batch}, RMSprop (centered) lr {lr:g}, float32, {threads()}; every row trains "
+        "its own copy of vilab's initial weights. "
         f"{args.speed_warmup} warm-up steps per row, then {args.speed_rounds} rounds of "
         f"{args.speed_steps} steps per row, rows alternating (order rotated each round); "
         f"median over rounds."
@@ -482,8 +462,7 @@ def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dic
         time_block(step, args.speed_warmup)
     names = list(steps)
     for r in range(args.speed_rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
+        for name in common.rotated(names, r):
             row, step = steps[name]
             rate, loss = time_block(step, args.speed_steps)
             row.rates.append(rate)
@@ -547,7 +526,7 @@ class Estimate:
     def stderr(self) -> float | None:
         if any(s is None for s in self.stderrs):
             return None
-        return math.sqrt(sum(s * s for s in self.stderrs if s is not None)) / len(self.stderrs)
+        return common.combined_stderr([s for s in self.stderrs if s is not None])
 
     @property
     def median_seconds(self) -> float:
@@ -583,7 +562,7 @@ def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
 
     def run_plain(images: Tensor) -> tuple[float, float | None]:
         values, errors = plain_log_px(plain, images, k)
-        return float(values.mean()), float(errors.pow(2).sum().sqrt()) / len(values)
+        return float(values.mean()), common.combined_stderr(errors.tolist())
 
     def run_pythae(images: Tensor) -> tuple[float, float | None]:
         pythae.eval()
@@ -608,8 +587,7 @@ def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
     print(flush=True)
     for r in range(rounds):
         images = models.test[r * n : (r + 1) * n]
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
+        for name in common.rotated(names, r):
             torch.manual_seed(args.seed + 1000 * r)
             t0 = time.perf_counter()
             mean, se = runners[name](images)
@@ -652,8 +630,8 @@ def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
     print(
         "Estimates: "
         + "; ".join(
-            f"{key.replace('-', ' − ')} = {v['diff']:+.3f} ({'within' if v['agree'] else 'OUTSIDE'} "
-            f"{AGREE_SIGMAS:g}σ = {v['bound']:.3f})"
+            f"{key.replace('-', ' − ')} = {v['diff']:+.3f} "
+            f"({'within' if v['agree'] else 'OUTSIDE'} {AGREE_SIGMAS:g}σ = {v['bound']:.3f})"
             for key, v in agreement.items()
         )
         + f". **{'All agree' if agree else 'They DISAGREE'}** within their Monte Carlo error."
@@ -758,13 +736,8 @@ def part_c(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
 
 
 # -- goals -------------------------------------------------------------------------------------
-def goal_line(text: str, figure: str, ok: bool | None, note: str = "") -> str:
-    verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
-    return f"- {text}: {figure} — **{verdict}**" + (f" ({note})" if note else "")
-
-
 def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    quick = "--quick: not a measurement" if args.quick else ""
+    quick = common.QUICK_NOTE if args.quick else ""
     lines = []
     if "a" in out:
         r = out["a"]["ratios"]["vilab/plain"]
@@ -785,7 +758,7 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 "at identical estimates",
                 f"{r:.2f}×",
                 r >= EVAL_SPEEDUP_GOAL and agree,
-                "; ".join(s for s in (note, quick) if s),
+                join_notes(note, quick),
             )
         )
     if "c" in out:
@@ -801,7 +774,7 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     f"{TRAIN_SECONDS_GOAL / 60:g} min",
                     f"{nll:.2f} nats in {m['seconds'] / 60:.2f} min",
                     ok,
-                    "; ".join(s for s in (note, quick) if s),
+                    join_notes(note, quick),
                 )
             )
     return lines
@@ -812,16 +785,7 @@ PARTS = {"a": "a", "b": "b", "c": "c", "ab": "ab", "all": "abc"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Defaults in brackets; [quick: …] is the default under --quick.",
-    )
-    p.add_argument("--part", choices=tuple(PARTS), default="ab", help="[ab]")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run of every code path")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads [2]")
-    p.add_argument("--seed", type=int, default=0, help="[0]")
-    p.add_argument("--data-dir", default=None, help="[$VILAB_DATA_DIR, else ../shared/data]")
-    p.add_argument("--json", type=Path, default=None, help="also write raw results to this file")
+    p = common.base_parser(__doc__, tuple(PARTS), "ab")
     a = p.add_argument_group("part (a): training throughput")
     a.add_argument("--speed-warmup", type=int, help="warm-up steps per row [50; quick: 2]")
     a.add_argument("--speed-steps", type=int, help="steps per timed block [300; quick: 5]")
@@ -854,45 +818,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument("--runs-dir", type=Path, default=Path("runs/bench_mnist"), help="[%(default)s]")
     args = p.parse_args(argv)
 
-    quick = args.quick
     defaults = {
-        "speed_warmup": 2 if quick else 50,
-        "speed_steps": 5 if quick else 300,
-        "speed_rounds": 2 if quick else 5,
-        "eval_samples": 10 if quick else 1000,
-        "eval_images": 50 if quick else 200,
-        "eval_rounds": 2 if quick else 5,
-        "pretrain_steps": 12 if quick else 1550,
-        "steps": 5 if quick else None,
-        "test_samples": 10 if quick else 5000,
+        "speed_warmup": (2, 50),
+        "speed_steps": (5, 300),
+        "speed_rounds": (2, 5),
+        "eval_samples": (10, 1000),
+        "eval_images": (50, 200),
+        "eval_rounds": (2, 5),
+        "pretrain_steps": (12, 1550),
+        "steps": (5, None),
+        "test_samples": (10, 5000),
     }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    common.fill_defaults(args, defaults)
     positive = ["threads", "speed_steps", "speed_rounds", "eval_samples", "eval_images"]
     positive += ["eval_rounds", "eval_batch", "eval_chunk", "pythae_batch", "test_samples"]
-    for name in positive + (["steps"] if args.steps is not None else []):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    for name in ("speed_warmup", "pretrain_steps"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(args, name)}")
+    common.require(p, args, [*positive, "steps"])  # --steps may stay None: the preset's
+    common.require(p, args, ["speed_warmup", "pretrain_steps"], 0)
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     parts = PARTS[args.part]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     data_dir = common.default_data_dir(args.data_dir)
-    print("# vilab MNIST benchmark" + (" (--quick smoke run)" if args.quick else "") + "\n")
-    print("\n".join(machine_lines()) + "\n", flush=True)
-    out: dict[str, Any] = {
-        "machine": machine_lines(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "pythae_error": PYTHAE_ERROR,
-    }
+    out = common.start("vilab MNIST benchmark", args, f"pythae {pythae_version()}")
+    out["pythae_error"] = PYTHAE_ERROR
+    torch.manual_seed(args.seed)
     if "a" in parts or "b" in parts:
         config = seed004_config("mean_field", args.threads, args.seed, data_dir)
         data = load_vae_data(config.data, config.seed)
@@ -914,8 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "c" in parts:
         out["c"] = part_c(args, data_dir)
     common.report_goals(out, goals(out, args), args.json)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from common import REPO, default_data_dir, machine_lines
+from common import REPO, default_data_dir, fill_defaults, machine_lines, require
 
 from vilab.config import load_train_config
 from vilab.vae import build_vae
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None, help="[$VILAB_DATA_DIR, else ../shared/data]")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = p.parse_args(argv)
-    args.steps = args.steps or (30 if args.quick else 1500)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    fill_defaults(args, {"steps": (30, 1500), "rounds": (1, 3)})
+    require(p, args, ["batch", "steps", "rounds"])
     args.data_dir = default_data_dir(args.data_dir)
 
     print("# Data-parallel scaling of `vilab train`\n")

@@ -72,33 +72,30 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import common
 import torch
+from common import REPO, data_override, goal_line, join_notes, plural
 from torch import Tensor
 
 from vilab.build import build_family
 from vilab.config import FitConfig, TrainConfig, load_fit_config, load_train_config
+from vilab.core.checkpoint import load_checkpoint
 from vilab.data.vae_data import load_vae_data
 from vilab.evaluation import evaluate, evaluate_ais
 from vilab.families.semi_implicit import SemiImplicit
-from vilab.train.checkpoint import load_checkpoint
-from vilab.train.fit import Fitter, fit, semi_implicit_kl
+from vilab.train.fit import Fitter, semi_implicit_kl
 from vilab.train.vae import train_vae
 from vilab.vae import VAE, build_vae
 
-REPO = Path(__file__).resolve().parents[1]
 IAF_CONFIG = REPO / "configs" / "vae_seed004_iaf.yaml"
 ALL_TARGETS = ("banana", "U1", "U2", "U3", "U4")
 KL_FAMILIES = ("uivi", "mean_field", "stack")
-MIN_EVAL_SAMPLES = 100_000
 UNREACHABLE_STEPS = 1_000_000_000  # the step count of a run that the clock stops
 LATENT, NOISE, HIDDEN = 10, 10, [200, 200]  # the paper's MNIST VAE (REFERENCE.md §3)
 PAPER_NLL = {"uivi": 94.09, "mean_field": 98.29}  # Titsias & Ruiz 2019, 400k steps
@@ -109,19 +106,6 @@ BANANA_SECONDS_GOAL = 120.0  # … within two minutes of training
 AIS_MAX_DISTS = 1000  # (3) AIS with at most this many distributions …
 AIS_SECONDS_GOAL = 600.0  # … in under 10 minutes per 1000 test images …
 IS_GOAL_SAMPLES = 5000  # … gives log p(x) ≥ IS with this many samples
-
-
-# -- machine ----------------------------------------------------------------------------------
-def machine_lines() -> list[str]:
-    return common.machine_lines()
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def data_override(data_dir: str | None) -> list[str]:
-    return [f"data.data_dir={json.dumps(data_dir)}"] if data_dir else []  # JSON is YAML
 
 
 # -- part (1): exact KL at equal wall-clock ---------------------------------------------------
@@ -166,29 +150,34 @@ def kl_config(kind: str, target: str, recipe: KLRecipe) -> FitConfig:
 
 
 @dataclass
-class KLResult:
+class KLResult(common.FitFigures):
     """One fit: the exact KL (for UIVI the upper estimate, and the lower one)."""
 
     family: str
     target: str
     parameters: int = 0
-    kl: float | None = None
-    kl_stderr: float | None = None
     kl_lower: float | None = None
     kl_lower_stderr: float | None = None
     kl_samples: int | None = None
     log_q_samples: int | None = None
     hmc_accept_rate: float | None = None
     hmc_step_size: float | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    error: str | None = None
 
-    def cell(self, lower: bool = False) -> str:
-        value, se = (self.kl_lower, self.kl_lower_stderr) if lower else (self.kl, self.kl_stderr)
-        if value is None or se is None:
-            return f"failed ({self.error})" if self.error else "–"
-        return f"{value:.3f} ± {se:.3f}"
+    @property
+    def where(self) -> str:
+        return f"{self.family} on {self.target}"
+
+    def status(self) -> str:
+        status = super().status()
+        if self.kl_lower is not None:
+            status += f" (lower {self.kl_lower:.4f}, HMC accept {self.hmc_accept_rate:.2f})"
+        return status
+
+    def kl_cell(self, lower: bool = False) -> str:
+        """The upper (or, with ``lower``, the lower) KL estimate's table cell."""
+        if lower:
+            return self.cell(self.kl_lower, self.kl_lower_stderr)
+        return self.cell(self.kl, self.kl_stderr)
 
 
 def reevaluate_uivi(config: FitConfig, run_dir: Path, log_z: float, k: int) -> dict[str, Any]:
@@ -208,33 +197,28 @@ def run_kl_fit(kind: str, target: str, recipe: KLRecipe) -> KLResult:
     recorded, not raised."""
     result = KLResult(kind, target)
     config = kl_config(kind, target, recipe)
-    with tempfile.TemporaryDirectory(prefix="vilab-bench-uivi-") as tmp:
-        try:
-            metrics = fit(config, tmp, progress=False, tensorboard=False)
-            if kind == "uivi" and recipe.uivi_log_q_samples is not None:
-                again = reevaluate_uivi(
-                    config, Path(tmp), metrics["log_z"], recipe.uivi_log_q_samples
-                )
-                metrics |= {k: again[k] for k in ("kl", "kl_stderr", "kl_lower", "kl_lower_stderr")}
-                metrics["log_q_samples"] = recipe.uivi_log_q_samples
-        except (FloatingPointError, RuntimeError, ValueError) as err:
-            result.error = type(err).__name__
-            print(f"  {kind} on {target}: {err}", file=sys.stderr)
-            return result
+    k = recipe.uivi_log_q_samples
+
+    def again(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        """UIVI's KL bounds re-evaluated with K = ``k`` draws of ε."""
+        assert k is not None
+        new = reevaluate_uivi(config, run_dir, metrics["log_z"], k)
+        keys = ("kl", "kl_stderr", "kl_lower", "kl_lower_stderr")
+        return {key: new[key] for key in keys} | {"log_q_samples": k}
+
+    metrics = result.run(config, again if kind == "uivi" and k is not None else None)
+    if not metrics:
+        return result
     result.parameters = int(metrics["parameters"])
-    result.kl, result.kl_stderr = metrics["kl"], metrics["kl_stderr"]
     result.kl_lower, result.kl_lower_stderr = (
         metrics.get("kl_lower"),
         metrics.get("kl_lower_stderr"),
     )
     result.kl_samples = metrics.get("kl_samples")
-    result.steps, result.seconds = int(metrics["steps"]), float(metrics["seconds"])
     if kind == "uivi":
         result.log_q_samples = metrics.get("log_q_samples", SemiImplicit(2).log_q_samples)
         result.hmc_accept_rate = metrics.get("hmc_accept_rate")
         result.hmc_step_size = metrics.get("hmc_step_size")
-    if metrics.get("interrupted"):
-        result.error = "interrupted"
     return result
 
 
@@ -270,10 +254,10 @@ def kl_table(results: Sequence[KLResult], targets: Sequence[str]) -> list[str]:
             continue
         cells = by[fam]
         params = next((c.parameters for c in cells.values() if c.parameters), 0)
-        row = [cells[t].cell() if t in cells else "–" for t in targets]
+        row = [cells[t].kl_cell() if t in cells else "–" for t in targets]
         lines.append(f"| {names[fam]} | {params:,} | " + " | ".join(row) + " |")
         if fam == "uivi":
-            row = [cells[t].cell(lower=True) if t in cells else "–" for t in targets]
+            row = [cells[t].kl_cell(lower=True) if t in cells else "–" for t in targets]
             lines.append("| UIVI, lower (plain IS) estimate | | " + " | ".join(row) + " |")
     lines += ["", "Training steps in the budget (steps/s):", ""]
     lines.append("| family | " + " | ".join(targets) + " |")
@@ -298,29 +282,16 @@ def part_kl(targets: Sequence[str], recipe: KLRecipe) -> list[KLResult]:
     print("## (1) Exact KL(q‖p) at equal wall-clock: UIVI vs mean-field vs the best flow\n")
     print(
         f"Every fit: `FitConfig` defaults (Adam lr {defaults.optim.lr:g}, "
-        f"{defaults.optim.schedule} decay, β from {defaults.beta_start:g} to 1 over the first "
-        f"40% of the run, {recipe.samples} samples/step, float32), {recipe.steps:,} steps "
-        f"requested and the clock stopping each fit after **{recipe.max_seconds:g} s** of "
+        f"{defaults.optim.schedule} decay, β from {defaults.objective.beta_start:g} to 1 over "
+        f"the first 40% of the run, {recipe.samples} samples/step, float32), "
+        f"{recipe.steps:,} steps requested and the clock stopping each fit after **{recipe.max_seconds:g} s** of "
         f"training (`max_seconds`: the schedules run on the time fraction); "
         f"{plural(recipe.jobs, 'fit')} at a time, {plural(recipe.threads, 'thread')} each; "
         f"seed {recipe.seed}."
     )
     print(uivi_description(recipe) + ".\n", flush=True)
-    pairs = [(f, t) for f in KL_FAMILIES for t in targets]
-    with ProcessPoolExecutor(max_workers=recipe.jobs) as pool:
-        futures = [pool.submit(run_kl_fit, f, t, recipe) for f, t in pairs]
-        for i, future in enumerate(as_completed(futures), start=1):
-            r = future.result()
-            status = f"KL {r.kl:.4f} ± {r.kl_stderr:.4f}" if r.kl is not None else r.error
-            if r.kl_lower is not None:
-                status += f" (lower {r.kl_lower:.4f}, HMC accept {r.hmc_accept_rate:.2f})"
-            print(
-                f"  [{i}/{len(pairs)}] {r.family} on {r.target}: {status} "
-                f"({r.steps} steps, {r.seconds:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        results = [f.result() for f in futures]
+    calls = [(f, t, recipe) for f in KL_FAMILIES for t in targets]
+    results = common.run_parallel(run_kl_fit, calls, recipe.jobs)
     print("\n".join(kl_table(results, targets)))
     uivi = [r for r in results if r.family == "uivi" and r.kl is not None]
     k = uivi[0].log_q_samples if uivi else None
@@ -539,7 +510,7 @@ class Combined:
     @property
     def stderr(self) -> float:
         """sqrt(Σ_i se_i²) / N from the per-batch errors se_b = sqrt(Σ_{i∈b} se_i²) / n_b."""
-        return math.sqrt(sum((e * s) ** 2 for e, s in zip(self.stderrs, self.sizes))) / self.n
+        return common.combined_stderr(self.stderrs, self.sizes)
 
     @property
     def seconds_per_1000(self) -> float:
@@ -648,17 +619,8 @@ def part_ais(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
 
 
 # -- goals -------------------------------------------------------------------------------------
-def goal_line(text: str, figure: str, ok: bool | None, note: str = "") -> str:
-    verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
-    return f"- {text}: {figure} — **{verdict}**" + (f" ({note})" if note else "")
-
-
-def join(*notes: str) -> str:
-    return "; ".join(n for n in notes if n)
-
-
 def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    quick = "--quick: not a measurement" if args.quick else ""
+    quick = common.QUICK_NOTE if args.quick else ""
     lines = []
     if "kl" in out:
         text = (
@@ -668,7 +630,9 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
         r = next((r for r in out["kl"] if r["family"] == "uivi" and r["target"] == "banana"), None)
         if r is None or r["kl"] is None:
             reason = "banana not fitted" if r is None else f"fit failed: {r['error']}"
-            lines.append(goal_line(text, "–", None if r is None else False, join(reason, quick)))
+            lines.append(
+                goal_line(text, "–", None if r is None else False, join_notes(reason, quick))
+            )
         else:
             within = args.max_seconds <= BANANA_SECONDS_GOAL
             ok = r["kl"] <= BANANA_KL_GOAL and within
@@ -678,7 +642,7 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     f"{r['kl']:.3f} ± {r['kl_stderr']:.3f} (upper estimate; lower "
                     f"{r['kl_lower']:.3f}) after {r['seconds']:.0f} s, {r['steps']:,} steps",
                     ok,
-                    join(
+                    join_notes(
                         "" if within else f"budget --max-seconds {args.max_seconds:g} > 120",
                         quick,
                     ),
@@ -695,7 +659,7 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 f"{se:.2f}) after {u['train_seconds'] / 60:.1f} vs "
                 f"{m['train_seconds'] / 60:.1f} min of training",
                 nu < nm,
-                join(
+                join_notes(
                     f"K = {u['test']['samples']}, T = {u['log_q_samples']}, "
                     f"{u['test']['images']:,} test images",
                     quick,
@@ -725,53 +689,24 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 f"{a['ais']['mean']:.3f} vs IS {a['is']['mean']:.3f} (AIS − IS "
                 f"{a['difference']:+.3f}{se}), {s / 60:.1f} min per 1000 images",
                 ok,
-                join(*notes, quick),
+                join_notes(*notes, quick),
             )
         )
     return lines
 
 
 # -- command line ----------------------------------------------------------------------------
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def target_list(text: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in ALL_TARGETS]
-    if not items or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown target {', '.join(bad) or repr(text)}; choose from {', '.join(ALL_TARGETS)}"
-        )
-    return items
-
-
 PARTS = {"kl": ("kl",), "vae": ("vae",), "ais": ("ais",), "all": ("kl", "vae", "ais")}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Defaults in brackets; [quick: …] is the default under --quick.",
-    )
-    p.add_argument("--part", choices=tuple(PARTS), default="all", help="[all]")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run of every code path")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads [2]")
-    p.add_argument("--seed", type=int, default=0, help="[0]")
-    p.add_argument("--data-dir", default=None, help="[$VILAB_DATA_DIR, else ../shared/data]")
+    p = common.base_parser(__doc__, tuple(PARTS), "all")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/bench_uivi"), help="[%(default)s]")
-    p.add_argument("--json", type=Path, default=None, help="also write raw results to this file")
     a = p.add_argument_group("part kl: exact KL at equal wall-clock")
     a.add_argument(
-        "--targets", type=target_list, help=f"[{','.join(ALL_TARGETS)}; quick: banana,U1]"
+        "--targets",
+        type=common.choice_list("target", ALL_TARGETS),
+        help=f"[{','.join(ALL_TARGETS)}; quick: banana,U1]",
     )
     a.add_argument(
         "--jobs", type=int, default=2, help="fits at once, each max(1, threads // jobs) threads [2]"
@@ -791,7 +726,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     a.add_argument(
         "--uivi-hidden",
-        type=int_list,
+        type=common.int_list,
         help="UIVI's network widths [vilab's family.hidden; the official banana code: 50,50]",
     )
     a.add_argument(
@@ -800,7 +735,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="re-evaluate UIVI's KL with this K [vilab's family.log_q_samples; quick: 50]",
     )
     a.add_argument(
-        "--eval-samples", type=int, help=f"samples for the KL [{MIN_EVAL_SAMPLES:,}; quick: 2000]"
+        "--eval-samples",
+        type=int,
+        help=f"samples for the KL [{common.MIN_EVAL_SAMPLES:,}; quick: 2000]",
     )
     v = p.add_argument_group("part vae: UIVI vs mean-field VAE")
     v.add_argument("--vae-minutes", type=float, help="training time of each VAE [20; quick: 0.5]")
@@ -834,33 +771,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s.add_argument("--eval-chunk", type=int, default=100, help="IS: samples at once [100]")
     args = p.parse_args(argv)
 
-    quick = args.quick
     defaults = {
-        "targets": ["banana", "U1"] if quick else list(ALL_TARGETS),
-        "max_seconds": 10.0 if quick else 120.0,
-        "steps": 10 if quick else UNREACHABLE_STEPS,
-        "samples": 100 if quick else 1000,
-        "uivi_log_q_samples": 50 if quick else None,
-        "eval_samples": 2_000 if quick else MIN_EVAL_SAMPLES,
-        "vae_minutes": 0.5 if quick else 20.0,
-        "vae_steps": 5 if quick else None,
-        "vae_eval_samples": 4 if quick else 100,
-        "vae_log_q_samples": 20 if quick else SemiImplicit(1).log_q_samples,
-        "vae_test_images": 50 if quick else 1000,
-        "iaf_steps": 5 if quick else 30_000,
-        "is_samples": 20 if quick else IS_GOAL_SAMPLES,
-        "ais_dists": 10 if quick else 1000,
-        "ais_chains": 2 if quick else 1,
-        "ais_images": 50 if quick else 1000,
-        "ais_batch": 25 if quick else 100,
+        "targets": (["banana", "U1"], list(ALL_TARGETS)),
+        "max_seconds": (10.0, 120.0),
+        "steps": (10, UNREACHABLE_STEPS),
+        "samples": (100, 1000),
+        "uivi_log_q_samples": (50, None),
+        "eval_samples": (2_000, common.MIN_EVAL_SAMPLES),
+        "vae_minutes": (0.5, 20.0),
+        "vae_steps": (5, None),
+        "vae_eval_samples": (4, 100),
+        "vae_log_q_samples": (20, SemiImplicit(1).log_q_samples),
+        "vae_test_images": (50, 1000),
+        "iaf_steps": (5, 30_000),
+        "is_samples": (20, IS_GOAL_SAMPLES),
+        "ais_dists": (10, 1000),
+        "ais_chains": (2, 1),
+        "ais_images": (50, 1000),
+        "ais_batch": (25, 100),
     }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    common.fill_defaults(args, defaults)
     if args.uivi_samples is None:
         args.uivi_samples = args.samples
-    if args.eval_samples < MIN_EVAL_SAMPLES and not quick:
-        p.error(f"--eval-samples must be ≥ {MIN_EVAL_SAMPLES} for a reported KL (or use --quick)")
+    common.require_kl_samples(p, args)
     positive = ["threads", "jobs", "steps", "samples", "uivi_samples", "eval_samples"]
     positive += ["vae_batch", "vae_eval_samples", "vae_log_q_samples", "vae_test_images"]
     positive += ["vae_eval_batch", "vae_eval_chunk", "iaf_steps", "is_samples", "ais_dists"]
@@ -873,41 +806,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "eval_chunk",
     ]
     optional = ["vae_steps", "uivi_noise_dim", "uivi_log_q_samples"]
-    for name in positive + [n for n in optional if getattr(args, n) is not None]:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    for name in ("max_seconds", "vae_minutes", "vae_lr"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    common.require(p, args, positive + optional)
+    common.require(p, args, ["max_seconds", "vae_minutes", "vae_lr"], 0, strict=True)
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     parts = PARTS[args.part]
-    torch.set_num_threads(args.threads)
     data_dir = common.default_data_dir(args.data_dir)
-    print("# vilab UIVI benchmark" + (" (--quick smoke run)" if args.quick else "") + "\n")
-    print("\n".join(machine_lines()))
-    print(f"- data: {data_dir or 'the vilab cache'}\n", flush=True)
-    out: dict[str, Any] = {
-        "machine": machine_lines(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-    }
+    data_line = f"- data: {data_dir or 'the vilab cache'}"
+    out = common.start("vilab UIVI benchmark", args, extra=[data_line])
     if "kl" in parts:  # first: its worker processes fork before the parent's heavy work
-        recipe = KLRecipe(
-            steps=args.steps,
-            max_seconds=args.max_seconds,
-            samples=args.samples,
-            uivi_samples=args.uivi_samples,
-            uivi_noise_dim=args.uivi_noise_dim,
-            uivi_hidden=args.uivi_hidden,
-            uivi_log_q_samples=args.uivi_log_q_samples,
-            eval_samples=args.eval_samples,
-            threads=max(1, args.threads // args.jobs),
-            jobs=args.jobs,
-            seed=args.seed,
-        )
+        recipe = common.from_args(KLRecipe, args, threads=max(1, args.threads // args.jobs))
         out["kl"] = [asdict(r) for r in part_kl(args.targets, recipe)]
         torch.set_num_threads(args.threads)
     if "vae" in parts:
@@ -916,8 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ais" in parts:
         out["ais"] = part_ais(args, data_dir)
     common.report_goals(out, goals(out, args), args.json)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -70,3 +70,43 @@ def test_parse_override_reads_yaml_scalars() -> None:
     assert parse_override("a=true") == ("a", True)
     assert parse_override("a=U1") == ("a", "U1")
     assert parse_override("a=") == ("a", None)
+
+
+@pytest.mark.parametrize("key", ["stl=true", "beta_steps=5", "beta_start=0.1"])
+def test_old_fit_keys_are_refused_with_their_new_spelling(key, tmp_path) -> None:
+    old = key.partition("=")[0]
+    with pytest.raises(ConfigError, match=f"{old}: {old} was renamed objective.{old}"):
+        load_fit_config(overrides=[key])
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{old}: {key.partition('=')[2]}\n")
+    with pytest.raises(ConfigError, match=f"{old} was renamed objective.{old}"):
+        load_fit_config(path)
+
+
+def test_old_vae_warm_up_key_is_refused_with_its_new_spelling() -> None:
+    from vilab.config import load_train_config
+
+    with pytest.raises(ConfigError, match="kl_warmup_steps was renamed objective.beta_steps"):
+        load_train_config(overrides=["objective.kl_warmup_steps=10"])
+
+
+def test_fits_and_vaes_spell_beta_and_stl_alike() -> None:
+    from vilab.config import load_train_config
+
+    fit = load_fit_config(overrides=["objective.beta_steps=7", "objective.stl=true"]).objective
+    assert (fit.beta_start, fit.beta_steps, fit.stl) == (0.01, 7, True)
+    assert load_fit_config().objective.beta_steps is None  # 40% of the run
+    vae = load_train_config(overrides=["objective.beta_start=0.2", "objective.beta_steps=7"])
+    obj = vae.objective
+    assert (obj.beta_start, obj.beta_steps, obj.stl) == (0.2, 7, False)
+    assert load_train_config().objective.beta_steps == 0  # off
+    with pytest.raises(ConfigError, match="posterior.kind=uivi trains with objective.kind=elbo"):
+        load_train_config(overrides=["posterior.kind=uivi", "objective.kind=iwae"])
+
+
+def test_fit_cli_flags_map_to_the_objective_section() -> None:
+    from vilab.cli import _fit_overrides, build_parser
+
+    args = build_parser().parse_args(["fit", "--beta-steps", "0", "--stl"])
+    cfg = load_fit_config(overrides=_fit_overrides(args))
+    assert cfg.objective.beta_steps == 0 and cfg.objective.stl

@@ -15,10 +15,10 @@ from tiny_vae import TINY_VAE
 
 from vilab.cli import _without_nproc
 from vilab.config import load_train_config
+from vilab.core.checkpoint import load_checkpoint
 from vilab.data import Batches, load_dataset
 from vilab.data.binarize import derive_seed
 from vilab.evaluation import evaluate, evaluate_ais
-from vilab.train.checkpoint import load_checkpoint
 from vilab.train.vae import VAETrainer, train_vae
 
 SMALL = [

@@ -19,10 +19,11 @@ import torch
 from tiny_vae import TINY_VAE
 
 import vilab.core.io as io_module
+import vilab.train.run as run_module
 import vilab.train.vae as loop_module
 from vilab.config import load_fit_config, load_train_config
+from vilab.core.checkpoint import load_checkpoint, save_checkpoint
 from vilab.estimators.objectives import Objective
-from vilab.train.checkpoint import load_checkpoint, save_checkpoint
 from vilab.train.fit import build_target, fit
 from vilab.train.guard import GoodCheckpoints
 from vilab.train.vae import VAETrainer, train_vae
@@ -305,7 +306,7 @@ def test_a_real_file_size_limit_leaves_the_previous_checkpoint_intact(tmp_path) 
         f"""
         import resource, signal, torch
         from pathlib import Path
-        from vilab.train.checkpoint import save_checkpoint
+        from vilab.core.checkpoint import save_checkpoint
         path = Path({str(tmp_path / "checkpoint.pt")!r})
         save_checkpoint(path, {{"step": 1, "w": torch.ones(10)}})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -329,7 +330,7 @@ def test_training_stops_clearly_on_a_full_disk_and_resumes_exactly(monkeypatch, 
     cfg = load_train_config(overrides=[*SMALL, "steps=10", "checkpoint_every=4"])
     train_vae(cfg, tmp_path / "straight", False, tensorboard=False)
 
-    real_write, writes = loop_module.atomic_write_bytes, [0]
+    real_write, writes = run_module.atomic_write_bytes, [0]
 
     def write_then_fill(path, data):
         writes[0] += 1
@@ -337,7 +338,7 @@ def test_training_stops_clearly_on_a_full_disk_and_resumes_exactly(monkeypatch, 
             full_disk(monkeypatch)
         real_write(path, data)
 
-    monkeypatch.setattr(loop_module, "atomic_write_bytes", write_then_fill)
+    monkeypatch.setattr(run_module, "atomic_write_bytes", write_then_fill)
     run = tmp_path / "full"
     with pytest.raises(OSError, match="checkpoint.pt.*previous version is intact"):
         train_vae(cfg, run, False, tensorboard=False)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from vilab.config import load_fit_config
+from vilab.core.checkpoint import load_checkpoint
 from vilab.families import FullRankGaussian
 from vilab.targets.base import CallableTarget
 from vilab.targets.grid import exact_kl
-from vilab.train.checkpoint import load_checkpoint
 from vilab.train.fit import Fitter, build_target, fit
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
@@ -64,7 +64,9 @@ def test_exact_kl_matches_the_analytic_gaussian_kl() -> None:
 def test_stl_gradient_vanishes_at_the_optimum_and_plain_does_not() -> None:
     """Roeder et al. 2017: with q = p the STL gradient is exactly zero."""
     torch.manual_seed(0)
-    cfg = load_fit_config(overrides=["family.kind=full_rank", "stl=true", "dtype=float64"])
+    cfg = load_fit_config(
+        overrides=["family.kind=full_rank", "objective.stl=true", "dtype=float64"]
+    )
     fitter = Fitter(cfg, target=gaussian_target())
     set_full_rank(fitter.family, MEAN, COV)
 
@@ -82,7 +84,7 @@ def test_stl_gradient_vanishes_at_the_optimum_and_plain_does_not() -> None:
 
 
 def test_stl_refused_for_flows_without_inverse() -> None:
-    cfg = load_fit_config(overrides=["family.kind=planar", "stl=true"])
+    cfg = load_fit_config(overrides=["family.kind=planar", "objective.stl=true"])
     with pytest.raises(ValueError, match="stl=true needs a family"):
         Fitter(cfg)
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
+from vilab.core.params import FreeParams
 from vilab.families import FullRankGaussian, MeanFieldGaussian, StandardNormal
 from vilab.flows import IAF, FlowFamily, Planar, Radial, Sylvester
-from vilab.flows.params import FreeParams
 
 DT = torch.float64
 C = 4  # context width of amortized flows

@@ -6,13 +6,9 @@ import pytest
 import torch
 
 from vilab.estimators.gradients import log_prob_stop_params
-from vilab.estimators.objectives import (
-    dreg_objective,
-    elbo_objective,
-    gaussian_kl_per_dim,
-    iwae_objective,
-)
+from vilab.estimators.objectives import dreg_objective, elbo_objective, iwae_objective
 from vilab.families import MeanFieldGaussian
+from vilab.families.gaussian import gaussian_kl_per_dim
 from vilab.targets.latent import LinearGaussianModel
 
 X_DIM, Z_DIM, B = 5, 2, 6

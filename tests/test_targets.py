@@ -8,7 +8,13 @@ import textwrap
 import pytest
 import torch
 
-from vilab.targets import BUILTIN_TARGETS, Banana, BananaFamily, resolve_target
+from vilab.targets import (
+    BUILTIN_TARGETS,
+    Banana,
+    BananaFamily,
+    default_eval_contexts,
+    resolve_target,
+)
 from vilab.targets.base import CallableTarget, validate_box
 from vilab.targets.energies import u1, u2, u3, u4
 from vilab.targets.grid import grid_log_z
@@ -169,3 +175,14 @@ def test_unknown_target_names() -> None:
 def test_bad_boxes(box) -> None:
     with pytest.raises(ValueError, match="box"):
         validate_box(box)
+
+
+def test_default_eval_contexts_are_interior_points_of_the_context_range(user_module) -> None:
+    """c_k = lo + (k + 0.37)/4 · (hi − lo), one value per context dimension."""
+    rows = default_eval_contexts(BananaFamily(0.5, 1.5))
+    assert [r[0] for r in rows] == pytest.approx([0.5 + (k + 0.37) / 4 for k in range(4)])
+    assert all(len(r) == 1 for r in rows)
+    user = resolve_target("usertargets:good_ctx", context_dim=2, context_range=(-1, 1))
+    rows = default_eval_contexts(user)
+    assert len(rows) == 4 and all(len(r) == 2 and r[0] == r[1] and -1 < r[0] < 1 for r in rows)
+    assert rows[0][0] == pytest.approx(-1 + 2 * 0.37 / 4)

@@ -11,8 +11,8 @@ from tiny_vae import TINY_VAE
 
 from vilab.cli import main
 from vilab.config import load_train_config
+from vilab.core.checkpoint import load_checkpoint
 from vilab.evaluation import evaluate
-from vilab.train.checkpoint import load_checkpoint
 from vilab.train.vae import VAETrainer, train_vae
 from vilab.vae import build_vae, vae_objective
 
@@ -63,7 +63,7 @@ def test_every_posterior_trains_with_every_objective(posterior: str, objective: 
     [
         ["objective.stl=true"],
         ["objective.kind=dreg", "objective.samples=4"],
-        ["objective.free_bits=0.1", "objective.kl_warmup_steps=10"],
+        ["objective.free_bits=0.1", "objective.beta_steps=10"],
     ],
 )
 def test_gradient_estimators_run(extra: list[str]) -> None:

@@ -19,7 +19,8 @@ from vilab.flows.iaf import IAF
 from vilab.flows.planar import Planar
 from vilab.flows.radial import Radial
 from vilab.flows.sylvester import Sylvester
-from vilab.targets.base import Target, resolve_target
+from vilab.targets.base import Target
+from vilab.targets.resolve import resolve_target
 
 __all__ = [
     "FAMILY_KINDS",
@@ -80,6 +81,7 @@ def build_family(
     stack: Sequence[Mapping[str, Any]] = (),
     noise_dim: int = 10,
     log_q_samples: int = 1000,
+    train_log_q_samples: int = 100,
 ) -> Family:
     """A variational family by name.
 
@@ -94,7 +96,7 @@ def build_family(
         num_householder: reflections per Householder Sylvester layer.
         noise_dim: dimension of ε for the semi-implicit ``uivi`` family (whose network
             μ(ε [, h]) has the ``hidden`` widths), and ``log_q_samples`` its K draws of ε
-            for estimating log q(z).
+            for estimating log q(z) (``train_log_q_samples`` for the logged training bound).
         stack: for ``kind="stack"``: dicts of :func:`build_flows` arguments (``kind``,
             ``layers``, ``hidden``, ...), applied in order, e.g.
             ``[{"kind": "sylvester_orthogonal", "layers": 16}, {"kind": "iaf", "layers": 4}]``.
@@ -104,7 +106,14 @@ def build_family(
     if kind == "full_rank":
         return FullRankGaussian(dim, context_dim)
     if kind == "uivi":
-        return SemiImplicit(dim, noise_dim, hidden, context_dim, log_q_samples=log_q_samples)
+        return SemiImplicit(
+            dim,
+            noise_dim,
+            hidden,
+            context_dim,
+            log_q_samples=log_q_samples,
+            train_log_q_samples=train_log_q_samples,
+        )
     if kind == "stack":
         if not stack:
             raise ValueError("family 'stack' needs a non-empty list of flows in 'stack'")
@@ -130,6 +139,7 @@ def family_from_config(cfg: FamilyConfig, dim: int, context_dim: int | None = No
         stack=[spec.model_dump() for spec in cfg.stack],
         noise_dim=cfg.noise_dim,
         log_q_samples=cfg.log_q_samples,
+        train_log_q_samples=cfg.train_log_q_samples,
     )
 
 

@@ -33,7 +33,7 @@ def _fit_overrides(args: argparse.Namespace) -> list[str]:
         "samples": args.samples,
         "optim.lr": args.lr,
         "seed": args.seed,
-        "beta_steps": args.beta_steps,
+        "objective.beta_steps": args.beta_steps,
         "max_seconds": args.max_seconds,
         "eval_samples": args.eval_samples,
     }
@@ -45,7 +45,7 @@ def _fit_overrides(args: argparse.Namespace) -> list[str]:
     if args.hidden is not None:
         out.append(f"family.hidden=[{', '.join(map(str, args.hidden))}]")
     if args.stl:
-        out.append("stl=true")
+        out.append("objective.stl=true")
     return out + list(args.set or [])
 
 

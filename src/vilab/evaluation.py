@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vilab.core.checkpoint import brief, load_checkpoint
 from vilab.core.io import atomic_write_text
+from vilab.core.progress import Progress
 from vilab.core.seeding import Stream, derive_seed
 from vilab.data.vae_data import load_vae_data
 from vilab.distributed import SINGLE, World
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
-from vilab.train.checkpoint import brief, load_checkpoint
 from vilab.vae import VAE, build_vae
 
 
@@ -44,6 +45,8 @@ def per_batch(
     fn: Callable[[Tensor], tuple[Tensor, ...]],
     seed: int | None,
     world: World,
+    progress: str | None = None,
+    hint: str = "",
 ) -> list[Tensor]:
     """``fn`` on each batch of ``images``, results concatenated over all images in order.
 
@@ -51,19 +54,30 @@ def per_batch(
     global RNG is left as it was), so the result does not depend on which process did
     which batch: rank r of W does batches r, r + W, …, and the per-image results are
     gathered on every rank — the same numbers as one process, exactly.
+
+    With ``progress`` (a label, e.g. ``"log p(x), K=5000"``) rank 0 shows a bar of its
+    images with an ETA and, after its first batch, the cost of the whole and ``hint``
+    (:class:`vilab.core.progress.Progress`); it draws no random numbers.
     """
     if world.distributed and seed is None:
         raise ValueError("a sharded evaluation needs a seed (the result must not depend on W)")
     starts = range(0, images.shape[0], batch)
+    todo = range(world.rank, len(starts), world.size)
+    share = sum(min(batch, images.shape[0] - starts[b]) for b in todo)
+    where = f" on {world.size} processes" if world.distributed else ""
+    detail = f"{images.shape[0]} images in batches of {batch}{where}"
+    what = progress if world.is_main else None
     mine: dict[int, tuple[Tensor, ...]] = {}
-    for b in range(world.rank, len(starts), world.size):
-        x = images[starts[b] : starts[b] + batch]
-        if seed is None:
-            mine[b] = fn(x)
-            continue
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, Stream.EVAL_BATCH, b))
-            mine[b] = fn(x)
+    with Progress(what, share, "img", len(todo), detail, hint) as bar:
+        for b in todo:
+            x = images[starts[b] : starts[b] + batch]
+            if seed is None:
+                mine[b] = fn(x)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(seed, Stream.EVAL_BATCH, b))
+                    mine[b] = fn(x)
+            bar.advance(x.shape[0])
     merged: dict[int, tuple[Tensor, ...]] = {}
     for part in world.gather(mine):
         merged.update(part)
@@ -81,6 +95,8 @@ def evaluate(
     iwae_k: int | None = None,
     seed: int | None = None,
     world: World = SINGLE,
+    progress: bool = False,
+    hint: str = "",
 ) -> dict[str, float]:
     """Importance-sampled log p(x) over ``images`` with K = ``samples`` per image.
 
@@ -89,7 +105,8 @@ def evaluate(
     NLL, and from the same samples the ELBO and IWAE_k (k = ``iwae_k``). With ``seed``
     the estimate is reproducible and independent of how it is sharded; with a
     multi-process ``world`` the batches are shared out and the result gathered exactly
-    (:func:`per_batch`).
+    (:func:`per_batch`). ``progress``: a bar on stderr and, after the first batch, the
+    cost of the whole with ``hint`` (how to make it cheaper); the numbers do not change.
     """
     check_positive(samples=samples, chunk=chunk, batch=batch)
     was_training = vae.training
@@ -104,7 +121,8 @@ def evaluate(
         return est.log_px, est.stderr, est.elbo, iwae
 
     try:
-        lp, se, el, iw = per_batch(images, batch, one, seed, world)
+        label = f"log p(x), K={samples}" if progress else None
+        lp, se, el, iw = per_batch(images, batch, one, seed, world, label, hint)
     finally:
         vae.train(was_training)
     log_px, stderr = mean_with_stderr(lp, se)
@@ -132,6 +150,8 @@ def evaluate_ais(
     init: str = "posterior",
     seed: int | None = None,
     world: World = SINGLE,
+    progress: bool = False,
+    hint: str = "",
 ) -> dict[str, Any]:
     """log p(x) by annealed importance sampling (:func:`vilab.estimators.ais.ais`).
 
@@ -139,7 +159,7 @@ def evaluate_ais(
     where the start density is the Gaussian base and the target is
     p(x, T(ε)) |det ∂T/∂ε| (seed 002) — or at the prior (``init="prior"``). Batched over
     ``batch`` images and ``chains`` chains each. A stochastic lower bound on log p(x).
-    ``seed`` and ``world`` as for :func:`evaluate`.
+    ``seed``, ``world``, ``progress`` and ``hint`` as for :func:`evaluate`.
     """
     from vilab.estimators.ais import ais
     from vilab.families.gaussian import StandardNormal
@@ -182,7 +202,8 @@ def evaluate_ais(
         return est.log_z, est.stderr, torch.full_like(est.log_z, est.accept_rate)
 
     try:
-        lp, se, acc = per_batch(images, batch, one, seed, world)
+        label = f"AIS log p(x), {chains} chains × {num_dists} steps" if progress else None
+        lp, se, acc = per_batch(images, batch, one, seed, world, label, hint)
     finally:
         for p, r in zip(vae.parameters(), requires):
             p.requires_grad_(r)
@@ -235,6 +256,39 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+#: How to make the final test evaluation of ``vilab train`` cheaper (its cost line).
+FINAL_EVAL_HINT = (
+    "cheaper: --set eval.samples=N, or --set final_eval=false and `vilab eval RUN_DIR` later"
+)
+
+
+def check_train_run(run_dir: Path) -> None:
+    """Raises ``ValueError`` saying in one line what ``run_dir`` is unless it is a run of
+    ``vilab train``: missing, without config.yaml, a ``vilab fit`` run (fit-only keys such
+    as ``target``; its exact KL is in its metrics.json), or a config of neither kind."""
+    from vilab.config import FitConfig, TrainConfig, read_yaml
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        what = "is not a vilab run directory" if run_dir.exists() else "does not exist"
+        raise ValueError(f"{str(run_dir)!r} {what} (no config.yaml)")
+    keys = set(read_yaml(config))
+    fit_only = set(FitConfig.model_fields) - set(TrainConfig.model_fields)
+    train_only = set(TrainConfig.model_fields) - set(FitConfig.model_fields)
+    if keys & fit_only:
+        metrics = run_dir / "metrics.json"
+        where = f"are in {str(metrics)!r}" if metrics.is_file() else "are not written yet"
+        raise ValueError(
+            f"{str(run_dir)!r} is a `vilab fit` run, not a `vilab train` run: `vilab eval` "
+            f"estimates a VAE's log p(x); a fit's numbers (the exact KL) {where}"
+        )
+    if not keys & train_only:
+        raise ValueError(
+            f"{str(config)!r} is the config of neither a `vilab train` nor a `vilab fit` run "
+            f"(keys: {', '.join(sorted(map(str, keys))) or 'none'})"
+        )
+
+
 def evaluate_run(
     run_dir: str | Path,
     samples: int | None = None,
@@ -249,17 +303,22 @@ def evaluate_run(
     images: int | None = None,
     init: str = "posterior",
     world: World = SINGLE,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """``vilab eval``: log p(x) of a trained run's best (else last) model, by importance
     sampling (``method="is"``) or annealed importance sampling (``"ais"``); the result
     is merged into the run's ``metrics.json`` under ``eval_<split>`` / ``ais_<split>``.
     Seeded by the run's seed; in a multi-process ``world`` the images are shared out and
-    the estimate is the same as in one process."""
+    the estimate is the same as in one process. ``progress``: a bar on stderr and the
+    estimated cost after the first batch (:func:`per_batch`).
+
+    Raises:
+        ValueError: ``run_dir`` is not a ``vilab train`` run (:func:`check_train_run`).
+    """
     from vilab.config import load_train_config
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a vilab train run (no config.yaml)")
+    check_train_run(run_dir)
     overrides = [f"data.data_dir={data_dir}"] if data_dir else []
     config = load_train_config(run_dir / "config.yaml", overrides)
     e = config.eval
@@ -277,11 +336,13 @@ def evaluate_run(
     seed = derive_seed(config.seed, Stream.TEST)
     t0 = time.perf_counter()
     if method == "is":
-        result = evaluate(vae, x, samples, min(chunk, samples), batch, 50, seed, world)
+        hint = "cheaper: --samples N or --images N"
+        args = (samples, min(chunk, samples), batch, 50, seed, world, progress)
+        result = evaluate(vae, x, *args, hint)
     else:
-        result = evaluate_ais(
-            vae, x, chains, num_dists, num_leapfrog, min(batch, 100), init, seed, world
-        )
+        hint = "cheaper: --num-dists N, --chains N or --images N"
+        ais = (chains, num_dists, num_leapfrog, min(batch, 100), init, seed, world, progress)
+        result = evaluate_ais(vae, x, *ais, hint)
     result["seconds"] = time.perf_counter() - t0
     result["weights"] = weights.name
     result["world_size"] = world.size

@@ -6,31 +6,23 @@ Any family of :mod:`vilab.build` is amortized from the encoder's features h
 (``context_dim = features``): mean-field (the head is the encoder's last layer), planar,
 radial and Sylvester (their parameters are heads on h), IAF (h enters every MADE) — with
 no class per flow × model combination (DESIGN.md §4). :func:`vae_objective` turns a batch
-into an :class:`~vilab.estimators.objectives.Objective` with the configured estimator.
+into an :class:`~vilab.estimators.objectives.Objective` with the configured estimator,
+from the family's :meth:`~vilab.families.base.Family.training_sample` alone: it never asks
+which family it trains (DESIGN.md §8).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
 
 from vilab.build import family_from_config
 from vilab.config import NetConfig, ObjectiveConfig, TrainConfig
-from vilab.estimators.gradients import log_prob_stop_params
-from vilab.estimators.objectives import (
-    Objective,
-    dreg_objective,
-    elbo_objective,
-    gaussian_kl_per_dim,
-    iwae_objective,
-)
+from vilab.estimators.elbo import beta_at
+from vilab.estimators.objectives import Objective, dreg_objective, elbo_objective, iwae_objective
 from vilab.families.amortized import AmortizedPosterior
-from vilab.families.gaussian import MeanFieldGaussian
-from vilab.families.semi_implicit import SemiImplicit
 from vilab.nets.mlp import MLP
-from vilab.targets.latent import DecoderModel
+from vilab.targets.latent import DecoderModel, LatentVariableModel
 
 PIXELS = 28 * 28
 
@@ -117,57 +109,54 @@ def build_vae(cfg: TrainConfig) -> VAE:
     )
 
 
-def _mean_field(family: nn.Module) -> MeanFieldGaussian | None:
-    return family if isinstance(family, MeanFieldGaussian) else None
-
-
 def vae_objective(
     vae: VAE, x: Tensor, cfg: ObjectiveConfig, step: int = 0, need_value: bool = True
 ) -> Objective:
     """The configured objective on a batch ``x (B, 784)``.
 
-    ELBO: analytic KL when q is mean-field (otherwise Monte Carlo over ``samples``), KL
-    warm-up β = min(1, step / kl_warmup_steps), free bits, STL. IWAE and DReG: K =
-    ``samples``. The value is always the bound; only the surrogate changes. A
-    semi-implicit (UIVI) posterior trains with its HMC entropy gradient; its value needs
-    an importance-sampled log q, skipped (NaN) when ``need_value`` is False.
+    ELBO: analytic KL when the family gives ``kl_per_dim`` (mean-field) and the prior is
+    N(0, I), Monte Carlo over ``samples`` otherwise; KL warm-up β_t = min(1, beta_start +
+    step / beta_steps) (:func:`~vilab.estimators.elbo.beta_at` counting optimizer steps);
+    free bits (need ``kl_per_dim``); the family's gradient surrogate (STL, UIVI's entropy
+    gradient). IWAE and DReG: K = ``samples``. The value is always the bound; only the
+    surrogate changes. ``need_value=False`` lets a family skip a costly log q value (a
+    semi-implicit one's value is then NaN).
+
+    Raises:
+        ValueError: free bits without an analytic KL per dimension; STL or DReG for a
+            family without log_prob; IWAE or DReG for a family whose log q has no
+            reparameterized gradient.
     """
     family, model = vae.posterior.family, vae.model
     h = vae.posterior.context(x)
-    if isinstance(family, SemiImplicit):
-        if cfg.kind != "elbo":
-            raise ValueError(f"the uivi posterior trains with kind=elbo, not {cfg.kind!r}")
-        z, eps0 = family.rsample_with_noise(cfg.samples, h)
-        ll, lp = model.log_likelihood(x, z), model.log_prior(z)
-        beta = min(1.0, step / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
-        surrogate = (ll - beta * (family.entropy_surrogate(z, eps0, h) - lp).mean(0)).mean()
-        if not need_value:
-            return Objective(torch.full_like(ll[0], math.nan), surrogate)
-        log_q_value = family.log_prob_bounds(z.detach(), h.detach(), eps0, k=100)[1]
-        value = (ll + lp - log_q_value).mean(0)  # type: ignore[operator]
-        return Objective(value.detach(), surrogate)
-    mf = _mean_field(family)
-    if mf is not None:
-        loc, scale = mf.loc_scale(h)
-        z, log_q = mf.rsample_given(loc, scale, mf.sample_shape(cfg.samples, h))
-    else:
-        z, log_q = family.rsample_and_log_prob(cfg.samples, h)
     if cfg.kind == "elbo":
-        ll, lp = model.log_likelihood(x, z), model.log_prior(z)
-        kl = kl_dim = None
-        if mf is not None:
-            kl_dim = gaussian_kl_per_dim(loc, scale)
-            kl = kl_dim.sum(-1)
-        elif cfg.free_bits:
-            raise ValueError("free_bits needs a mean_field posterior (an analytic KL per dim)")
-        log_q_stop = log_prob_stop_params(family, z, h.detach()) if cfg.stl else None
-        beta = min(1.0, step / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
-        return elbo_objective(ll, lp, log_q, kl, beta, cfg.free_bits, kl_dim, log_q_stop)
-    log_joint = model.log_joint(x, z)
-    log_w = log_joint - log_q
+        s = family.training_sample(cfg.samples, h, stl=cfg.stl, need_value=need_value)
+        ll, lp = model.log_likelihood(x, s.z), model.log_prior(s.z)
+        kl_dim = s.kl_per_dim if _standard_normal_prior(model) else None
+        if cfg.free_bits and kl_dim is None:
+            raise ValueError(
+                "free_bits needs a mean_field posterior (an analytic KL per latent dimension "
+                f"to a standard-normal prior); {type(family).__name__} gives none"
+            )
+        kl = None if kl_dim is None else kl_dim.sum(-1)
+        log_q_stop = s.log_q_surrogate if s.has_surrogate else None
+        beta = beta_at(step, beta_start=cfg.beta_start, beta_steps=cfg.beta_steps)
+        return elbo_objective(ll, lp, s.log_q, kl, beta, cfg.free_bits, kl_dim, log_q_stop)
+    s = family.training_sample(cfg.samples, h, stl=cfg.kind == "dreg")
+    if cfg.kind == "iwae" and s.has_surrogate:
+        raise ValueError(
+            f"objective.kind={cfg.kind!r} needs a log q(z) with a reparameterized gradient; "
+            f"{type(family).__name__} trains with kind=elbo"
+        )
+    log_w = model.log_joint(x, s.z) - s.log_q
     if cfg.kind == "iwae":
         return iwae_objective(log_w)
     frozen = {n: v.detach() for n, v in model.named_parameters()}
-    joint_stop = torch.func.functional_call(model, frozen, (x, z))
-    log_q_stop = log_prob_stop_params(family, z, h.detach())
-    return dreg_objective(log_w, joint_stop, log_q_stop, model.log_joint(x, z.detach()))
+    joint_stop = torch.func.functional_call(model, frozen, (x, s.z))
+    return dreg_objective(log_w, joint_stop, s.log_q_surrogate, model.log_joint(x, s.z.detach()))
+
+
+def _standard_normal_prior(model: nn.Module) -> bool:
+    """Whether ``model``'s prior is the N(0, I) of :class:`LatentVariableModel` (an
+    analytic KL to it then applies)."""
+    return type(model).log_prior is LatentVariableModel.log_prior

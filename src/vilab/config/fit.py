@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from vilab.config.base import FAMILY_KINDS, FLOW_KINDS, Widths, _load, _one_of, _Strict
 
@@ -51,14 +52,17 @@ class FamilyConfig(FlowConfig):
     """What q is: ``kind`` (see FAMILY_KINDS) with the flow options of :class:`FlowConfig`
     and the ``base`` of a flow; ``kind: stack`` (the default) chains the flows listed in
     ``stack`` on the base (``stack`` is ignored by the other kinds); ``kind: uivi`` uses
-    ``noise_dim``, ``hidden`` (its network μ(ε [, h])) and ``log_q_samples`` (the K draws
-    of ε that estimate log q(z) for reported KLs and log-likelihoods)."""
+    ``noise_dim``, ``hidden`` (its network μ(ε [, h])), ``log_q_samples`` (the K draws
+    of ε that estimate log q(z) for reported KLs and log-likelihoods) and
+    ``train_log_q_samples`` (the draws for the log q(z) of the bound logged while
+    training, paid at every logged step)."""
 
     kind: str = "stack"
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
     stack: list[FlowConfig] = Field(default_factory=default_stack)
     noise_dim: int = Field(10, ge=1)
     log_q_samples: int = Field(1000, ge=1)
+    train_log_q_samples: int = Field(100, ge=1)
 
     @field_validator("kind")
     @classmethod
@@ -94,15 +98,48 @@ class FaultConfig(_Strict):
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
 
 
+def refuse_renamed(data: Any, renamed: dict[str, str], title: str) -> Any:
+    """A ``mode="before"`` check: a key of ``renamed`` in ``data`` is refused with an
+    error at that key that names its new spelling."""
+    if isinstance(data, dict):
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "renamed", "{old} was renamed {new}", {"old": k, "new": v}
+                ),
+                loc=(k,),
+                input=data[k],
+            )
+            for k, v in renamed.items()
+            if k in data
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(title, errors)
+    return data
+
+
+class FitObjectiveConfig(_Strict):
+    """The fit's objective, the reverse-KL ELBO, and its gradient (the same keys as a
+    VAE's ``objective``).
+
+    ``beta_start``/``beta_steps``: β-annealing β_t = min(1, beta_start + t / beta_steps)
+    on log p̃ (Rezende & Mohamed 2015), t the steps done measured by the run's progress (a
+    ``max_seconds`` budget moves it ahead); ``beta_steps = 0`` turns it off and the default
+    (None) anneals over the first 40% of the steps. Annealing lets q spread over every mode
+    before it sharpens: without it a flow on U1 typically keeps one of the two halves
+    (KL ≈ log 2). ``stl``: the sticking-the-landing gradient (Roeder et al. 2017), for
+    families with a log_prob.
+    """
+
+    beta_start: float = Field(0.01, ge=0, le=1)
+    beta_steps: int | None = Field(None, ge=0)
+    stl: bool = False
+
+
 class FitConfig(_Strict):
     """Fit a family to a target by maximizing the reverse-KL ELBO.
 
-    ``beta_start``/``beta_steps``: β-annealing β_t = min(1, beta_start + t / beta_steps)
-    on log p̃ (Rezende & Mohamed 2015); ``beta_steps = 0`` turns it off and the default
-    (None) anneals over the first 40% of the steps. Annealing lets q spread over every mode
-    before it sharpens: without it a flow on U1 typically keeps one of the two halves
-    (KL ≈ log 2). ``stl``: the
-    sticking-the-landing gradient (Roeder et al. 2017), for families with a log_prob.
+    ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
     family). ``eval_samples``: samples for the exact KL. ``max_seconds``: stop early after
     this much training time.
@@ -111,13 +148,11 @@ class FitConfig(_Strict):
     target: TargetConfig = Field(default_factory=TargetConfig)
     family: FamilyConfig = Field(default_factory=FamilyConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    objective: FitObjectiveConfig = Field(default_factory=FitObjectiveConfig)
     steps: int = Field(8000, ge=1)
     samples: int = Field(1000, ge=1)
     contexts: int = Field(16, ge=1)
     eval_contexts: list[float] | None = None
-    beta_start: float = Field(0.01, ge=0, le=1)
-    beta_steps: int | None = Field(None, ge=0)
-    stl: bool = False
     seed: int = 0
     eval_samples: int = Field(100_000, ge=2)
     log_every: int = Field(10, ge=1)
@@ -127,6 +162,12 @@ class FitConfig(_Strict):
     figures: bool = True
     max_seconds: float | None = Field(None, gt=0)
     faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        keys = ("beta_start", "beta_steps", "stl")
+        return refuse_renamed(data, {k: f"objective.{k}" for k in keys}, cls.__name__)
 
     @model_validator(mode="after")
     def _samples_split(self) -> FitConfig:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from vilab.config.base import FAMILY_KINDS, Widths, _load, _one_of, _Strict
-from vilab.config.fit import FamilyConfig, FaultConfig, FlowConfig, OptimConfig
+from vilab.config.fit import FamilyConfig, FaultConfig, FlowConfig, OptimConfig, refuse_renamed
 
 
 class NetConfig(_Strict):
@@ -42,22 +42,28 @@ class PosteriorConfig(FamilyConfig):
 class ObjectiveConfig(_Strict):
     """The training objective. ``kind``: ``elbo`` (analytic KL for mean-field), ``iwae``
     (K = ``samples``) or ``dreg`` (IWAE with doubly-reparameterized gradients);
-    ``samples``: samples of q per image; ``kl_warmup_steps``: β rises linearly from 0 to 1
-    over these steps (ELBO); ``free_bits``: λ nats per latent dimension (mean-field ELBO);
-    ``stl``: sticking-the-landing gradients (ELBO, families with a log_prob)."""
+    ``samples``: samples of q per image; ``beta_start``/``beta_steps``: KL warm-up (ELBO),
+    the weight of the KL term β_t = min(1, beta_start + t / beta_steps) with t the
+    optimizer steps done (the schedule of the fit's ``objective``, Sønderby et al. 2016;
+    0 steps, the default, is off); ``free_bits``: λ nats per latent dimension (mean-field
+    ELBO); ``stl``: sticking-the-landing gradients (ELBO, families with a log_prob)."""
 
     kind: Literal["elbo", "iwae", "dreg"] = "elbo"
     samples: int = Field(1, ge=1)
-    kl_warmup_steps: int = Field(0, ge=0)
+    beta_start: float = Field(0.0, ge=0, le=1)
+    beta_steps: int = Field(0, ge=0)
     free_bits: float = Field(0.0, ge=0)
     stl: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return refuse_renamed(data, {"kl_warmup_steps": "objective.beta_steps"}, cls.__name__)
+
     @model_validator(mode="after")
     def _consistent(self) -> ObjectiveConfig:
-        if self.kind != "elbo" and (self.kl_warmup_steps or self.free_bits or self.stl):
-            raise ValueError(
-                f"kl_warmup_steps, free_bits and stl apply to kind=elbo, not {self.kind!r}"
-            )
+        if self.kind != "elbo" and (self.beta_steps or self.free_bits or self.stl):
+            raise ValueError(f"beta_steps, free_bits and stl apply to kind=elbo, not {self.kind!r}")
         return self
 
 
@@ -122,6 +128,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _likelihood_matches_data(self) -> TrainConfig:
+        if self.posterior.kind == "uivi" and self.objective.kind != "elbo":
+            raise ValueError(
+                f"posterior.kind=uivi trains with objective.kind=elbo, not "
+                f"{self.objective.kind!r} (its log q(z) is an estimate without a gradient)"
+            )
         if self.likelihood == "gaussian" and self.data.name != "mnist_gray":
             raise ValueError("likelihood=gaussian is for continuous data: data.name=mnist_gray")
         if self.likelihood == "bernoulli" and self.data.name == "mnist_gray":

@@ -36,8 +36,6 @@ __all__ = [
     "ChecksumError",
     "DataFile",
     "DownloadError",
-    "clear_verified",
-    "data_dir_source",
     "download_file",
     "fetch",
     "resolve_data_dir",
@@ -54,6 +52,7 @@ MNIST_MIRRORS = (
 BINARIZED_MNIST_MIRRORS = ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",)
 _USER_AGENT = "vilab/0.1 (python urllib)"
 _CHUNK = 1 << 20
+_HINT = f"set {ENV_VAR} to a directory that holds a verified copy"
 
 
 @dataclass(frozen=True)
@@ -147,20 +146,6 @@ def _default_cache_dir() -> Path:
     return Path(base).expanduser() / "vilab"
 
 
-def data_dir_source(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
-    """The data directory and where it came from (no checks, nothing created).
-
-    Returns:
-        ``(path, source)`` with source ``"argument"``, ``"VILAB_DATA_DIR"`` or ``"cache"``.
-    """
-    if data_dir is not None:
-        return Path(data_dir).expanduser(), "argument"
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser(), ENV_VAR
-    return _default_cache_dir(), "cache"
-
-
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Resolve the data directory: the argument, else ``$VILAB_DATA_DIR``, else the cache.
 
@@ -170,13 +155,15 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     Raises:
         FileNotFoundError: the named directory does not exist, or is not a directory.
     """
-    path, source = data_dir_source(data_dir)
-    if source == "cache":
+    named = data_dir if data_dir is not None else (os.environ.get(ENV_VAR) or None)
+    if named is None:
+        path = _default_cache_dir()
         path.mkdir(parents=True, exist_ok=True)
         return path
+    path = Path(named).expanduser()
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is not a directory"
-        via = "the data_dir argument" if source == "argument" else f"${ENV_VAR}"
+        via = "the data_dir argument" if data_dir is not None else f"${ENV_VAR}"
         raise FileNotFoundError(
             f"data directory {str(path)!r} (from {via}) {what}; create it (files are then "
             f"downloaded into it on first use), point {via} at a directory laid out as "
@@ -190,9 +177,9 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 _VERIFIED: set[tuple[str, int, int, str]] = set()
 
 
-def clear_verified() -> None:
-    """Forget which files were verified in this process (they are hashed again on next use)."""
-    _VERIFIED.clear()
+def _verified_key(path: Path, sha256: str) -> tuple[str, int, int, str]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, sha256)
 
 
 def _sha256_file(path: Path) -> str:
@@ -201,13 +188,6 @@ def _sha256_file(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _what_to_do(path: Path) -> str:
-    return (
-        f"delete {str(path)!r} and run again to download it afresh, or set {ENV_VAR} to a "
-        "directory that holds a verified copy"
-    )
 
 
 def verify_file(path: Path, expected: DataFile) -> None:
@@ -219,24 +199,27 @@ def verify_file(path: Path, expected: DataFile) -> None:
     Raises:
         ChecksumError: the size differs (a truncated or incomplete file) or the SHA-256 does.
     """
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, expected.sha256)
+    key = _verified_key(path, expected.sha256)
+    size = key[1]
     if key in _VERIFIED:
         return
-    if st.st_size != expected.size:
-        kind = "truncated or incomplete" if st.st_size < expected.size else "too long"
-        raise ChecksumError(
-            f"{str(path)!r} is {st.st_size:,} bytes but {expected.relpath} is "
-            f"{expected.size:,} bytes: the file is {kind} (an interrupted download or copy?); "
-            + _what_to_do(path)
+    if size != expected.size:
+        kind = "truncated or incomplete" if size < expected.size else "too long"
+        problem = (
+            f"is {size:,} bytes but {expected.relpath} is {expected.size:,} bytes: the file is "
+            f"{kind} (an interrupted download or copy?)"
         )
-    digest = _sha256_file(path)
-    if digest != expected.sha256:
-        raise ChecksumError(
-            f"{str(path)!r} has SHA-256 {digest} but {expected.relpath} has "
-            f"{expected.sha256}: the file is corrupt or not the published one; " + _what_to_do(path)
+    elif (digest := _sha256_file(path)) != expected.sha256:
+        problem = (
+            f"has SHA-256 {digest} but {expected.relpath} has {expected.sha256}: the file is "
+            "corrupt or not the published one"
         )
-    _VERIFIED.add(key)
+    else:
+        _VERIFIED.add(key)
+        return
+    raise ChecksumError(
+        f"{str(path)!r} {problem}; delete it and run again to download it, or {_HINT}"
+    )
 
 
 def _read_url(url: str, limit: int, timeout: float) -> bytes:
@@ -282,8 +265,7 @@ def download_file(
     urls = tuple(expected.urls if urls is None else urls)
     if not urls:
         raise DownloadError(
-            f"{expected.relpath} has no download mirror; copy it into {str(dest)!r} by hand "
-            f"or set {ENV_VAR} to a directory that holds it"
+            f"{expected.relpath} has no download mirror; copy it into {str(dest)!r} or {_HINT}"
         )
     failures = []
     for url in urls:
@@ -295,24 +277,22 @@ def download_file(
             logger.warning("mirror failed: %s", failures[-1])
             continue
         if len(data) != expected.size:
-            kind = "truncated" if len(data) < expected.size else "too long"
+            more = len(data) > expected.size  # _read_url stops one byte past the size
             failures.append(
-                f"{url}: got {len(data):,} bytes{'+' if kind == 'too long' else ''}, "
-                f"expected {expected.size:,} ({kind})"
+                f"{url}: got {len(data):,} bytes{'+' * more}, expected {expected.size:,} "
+                f"({'too long' if more else 'truncated'})"
             )
         elif (digest := hashlib.sha256(data).hexdigest()) != expected.sha256:
             failures.append(f"{url}: SHA-256 {digest}, expected {expected.sha256}")
         else:
             atomic_write_bytes(dest, data)
-            st = dest.stat()  # the bytes were just checked: no need to hash them again
-            _VERIFIED.add((str(dest.resolve()), st.st_size, st.st_mtime_ns, expected.sha256))
+            _VERIFIED.add(_verified_key(dest, expected.sha256))  # checked: no second hash
             return dest
         logger.warning("mirror rejected: %s", failures[-1])
+    tried = "\n  ".join(failures)
     raise DownloadError(
-        f"could not download {expected.relpath} from any mirror:\n  "
-        + "\n  ".join(failures)
-        + f"\nDownload it by hand into {str(dest)!r}, or set {ENV_VAR} to a directory "
-        "that holds a verified copy."
+        f"could not download {expected.relpath} from any mirror:\n  {tried}\n"
+        f"Download it by hand into {str(dest)!r}, or {_HINT}."
     )
 
 
@@ -355,10 +335,7 @@ def fetch(
             return path
     wanted = " or ".join(repr(str(root / rel)) for rel in candidates)
     if not download:
-        raise FileNotFoundError(
-            f"no {wanted}; pass download=True to fetch it, or set {ENV_VAR} to a directory "
-            "that holds it"
-        )
+        raise FileNotFoundError(f"no {wanted}; pass download=True to fetch it, or {_HINT}")
     for rel in candidates:
         if KNOWN_FILES[rel].urls:
             return download_file(KNOWN_FILES[rel], root / rel)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vilab.estimators.elbo import iwae as iwae_bound
+
 
 @dataclass(frozen=True)
 class ISEstimate:
@@ -66,7 +68,7 @@ def importance_log_likelihood(
             )
         if iwae is None and iwae_k is not None:
             blocks = log_w[: (k // iwae_k) * iwae_k].unflatten(0, (-1, iwae_k))
-            iwae = (torch.logsumexp(blocks, 1) - math.log(iwae_k)).mean(0)
+            iwae = iwae_bound(blocks.movedim(1, 0)).mean(0)
         a, b = torch.logsumexp(log_w, 0), torch.logsumexp(2.0 * log_w, 0)
         lse_w = a if lse_w is None else torch.logaddexp(lse_w, a)
         lse_w2 = b if lse_w2 is None else torch.logaddexp(lse_w2, b)

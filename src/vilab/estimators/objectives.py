@@ -10,17 +10,19 @@ returns an :class:`Objective` whose ``value`` is the bound per image ``(B,)``.
 * IWAE_K (Burda et al. 2016): log (1/K) Σ_k w_k.
 * Sticking the landing (Roeder et al. 2017) and DReG (Tucker et al. 2019): the same
   values, lower-variance gradients for the encoder; they need log q and log p(x, z)
-  evaluated with stopped parameters, supplied by the caller as ``log_q_stop`` and
-  ``log_joint_stop`` (see :func:`vilab.estimators.gradients.log_prob_stop_params`).
+  evaluated with stopped parameters, supplied by the caller as ``log_q_stop`` (the
+  ``log_q_surrogate`` of :meth:`~vilab.families.base.Family.training_sample` with
+  ``stl=True``) and ``log_joint_stop``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from vilab.estimators.elbo import iwae
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def elbo_objective(
 
 def iwae_objective(log_w: Tensor) -> Objective:
     """IWAE_K with K = S: value and surrogate log (1/K) Σ_k w_k, ``(S, B) -> (B,)``."""
-    value = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+    value = iwae(log_w)
     return Objective(value.detach(), value.mean())
 
 
@@ -100,10 +102,4 @@ def dreg_objective(
     w_tilde = torch.softmax(log_w.detach(), 0)
     encoder_part = (w_tilde.pow(2) * (log_joint_stop - log_q_stop)).sum(0)
     decoder_part = (w_tilde * log_joint_z_stop).sum(0)
-    value = torch.logsumexp(log_w.detach(), 0) - math.log(log_w.shape[0])
-    return Objective(value, (encoder_part + decoder_part).mean())
-
-
-def gaussian_kl_per_dim(loc: Tensor, scale: Tensor) -> Tensor:
-    """KL(N(μ, σ²) ‖ N(0, 1)) per dimension: ½(μ² + σ² − 1) − log σ, shape of ``loc``."""
-    return 0.5 * (loc * loc + scale * scale - 1.0) - torch.log(scale)
+    return Objective(iwae(log_w.detach()), (encoder_part + decoder_part).mean())

@@ -9,11 +9,55 @@
 Samples are reparameterized (gradients flow through z). ``log_prob(z, context)`` scores
 an arbitrary z where the family can (Gaussians, invertible flows); planar, radial and
 Sylvester stacks cannot and raise ``NotImplementedError``.
+
+Training asks one more thing, :meth:`Family.training_sample`: the sample with the value
+of log q(z) to log *and* the term whose gradient is the estimator's (DESIGN.md §5, §8), so
+no trainer needs to know which family it trains:
+
+    s = family.training_sample(n, context, stl=False, need_value=True)
+    loss = −mean(log p(z) − s.log_q_surrogate);   logged bound = mean(log p(z) − s.log_q)
+
+The default serves every family whose ``rsample_and_log_prob`` is differentiable
+(Gaussians, flows); the semi-implicit family overrides it with its HMC entropy gradient
+and the mean-field Gaussian adds its analytic KL to N(0, I).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """What a training step needs from a family (:meth:`Family.training_sample`).
+
+    Attributes:
+        z: reparameterized samples, ``(n, D)`` free or ``(n, B, D)`` with a context.
+        log_q: the value of log q(z) to log, ``(n[, B])``; NaN where it was not asked for
+            (``need_value=False``) and is costly (semi-implicit families).
+        log_q_surrogate: ``(n[, B])``, the term whose gradient (through z and the
+            family's parameters) is the estimator's gradient of E_q[log q(z)]. It is the
+            very tensor ``log_q`` for the plain reparameterized gradient; with
+            sticking-the-landing it is log q(z) with the parameters (and the context)
+            stopped (Roeder et al. 2017); for UIVI, the HMC entropy surrogate (its value
+            is then meaningless).
+        kl_per_dim: analytic KL(q(z | c) ‖ N(0, I)) per dimension, ``(B, D)`` with a
+            context or ``(D,)`` without; None where there is no closed form.
+    """
+
+    z: Tensor
+    log_q: Tensor
+    log_q_surrogate: Tensor
+    kl_per_dim: Tensor | None = None
+
+    @property
+    def has_surrogate(self) -> bool:
+        """Whether ``log_q_surrogate`` differs from ``log_q`` (STL, UIVI), i.e. whether a
+        bound built from ``log_q`` alone would have the wrong gradient."""
+        return self.log_q_surrogate is not self.log_q
 
 
 class Family(nn.Module):
@@ -33,6 +77,56 @@ class Family(nn.Module):
     @property
     def has_log_prob(self) -> bool:
         return type(self).log_prob is not Family.log_prob
+
+    def training_sample(
+        self,
+        n: int,
+        context: Tensor | None = None,
+        *,
+        stl: bool = False,
+        need_value: bool = True,
+    ) -> TrainingSample:
+        """n reparameterized samples with the value and the gradient surrogate of log q.
+
+        Args:
+            n: samples per context.
+            context: ``(B, C)`` for an amortized family, None for a free one.
+            stl: sticking-the-landing: the surrogate is log q(z) with the parameters and
+                the context stopped, so only the path through z carries a gradient
+                (Roeder, Wu & Duvenaud 2017). Needs :meth:`log_prob`.
+            need_value: whether ``log_q`` will be read; a family may skip a costly value
+                (and return NaN) when it is not.
+
+        Returns:
+            A :class:`TrainingSample`; by default ``log_q`` is that of
+            :meth:`rsample_and_log_prob` and ``kl_per_dim`` is None.
+
+        Raises:
+            ValueError: ``stl=True`` for a family that cannot score an arbitrary z.
+        """
+        if stl:
+            self.require_log_prob()
+        z, log_q = self.rsample_and_log_prob(n, context)
+        surrogate = self.stopped_log_prob(z, context) if stl else log_q
+        return TrainingSample(z, log_q, surrogate)
+
+    def require_log_prob(self) -> None:
+        """Refuse (``ValueError``) a stopped log q for a family without :meth:`log_prob`."""
+        if not self.has_log_prob:
+            raise ValueError(
+                "sticking-the-landing and DReG need a family that can score any z; "
+                f"{type(self).__name__} with these parts cannot (planar, radial, Sylvester "
+                "and semi-implicit families have no log_prob): use mean_field, full_rank "
+                "or iaf, or turn stl off"
+            )
+
+    def stopped_log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """log q_θ(z | c) with θ and c detached: gradients reach z (the path) only,
+        ``(n[, B])``."""
+        self.require_log_prob()
+        params = {f"family.{k}": v.detach() for k, v in self.named_parameters()}
+        ctx = None if context is None else context.detach()
+        return torch.func.functional_call(_LogProb(self), params, (z, ctx), strict=False)
 
     def sample_shape(self, n: int, context: Tensor | None) -> tuple[int, ...]:
         """``(n, D)`` without a context, ``(n, B, D)`` with one; validates both."""
@@ -54,6 +148,17 @@ class Family(nn.Module):
         return (n, context.shape[0], self.dim)
 
 
+class _LogProb(nn.Module):
+    """``family.log_prob`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, family: Family) -> None:
+        super().__init__()
+        self.family = family
+
+    def forward(self, z: Tensor, context: Tensor | None) -> Tensor:
+        return self.family.log_prob(z, context)
+
+
 class AtContext(Family):
     """q(z | c) at one fixed context, as a free family (for exact KL and plots)."""
 
@@ -70,3 +175,19 @@ class AtContext(Family):
         if trace is not None:
             trace[:] = [t[:, 0] for t in trace]
         return z[:, 0], lq[:, 0]
+
+    def training_sample(
+        self,
+        n: int,
+        context: Tensor | None = None,
+        *,
+        stl: bool = False,
+        need_value: bool = True,
+    ) -> TrainingSample:
+        """The inner family's training sample at the fixed context (row 0), free shapes."""
+        self.sample_shape(n, context)
+        s = self.inner.training_sample(n, self.context, stl=stl, need_value=need_value)
+        first = s.log_q[:, 0]
+        surrogate = first if not s.has_surrogate else s.log_q_surrogate[:, 0]
+        kl = None if s.kl_per_dim is None else s.kl_per_dim[0]
+        return TrainingSample(s.z[:, 0], first, surrogate, kl)

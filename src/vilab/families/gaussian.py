@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vilab.families.base import Family
-from vilab.flows.base import check_dims
-from vilab.flows.params import make_params
+from vilab.core.params import check_dims, make_params
+from vilab.families.base import Family, TrainingSample
 
 LOG_2PI = math.log(2.0 * math.pi)
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(x) = 1 at x = log(e − 1)
@@ -25,6 +24,13 @@ _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(x) = 1 at x = log(e − 1)
 def std_normal_log_prob(eps: Tensor) -> Tensor:
     """log N(ε; 0, I) summed over the last dimension."""
     return -0.5 * (eps * eps).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+
+
+def gaussian_kl_per_dim(loc: Tensor, scale: Tensor, log_scale: Tensor | None = None) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) per dimension, ½(μ² + σ² − 1) − log σ, in the shape of
+    ``loc`` (``log_scale``: log σ if already computed)."""
+    log_scale = torch.log(scale) if log_scale is None else log_scale
+    return 0.5 * (loc * loc + scale * scale - 1.0) - log_scale
 
 
 class StandardNormal(Family):
@@ -80,12 +86,35 @@ class MeanFieldGaussian(Family):
         return self.rsample_given(*self.loc_scale(context), shape)
 
     @staticmethod
-    def rsample_given(loc: Tensor, scale: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-        """Samples of N(loc, diag scale²) of ``shape`` and their log-density, for callers
-        that also need (loc, scale) — e.g. for an analytic KL — without a second head pass."""
+    def rsample_given(
+        loc: Tensor, scale: Tensor, shape: tuple[int, ...], log_scale: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples of N(loc, diag scale²) of ``shape`` and their log-density
+        (``log_scale``: log σ if already computed)."""
+        log_scale = scale.log() if log_scale is None else log_scale
         eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
-        z = loc + scale * eps
-        return z, std_normal_log_prob(eps) - scale.log().sum(-1)
+        return loc + scale * eps, std_normal_log_prob(eps) - log_scale.sum(-1)
+
+    def training_sample(
+        self,
+        n: int,
+        context: Tensor | None = None,
+        *,
+        stl: bool = False,
+        need_value: bool = True,
+    ) -> TrainingSample:
+        """:meth:`Family.training_sample` from one evaluation of (μ, σ): the sample, its
+        log-density, the STL surrogate log N(z; sg(μ), sg(σ)²) (sg = stop-gradient) and
+        ``kl_per_dim`` = KL(N(μ, σ²) ‖ N(0, 1)) per dimension, ``(B, D)`` or ``(D,)``."""
+        shape = self.sample_shape(n, context)
+        loc, scale = self.loc_scale(context)
+        log_scale = scale.log()
+        z, log_q = self.rsample_given(loc, scale, shape, log_scale)
+        surrogate = log_q
+        if stl:  # μ and σ stopped, so the parameters and the context are: only z is live
+            eps_z = (z - loc.detach()) / scale.detach()
+            surrogate = std_normal_log_prob(eps_z) - log_scale.detach().sum(-1)
+        return TrainingSample(z, log_q, surrogate, gaussian_kl_per_dim(loc, scale, log_scale))
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         loc, scale = self.loc_scale(context)

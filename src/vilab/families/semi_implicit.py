@@ -20,6 +20,10 @@ For reporting, log q(z) is estimated by importance sampling over ε with K prior
 ``log (1/K) Σ_k N(z; μ(ε_k), σ²)``: biased low for finite K (by Jensen), which makes a KL
 built from it a *lower* estimate; :meth:`log_prob_bounds` also returns the upper estimate
 that includes the generating ε (Yin & Zhou 2018's SIVI bound), so the two bracket it.
+:meth:`SemiImplicit.training_sample` (the Family contract's training call) returns the
+entropy surrogate as the gradient term and, as the value to log, the upper estimate with
+``train_log_q_samples`` draws (fewer than evaluation's ``log_q_samples``: it is paid every
+logged step).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vilab.families.base import Family
+from vilab.families.base import Family, TrainingSample
 from vilab.families.gaussian import LOG_2PI
 from vilab.nets.mlp import MLP
 from vilab.samplers.hmc import hmc_step, log_prob_and_grad
@@ -48,7 +52,10 @@ class SemiImplicit(Family):
         activation: of the network.
         hmc_burn_in, hmc_samples, hmc_leapfrog: the HMC recipe for ε' ~ q(ε | z).
         target_accept: acceptance rate the HMC step size is steered to.
-        log_q_samples: K, prior draws of ε for the importance-sampled log q(z).
+        log_q_samples: K, prior draws of ε for the importance-sampled log q(z) of
+            evaluation (:meth:`rsample_and_log_prob`, reported KLs and log-likelihoods).
+        train_log_q_samples: draws of ε for the log q(z) value of :meth:`training_sample`
+            (the bound logged during training).
     """
 
     def __init__(
@@ -63,12 +70,18 @@ class SemiImplicit(Family):
         hmc_leapfrog: int = 5,
         target_accept: float = 0.8,
         log_q_samples: int = 1000,
+        train_log_q_samples: int = 100,
     ) -> None:
         super().__init__()
         if noise_dim < 1 or dim < 1:
             raise ValueError(f"dim and noise_dim must be ≥ 1, got {dim}, {noise_dim}")
         if hmc_samples < 1 or hmc_leapfrog < 1 or hmc_burn_in < 0:
             raise ValueError("need hmc_samples ≥ 1, hmc_leapfrog ≥ 1, hmc_burn_in ≥ 0")
+        if log_q_samples < 1 or train_log_q_samples < 1:
+            raise ValueError(
+                "log_q_samples and train_log_q_samples must be ≥ 1, got "
+                f"{log_q_samples}, {train_log_q_samples}"
+            )
         self.dim, self.context_dim, self.noise_dim = dim, context_dim, noise_dim
         self.net = MLP([noise_dim + (context_dim or 0), *hidden, dim], activation)
         self.rho = nn.Parameter(torch.full((dim,), math.log(math.expm1(0.5))))
@@ -78,6 +91,7 @@ class SemiImplicit(Family):
             hmc_leapfrog,
         )
         self.target_accept, self.log_q_samples = target_accept, log_q_samples
+        self.train_log_q_samples = train_log_q_samples
         self.register_buffer("step_size", torch.tensor(0.1))
         self.register_buffer("accept_rate", torch.tensor(float("nan")))
 
@@ -159,6 +173,29 @@ class SemiImplicit(Family):
         _, upper = self.log_prob_bounds(z.detach(), context, eps0)
         assert upper is not None
         return z, upper
+
+    def training_sample(
+        self,
+        n: int,
+        context: Tensor | None = None,
+        *,
+        stl: bool = False,
+        need_value: bool = True,
+    ) -> TrainingSample:
+        """Samples, the upper (SIVI) estimate of log q(z) from ``train_log_q_samples``
+        draws of ε as the value (NaN when ``need_value`` is False: it costs K network
+        passes), and :meth:`entropy_surrogate` as the gradient term. ``stl`` is refused:
+        there is no log_prob to stop."""
+        if stl:
+            self.require_log_prob()
+        z, eps0 = self.rsample_with_noise(n, context)
+        if need_value:
+            ctx = None if context is None else context.detach()
+            log_q = self.log_prob_bounds(z.detach(), ctx, eps0, k=self.train_log_q_samples)[1]
+        else:
+            log_q = z.new_full(z.shape[:-1], math.nan)
+        assert log_q is not None
+        return TrainingSample(z, log_q, self.entropy_surrogate(z, eps0, context))
 
     def sample_noise_posterior(self, z: Tensor, eps0: Tensor, context: Tensor | None) -> Tensor:
         """ε' ~ q(ε | z [, h]) by HMC from ε₀: ``(hmc_samples, ..., e)``."""

@@ -37,11 +37,3 @@ class Flow(nn.Module):
     @property
     def has_inverse(self) -> bool:
         return type(self).inverse is not Flow.inverse
-
-
-def check_dims(dim: int, num_layers: int = 1) -> None:
-    """Refuse non-positive sizes with a message naming the value."""
-    if not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    if not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vilab.flows.base import Flow, check_dims
+from vilab.core.params import check_dims
+from vilab.flows.base import Flow
 from vilab.flows.made import MADE
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vilab.flows.base import check_dims
+from vilab.core.params import check_dims
 
 
 class MaskedLinear(nn.Linear):

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vilab.flows.base import Flow, check_dims
-from vilab.flows.params import make_params, rowdot
+from vilab.core.params import check_dims, make_params, rowdot
+from vilab.flows.base import Flow
 
 
 class Planar(Flow):

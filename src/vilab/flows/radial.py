@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vilab.flows.base import Flow, check_dims
-from vilab.flows.params import make_params
+from vilab.core.params import check_dims, make_params
+from vilab.flows.base import Flow
 
 
 class Radial(Flow):

@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vilab.flows.base import Flow, check_dims
-from vilab.flows.params import make_params, rowmat
+from vilab.core.params import check_dims, make_params, rowmat
+from vilab.flows.base import Flow
 
 QKind = Literal["orthogonal", "householder", "triangular"]
 

@@ -4,6 +4,7 @@ layer coloured by their starting radius (seed 001), and the bound / KL over trai
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import torch
 from matplotlib.axes import Axes
 
 from vilab.families.base import AtContext, Family
+from vilab.families.semi_implicit import SemiImplicit
 from vilab.flows.flow import FlowFamily
-from vilab.targets.base import Box, Target
+from vilab.targets.base import Box, Target, default_eval_contexts
 from vilab.targets.grid import grid_points, log_density_grid
 
 
@@ -37,35 +39,77 @@ def plot_true_density(ax: Axes, target: Target, box: Box, n: int = 300) -> None:
     ax.set_title(f"true density {target.name}")
 
 
+#: K, the ε draws behind the picture of a semi-implicit q (:func:`learned_density`).
+EPS_DRAWS = 1000
+
+
 @torch.no_grad()
-def plot_learned_density(ax: Axes, family: Family, box: Box, n: int = 200) -> None:
-    """q on the box: exact where the family can score any z, else a histogram of 10⁶
-    samples."""
+def learned_density(
+    family: Family, box: Box, n: int = 200, eps_draws: int = EPS_DRAWS
+) -> tuple[torch.Tensor, str]:
+    """q on an ``n × n`` grid of the box, ``(n, n)`` (row = y), and a title saying how.
+
+    * A family that scores any z (Gaussians, invertible flows): exact.
+    * A semi-implicit family (UIVI), q(z) = E_ε N(z; μ(ε), diag σ²): the mixture
+      q̂(z) = (1/K) Σ_k N(z; μ(ε_k), diag σ²) of K = ``eps_draws`` prior draws of ε shared
+      by the whole grid (:meth:`SemiImplicit.log_prob_bounds`), an unbiased estimate of
+      q(z) at every point; K·n² Gaussian terms, a few seconds on two cores.
+    * Otherwise (planar, radial, Sylvester stacks): a histogram of 10⁶ samples.
+    """
     dtype = next(iter(family.parameters()), torch.zeros(())).dtype
+    pts = grid_points(box, n, n, dtype=dtype).reshape(-1, 2)
     if family.has_log_prob:
-        pts = grid_points(box, n, n, dtype=dtype)
-        img = family.log_prob(pts.reshape(-1, 2)).reshape(n, n).exp()
-        ax.imshow(img.numpy(), origin="lower", extent=box, aspect="auto", cmap="viridis")
-        ax.set_title("learned density q (exact)")
-        return
+        return family.log_prob(pts).reshape(n, n).exp(), "learned density q (exact)"
+    inner, context = _unwrap(family)
+    if isinstance(inner, SemiImplicit):
+        z = pts if context is None else pts.unsqueeze(1)  # (n², [1,] 2)
+        log_q, _ = inner.log_prob_bounds(z, context, k=eps_draws)
+        return log_q.reshape(n, n).exp(), f"learned density q (mixture of K={eps_draws} ε draws)"
     z, _ = family.rsample_and_log_prob(1_000_000)
     x0, x1, y0, y1 = box
     hist, _, _ = np.histogram2d(
         z[:, 1].double().numpy(), z[:, 0].double().numpy(), bins=n, range=[[y0, y1], [x0, x1]]
     )
-    ax.imshow(hist, origin="lower", extent=box, aspect="auto", cmap="viridis")
-    ax.set_title("learned density q (10⁶ samples)")
+    return torch.from_numpy(hist), "learned density q (10⁶ samples)"
+
+
+def _unwrap(family: Family) -> tuple[Family, torch.Tensor | None]:
+    """The family and the context it is held at (None for a free family)."""
+    return (family.inner, family.context) if isinstance(family, AtContext) else (family, None)
+
+
+def _samples(family: Family, n: int) -> torch.Tensor:
+    """``n`` samples of q, ``(n, D)``, skipping the log-density where it is costly (a
+    semi-implicit q estimates it from K draws of ε for every sample)."""
+    inner, context = _unwrap(family)
+    if isinstance(inner, SemiImplicit):
+        z, _ = inner.rsample_with_noise(n, context)
+        return z if context is None else z[:, 0]
+    return family.rsample_and_log_prob(n)[0]
+
+
+def plot_learned_density(
+    ax: Axes,
+    family: Family,
+    box: Box,
+    n: int = 200,
+    density: tuple[torch.Tensor, str] | None = None,
+) -> None:
+    """q on the box, as :func:`learned_density` computes it (or ``density``, its result
+    if already computed)."""
+    img, title = density if density is not None else learned_density(family, box, n)
+    ax.imshow(img.numpy(), origin="lower", extent=box, aspect="auto", cmap="viridis")
+    ax.set_title(title)
 
 
 @torch.no_grad()
 def plot_layers(fig_axes: list[Axes], family: Family, box: Box, n: int = 3000) -> None:
     """Samples after selected flow layers, coloured by distance from the base mean."""
     trace: list[torch.Tensor] = []
-    inner = family.inner if isinstance(family, AtContext) else family
-    if isinstance(inner, FlowFamily):
+    if isinstance(_unwrap(family)[0], FlowFamily):
         family.rsample_and_log_prob(n, trace=trace)  # type: ignore[call-arg]
     else:
-        trace = [family.rsample_and_log_prob(n)[0]]
+        trace = [_samples(family, n)]
     z0 = trace[0]
     colour = (z0 - z0.mean(0)).norm(dim=-1).numpy()
     if len(fig_axes) == 1:
@@ -99,15 +143,30 @@ def plot_curves(ax: Axes, records: list[dict[str, Any]]) -> None:
     ax.set_title("training")
 
 
-def plot_run(fitter: Any, records: list[dict[str, Any]], run_dir: Path) -> None:
+def plot_run(
+    family: Family,
+    target: Target,
+    records: list[dict[str, Any]],
+    run_dir: Path,
+    eval_contexts: Sequence[float | Sequence[float]] | None = None,
+) -> None:
     """Writes ``true_density.png``, ``learned_density.png``, ``layers.png``,
-    ``training.png`` and ``summary.png`` (the four side by side) into ``run_dir``."""
-    target, family = fitter.target, fitter.family
-    if target.context_dim is not None:
-        from vilab.train.fit import default_eval_contexts
+    ``training.png`` and ``summary.png`` (the four side by side) into ``run_dir``.
 
-        row = (fitter.config.eval_contexts or default_eval_contexts(target))[0]
-        c = torch.tensor([row if isinstance(row, list) else [row]], dtype=fitter.dtype)
+    Args:
+        family: the fitted q; amortized (q(z | c)) when ``target`` is a target family.
+        target: p̃, the target that ``family`` was fitted to.
+        records: the metrics log, one dict per logged step with ``step``, ``bound`` and,
+            when log Z is known, ``kl``.
+        run_dir: the directory the figures are written to.
+        eval_contexts: for a target family, the contexts the run is evaluated at; the
+            figures show q and p at the first one (default: the first of
+            :func:`vilab.targets.base.default_eval_contexts`).
+    """
+    if target.context_dim is not None:
+        row = (eval_contexts or default_eval_contexts(target))[0]
+        dtype = next(iter(family.parameters()), torch.zeros(())).dtype
+        c = torch.tensor([list(row) if isinstance(row, Sequence) else [row]], dtype=dtype)
         target, family = target.at(c[0]), AtContext(family, c)
     if target.dim != 2:
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -117,9 +176,10 @@ def plot_run(fitter: Any, records: list[dict[str, Any]], run_dir: Path) -> None:
         plt.close(fig)
         return
     box = _box(target)
+    learned = learned_density(family, box)  # computed once, drawn twice
     singles = {
         "true_density.png": lambda ax: plot_true_density(ax, target, box),
-        "learned_density.png": lambda ax: plot_learned_density(ax, family, box),
+        "learned_density.png": lambda ax: plot_learned_density(ax, family, box, density=learned),
         "training.png": lambda ax: plot_curves(ax, records),
     }
     for name, draw in singles.items():
@@ -136,7 +196,7 @@ def plot_run(fitter: Any, records: list[dict[str, Any]], run_dir: Path) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     plot_true_density(axes[0], target, box)
-    plot_learned_density(axes[1], family, box)
+    plot_learned_density(axes[1], family, box, density=learned)
     plot_layers([axes[2]], family, box)
     axes[2].set_title("final samples")
     plot_curves(axes[3], records)

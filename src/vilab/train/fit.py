@@ -9,8 +9,6 @@ logged KL over training is log Z − ELBO and the final figure is the exact KL f
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from dataclasses import asdict
@@ -21,26 +19,19 @@ import torch
 from torch import Tensor
 
 from vilab.build import family_from_config, target_from_config
-from vilab.config import FitConfig, dump_config
-from vilab.estimators.elbo import annealed_elbo_surrogate, elbo
-from vilab.estimators.gradients import log_prob_stop_params
+from vilab.config import FitConfig
+from vilab.core.checkpoint import brief, encode_checkpoint, load_checkpoint
+from vilab.distributed import SINGLE
+from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
-from vilab.targets.base import Target
+from vilab.targets.base import Target, default_eval_contexts
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
-from vilab.train.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_text,
-    brief,
-    encode_checkpoint,
-    load_checkpoint,
-    remove_stale_temps,
-)
-from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
-from vilab.train.interrupt import stop_at_step_boundary
+from vilab.train.guard import StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
+from vilab.train.run import execute, set_threads
 from vilab.train.schedule import lr_factor, progress
-from vilab.train.steps import Hooks, run_steps
+from vilab.train.steps import Hooks
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -57,15 +48,6 @@ def build_for(config: FitConfig, target: Target) -> Family:
     )
 
 
-def beta_at(frac: float, config: FitConfig) -> float:
-    """β = min(1, β₀ + t / T) (Rezende & Mohamed 2015) with t / T measured as progress:
-    T = ``beta_steps`` steps, or 40% of the run when it is None; 1 when T = 0."""
-    steps = config.beta_steps if config.beta_steps is not None else 0.4 * config.steps
-    if steps == 0:
-        return 1.0
-    return min(1.0, config.beta_start + frac * config.steps / steps)
-
-
 def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
     """The exact log Z if known; in 2-D with a box, by quadrature; else None."""
     if context is not None:
@@ -77,28 +59,24 @@ def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
     return None
 
 
-def default_eval_contexts(target: Target) -> list[list[float]]:
-    """Held-out contexts for a target family: interior points of the training range that a
-    continuous uniform draw never hits exactly (c = lo + (k + 0.37)/4 · (hi − lo))."""
-    lo = getattr(target, "low", getattr(target, "context_low", 0.0))
-    hi = getattr(target, "high", getattr(target, "context_high", 1.0))
-    return [[lo + (k + 0.37) / 4 * (hi - lo)] * (target.context_dim or 1) for k in range(4)]
-
-
 class Fitter:
     """One fitting run: builds everything from a config and owns the training state."""
 
-    def __init__(self, config: FitConfig, target: Target | None = None) -> None:
+    world = SINGLE
+
+    def __init__(
+        self, config: FitConfig, target: Target | None = None, family: Family | None = None
+    ) -> None:
         self.config = config
         torch.manual_seed(config.seed)
         self.target = target if target is not None else build_target(config)
-        self.family = build_for(config, self.target)
+        self.family = build_for(config, self.target) if family is None else family
         self.dtype = DTYPES[config.dtype]
-        if config.stl and not self.family.has_log_prob:
+        if config.objective.stl and not self.family.has_log_prob:
             raise ValueError(
-                f"stl=true needs a family that can score any z; {config.family.kind!r} cannot "
-                "(planar, radial and Sylvester flows have no inverse): use mean_field, "
-                "full_rank or iaf, or set stl=false"
+                f"objective.stl=true needs a family that can score any z; "
+                f"{config.family.kind!r} cannot (planar, radial and Sylvester flows have no "
+                "inverse): use mean_field, full_rank or iaf, or set objective.stl=false"
             )
         self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
         self.guard = StepGuard(config.faults)
@@ -119,30 +97,29 @@ class Fitter:
         return max(1, n // b), self.target.sample_context(b).to(self.dtype)
 
     def train_step(self, log_value: bool = True) -> dict[str, float]:
-        """One update. ``log_value=False`` lets a semi-implicit family skip the
-        importance-sampled log q(z) that only the logged bound needs."""
+        """One update from the family's :meth:`~vilab.families.base.Family.training_sample`:
+        the loss is −E[β log p̃(z) − log_q_surrogate] (the family's gradient estimator:
+        reparameterized, STL or UIVI's), the logged bound E[log p̃(z) − log q(z)].
+        ``log_value=False`` lets a family skip a costly log q(z) value (semi-implicit: an
+        importance-sampled estimate) that only the logged bound needs."""
         cfg = self.config
         frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
-        beta = beta_at(frac, cfg)
+        obj = cfg.objective
+        beta = beta_at(
+            self.step,
+            beta_start=obj.beta_start,
+            beta_steps=obj.beta_steps,
+            total_steps=cfg.steps,
+            frac=frac,
+        )
         lr = cfg.optim.lr * self.guard.lr_scale * lr_factor(self.step, frac, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n, context = self.contexts(cfg.samples)
-        if isinstance(self.family, SemiImplicit):
-            z, eps0 = self.family.rsample_with_noise(n, context)
-            log_p = self.target.log_prob(z, context)
-            log_q_grad = self.family.entropy_surrogate(z, eps0, context)
-            log_q = (
-                self.family.log_prob_bounds(z.detach(), context, k=100)[0]
-                if log_value
-                else torch.full_like(log_p, math.nan)
-            )
-        else:
-            z, log_q = self.family.rsample_and_log_prob(n, context)
-            log_p = self.target.log_prob(z, context)
-            log_q_grad = log_prob_stop_params(self.family, z, context) if cfg.stl else log_q
-        loss = -annealed_elbo_surrogate(log_p, log_q_grad, beta).mean()
-        bound = elbo(log_p - log_q).mean().detach()
+        s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value)
+        log_p = self.target.log_prob(s.z, context)
+        loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta).mean()
+        bound = elbo(log_p - s.log_q).mean().detach()
         self.optimizer.zero_grad(set_to_none=True)
         finite = bool(loss.isfinite())
         if finite:  # a non-finite step is skipped (vilab.train.guard)
@@ -171,7 +148,7 @@ class Fitter:
         }
 
     def encode(self) -> bytes:
-        """The checkpoint file's bytes (:func:`~vilab.train.checkpoint.encode_checkpoint`)."""
+        """The checkpoint file's bytes (:func:`~vilab.core.checkpoint.encode_checkpoint`)."""
         return encode_checkpoint(self.state_dict())
 
     def rollback(self, path: Path) -> None:
@@ -242,6 +219,41 @@ class Fitter:
             "kl_by_context": per,
         }
 
+    # -- the lifecycle's side (vilab.train.run.Trainer) -----------------------------------
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        self.load_state_dict(state, source)
+
+    def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
+        """Records go to the logger, with KL = log Z − ELBO where log Z is known."""
+        log_z = target_log_z(self.target) if self.target.context_dim is None else None
+
+        def log(step: int, values: dict[str, float]) -> None:
+            if log_z is not None and "bound" in values:
+                values["kl"] = log_z - values["bound"]
+            logger.log(step, values)
+
+        return Hooks(log=log, rewind=logger.rewind, advance=logger.advance)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "target": self.target.name,
+            "family": self.config.family.kind,
+            "parameters": sum(p.numel() for p in self.family.parameters()),
+        }
+
+    def finish(self, run_dir: Path, interrupted: bool, progress: bool) -> dict[str, Any]:
+        """The exact KL (:meth:`evaluate`) and, with ``figures``, the pictures."""
+        out = {
+            **self.evaluate(),
+            "steps_per_second": self.step / max(self.seconds, 1e-9),
+        }
+        if self.config.figures:
+            from vilab.plots.density2d import plot_run
+
+            records = read_metrics(run_dir / "metrics.jsonl")
+            plot_run(self.family, self.target, records, run_dir, self.config.eval_contexts)
+        return out
+
 
 @torch.no_grad()
 def semi_implicit_kl(
@@ -293,64 +305,29 @@ def fit(
     resume: bool = False,
     target: Target | None = None,
     tensorboard: bool = True,
+    *,
+    family: Family | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and write the run directory; returns the final metrics.
 
     The run directory gets ``config.yaml``, ``metrics.jsonl`` (every ``log_every`` steps),
     ``tensorboard/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
-    ``metrics.json`` and the figures. Ctrl-C stops training cleanly at the end of the
-    current step: the checkpoint, metrics and figures are still written, with
-    ``"interrupted": true`` (a second Ctrl-C stops at once and keeps the last checkpoint). With
-    ``resume=True`` an existing checkpoint is continued exactly. A step with a non-finite
-    loss or gradient is skipped; repeated ones roll back to the last checkpoint with a
-    lower learning rate (:mod:`vilab.train.guard`, ``config.faults``).
+    ``metrics.json`` and the figures, through the one run lifecycle
+    (:func:`vilab.train.run.execute`: a finished run is never overwritten unless
+    ``overwrite``; ``resume`` continues the checkpoint exactly; SIGINT/SIGTERM stop at the
+    end of the current step with a checkpoint, metrics and figures, ``"interrupted":
+    true``; a second signal stops at once). A step with a non-finite loss or gradient is
+    skipped; repeated ones roll back to the last checkpoint with a lower learning rate
+    (:mod:`vilab.train.guard`, ``config.faults``). ``target`` and ``family`` replace the
+    configured ones (a user's own objects).
     """
-    run_dir = Path(run_dir)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    fitter = Fitter(config, target)
-    ckpt = run_dir / "checkpoint.pt"
-    resume = resume and ckpt.exists()
-    if resume:
-        fitter.load_state_dict(load_checkpoint(ckpt), f"checkpoint {str(ckpt)!r}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(run_dir)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    log_z = target_log_z(fitter.target) if fitter.target.context_dim is None else None
-    logger = RunLogger(run_dir, config.steps, fitter.step, progress, tensorboard)
-    guard = fitter.guard
-    ckpts = GoodCheckpoints(ckpt, atomic_write_bytes)
-    interrupted = False
-    with contextlib.ExitStack() as stack:
-        stop_requested = stack.enter_context(stop_at_step_boundary())
-        stack.callback(logger.close)
-        if not resume:
-            ckpts.write(fitter.encode())  # for an early rollback
-
-        def log(step: int, values: dict[str, float]) -> None:
-            if log_z is not None and "bound" in values:
-                values["kl"] = log_z - values["bound"]
-            logger.log(step, values)
-
-        hooks = Hooks(log=log, rewind=logger.rewind, advance=logger.advance)
-        try:
-            interrupted = run_steps(fitter, config, ckpts, hooks, stop_requested)
-        except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stands
-            interrupted = True
-    metrics: dict[str, Any] = {
-        "target": fitter.target.name,
-        "family": config.family.kind,
-        "parameters": sum(p.numel() for p in fitter.family.parameters()),
-        **fitter.evaluate(),
-        "steps": fitter.step,
-        "seconds": fitter.seconds,
-        "steps_per_second": fitter.step / max(fitter.seconds, 1e-9),
-        **guard.metrics(),
-        "interrupted": interrupted,
-    }
-    if config.figures:
-        from vilab.plots.density2d import plot_run
-
-        plot_run(fitter, read_metrics(run_dir / "metrics.jsonl"), run_dir)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    set_threads(config.threads)
+    return execute(
+        lambda: Fitter(config, target, family),
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        tensorboard=tensorboard,
+    )

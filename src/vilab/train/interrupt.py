@@ -1,34 +1,70 @@
-"""Ctrl-C at a step boundary: the first SIGINT asks training to stop after the current
-step (so the checkpoint written then is a whole step, never half of one); a second one
-interrupts at once."""
+"""Signals stop a run at a step boundary, with a checkpoint.
+
+SIGINT (Ctrl-C) and SIGTERM (what ``kill`` and cluster schedulers send before they kill)
+are handled alike: the first asks training to stop after the current step, so the
+checkpoint written then is a whole step, never half of one; a second one interrupts at
+once (``KeyboardInterrupt``), keeping the last checkpoint written. After training (during
+the final evaluation and figures) the first signal interrupts at once: the checkpoint is
+already whole.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """What the handlers saw: ``requested`` once a signal asked to stop; ``signal`` its
+    name (``"SIGINT"``/``"SIGTERM"``); ``exit_code`` = 128 + its number (the shell's
+    convention: 130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.at_once = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    @property
+    def signal(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if self.at_once or not first:
+            raise KeyboardInterrupt
+
 
 @contextmanager
-def stop_at_step_boundary(enabled: bool = True) -> Iterator[Callable[[], bool]]:
-    """Within the block, SIGINT sets a flag that the returned function reports; the
-    previous handler is restored afterwards. Does nothing (the function always says
-    False, and Ctrl-C raises ``KeyboardInterrupt`` as usual) when not ``enabled`` or off
-    the main thread, where Python cannot install a signal handler."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+def stop_signals(at_step_boundary: bool = True) -> Iterator[StopSignals]:
+    """Within the block, SIGINT and SIGTERM are caught (see the module docstring); the
+    previous handlers are restored afterwards. With ``at_step_boundary=False`` (several
+    processes, which could not agree on the boundary without a collective) every signal
+    interrupts at once. Off the main thread, where Python cannot install handlers, the
+    defaults stand."""
+    stop = StopSignals()
+    stop.at_once = not at_step_boundary
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
         return
-    asked = [False]
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if asked[0]:
-            raise KeyboardInterrupt
-        asked[0] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, stop.handle) for s in SIGNALS}
     try:
-        yield lambda: asked[0]
+        yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)

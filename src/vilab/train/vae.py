@@ -11,8 +11,6 @@ sampling.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from functools import partial
@@ -23,25 +21,23 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from vilab.config import TrainConfig, dump_config
-from vilab.core.io import atomic_write_bytes, atomic_write_text
-from vilab.core.seeding import Stream, derive_seed
-from vilab.data.vae_data import VAEData, load_vae_data
-from vilab.distributed import SINGLE, World, main_only, on_main
-from vilab.evaluation import evaluate
-from vilab.plots.vae import LatentTracker, final_figures, sample_images
-from vilab.train.checkpoint import (
+from vilab.config import TrainConfig
+from vilab.core.checkpoint import (
     brief,
     encode_checkpoint,
     load_checkpoint,
-    remove_stale_temps,
     save_checkpoint,
 )
-from vilab.train.guard import GoodCheckpoints, StepGuard, grads_finite
-from vilab.train.interrupt import stop_at_step_boundary
+from vilab.core.seeding import Stream, derive_seed
+from vilab.data.vae_data import VAEData, load_vae_data
+from vilab.distributed import SINGLE, World, main_only, on_main
+from vilab.evaluation import FINAL_EVAL_HINT, evaluate
+from vilab.plots.vae import LatentTracker, final_figures, sample_images
+from vilab.train.guard import StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
+from vilab.train.run import execute, set_threads
 from vilab.train.schedule import lr_factor, progress
-from vilab.train.steps import Hooks, run_steps
+from vilab.train.steps import Hooks
 from vilab.vae import VAE, build_vae, vae_objective
 
 OPTIMIZERS = {
@@ -99,6 +95,7 @@ class VAETrainer:
         self.step = 0
         self.seconds = 0.0
         self.best: dict[str, Any] = {}
+        self.latent: LatentTracker | None = None
         self._t0 = time.perf_counter()
 
     @property
@@ -166,6 +163,30 @@ class VAETrainer:
     def rollback(self, path: Path) -> None:
         """Go back to the checkpoint at ``path`` (:func:`_restore` with ``rollback``)."""
         _restore(self, path, rollback=True)
+
+    # -- the lifecycle's side (vilab.train.run.Trainer) -----------------------------------
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        self.load_state_dict(state, source)
+
+    def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
+        if self.config.latent_dim == 2 and self.world.is_main:
+            self.latent = LatentTracker(
+                lambda: self.eval_vae, self.data.test, self.data.test_labels
+            )
+        return _hooks(self, run_dir, logger)
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "data": c.data.name,
+            "posterior": c.posterior.kind,
+            "objective": c.objective.kind,
+            "latent_dim": c.latent_dim,
+            "parameters": sum(p.numel() for p in self.vae.parameters()),
+        }
+
+    def finish(self, run_dir: Path, interrupted: bool, progress: bool) -> dict[str, Any]:
+        return _finish(self, run_dir, interrupted, progress)
 
     def validate(self) -> dict[str, float]:
         e = self.config.eval
@@ -254,9 +275,7 @@ def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
         trainer.best, trainer.seconds = kept[1], kept[2]
 
 
-def _hooks(
-    trainer: VAETrainer, run_dir: Path, logger: RunLogger, latent: LatentTracker | None
-) -> Hooks:
+def _hooks(trainer: VAETrainer, run_dir: Path, logger: RunLogger) -> Hooks:
     """The VAE's side of the step loop: records through rank 0, and validation (with
     ``best.pt``, pictures and the latent animation) every ``eval_every`` steps."""
     config, world = trainer.config, trainer.world
@@ -275,83 +294,21 @@ def _hooks(
             trainer.best = {"step": step, **v}
             best = {"step": step, "model": trainer.eval_vae.state_dict()}
             main_only(world, save_checkpoint, run_dir / "best.pt", best)
-        main_only(world, _after_validation, trainer, run_dir, logger, latent, step, v)
+        main_only(world, _after_validation, trainer, run_dir, logger, trainer.latent, step, v)
         torch.set_rng_state(rng_state)
         trainer.start_clock()  # evaluation is not training time
 
     return Hooks(log, partial(main_only, world, logger.rewind), logger.advance, validate)
 
 
-def train_vae(
-    config: TrainConfig,
-    run_dir: str | Path,
-    progress: bool = True,
-    resume: bool = False,
-    data: VAEData | None = None,
-    tensorboard: bool = True,
-    world: World = SINGLE,
-) -> dict[str, Any]:
-    """Train, evaluate on the test set, and write the run directory; returns metrics.
-
-    ``config.threads`` (if set) sets torch's thread count for the process. Everything is
-    validated (config, data, and with ``resume`` the checkpoint) before the first file is
-    written. A checkpoint is written at the start, every ``checkpoint_every`` steps (once
-    the next step is finite) and at the end; a non-finite step is skipped, and repeated
-    ones roll back to the last checkpoint (:mod:`vilab.train.guard`). Ctrl-C stops at the
-    end of the current step and writes its checkpoint (a second one, or one under
-    torchrun, stops at once and keeps the last checkpoint written). In a multi-process
-    ``world`` only rank 0 writes, and every rank returns the same metrics.
-    """
-    run_dir = Path(run_dir)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    trainer = VAETrainer(config, data, world)
-    ckpt = run_dir / "checkpoint.pt"
-    resume = resume and on_main(world, ckpt.exists)
-    if resume:
-        _restore(trainer, ckpt)
-    main = world.is_main
-
-    def prepare() -> RunLogger:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run_dir)
-        if not resume:
-            (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
-        atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        return RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
-
-    logger = main_only(world, prepare) or RunLogger(run_dir, 0, enabled=False)
-    latent = (
-        LatentTracker(lambda: trainer.eval_vae, trainer.data.test, trainer.data.test_labels)
-        if config.latent_dim == 2 and main
-        else None
-    )
-    guard = trainer.guard
-    ckpts = GoodCheckpoints(ckpt, partial(main_only, world, atomic_write_bytes))
-    interrupted = False
-    with contextlib.ExitStack() as stack:
-        stop_requested = stack.enter_context(stop_at_step_boundary(not world.distributed))
-        stack.callback(logger.close)
-        if not resume:  # what a rollback before the first checkpoint finds
-            ckpts.write(trainer.encode())
-        try:
-            hooks = _hooks(trainer, run_dir, logger, latent)
-            interrupted = run_steps(trainer, config, ckpts, hooks, stop_requested)
-        except KeyboardInterrupt:  # a second Ctrl-C, or one under torchrun: no new file
-            interrupted = True
-    metrics: dict[str, Any] = {
-        "data": config.data.name,
-        "posterior": config.posterior.kind,
-        "objective": config.objective.kind,
-        "latent_dim": config.latent_dim,
-        "parameters": sum(p.numel() for p in trainer.vae.parameters()),
-        "steps": trainer.step,
-        "seconds": trainer.seconds,
+def _finish(trainer: VAETrainer, run_dir: Path, interrupted: bool, progress: bool) -> dict:
+    """The test log p(x) of the best (else last) weights, unless interrupted or
+    ``final_eval=false``; then the figures (rank 0)."""
+    config, world = trainer.config, trainer.world
+    out: dict[str, Any] = {
         "images_per_second": trainer.step * config.data.batch_size / max(trainer.seconds, 1e-9),
         "world_size": world.size,
         "best_valid": trainer.best,
-        **guard.metrics(),
-        "interrupted": interrupted,
     }
     if config.final_eval and not interrupted:
         best = run_dir / "best.pt"
@@ -369,11 +326,49 @@ def train_vae(
             iwae_k=50,
             seed=derive_seed(config.seed, Stream.TEST),
             world=world,
+            progress=progress,
+            hint=FINAL_EVAL_HINT,
         )
         test["seconds"] = time.perf_counter() - t0
-        metrics["test"] = test
-    if main:
+        out["test"] = test
+    if world.is_main:
         records = read_metrics(run_dir / "metrics.jsonl")
-        final_figures(trainer.eval_vae, trainer.data.test, records, run_dir, trainer.step, latent)
-        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+        vae, test_x = trainer.eval_vae, trainer.data.test
+        final_figures(vae, test_x, records, run_dir, trainer.step, trainer.latent)
+    return out
+
+
+def train_vae(
+    config: TrainConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    data: VAEData | None = None,
+    tensorboard: bool = True,
+    world: World = SINGLE,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train, evaluate on the test set, and write the run directory; returns metrics.
+
+    ``config.threads`` (if set) sets torch's thread count for the process. Everything is
+    validated (the directory, config, data, and with ``resume`` the checkpoint and the
+    run's own config.yaml) before the first file is written, by the one run lifecycle
+    (:func:`vilab.train.run.execute`). A checkpoint is written at the start, every
+    ``checkpoint_every`` steps (once the next step is finite) and at the end; a
+    non-finite step is skipped, and repeated ones roll back to the last checkpoint
+    (:mod:`vilab.train.guard`). SIGINT or SIGTERM stops at the end of the current step and
+    writes its checkpoint (a second one, or one under torchrun, stops at once and keeps
+    the last checkpoint written). In a multi-process ``world`` only rank 0 writes, and
+    every rank returns the same metrics.
+    """
+    set_threads(config.threads)
+    return execute(
+        lambda: VAETrainer(config, data, world),
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        tensorboard=tensorboard,
+        world=world,
+    )

@@ -1,4 +1,4 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, resumable checkpoints: the file format shared by training, evaluation and resume.
 
 A checkpoint holds everything a run needs to continue exactly: model and optimizer state,
 scheduler state, the step, and the RNG state. It is written to a temporary file in the
@@ -18,18 +18,9 @@ from typing import Any
 
 import torch
 
-from vilab.core.io import atomic_write_bytes, atomic_write_text, remove_stale_temps
+from vilab.core.io import atomic_write_bytes
 
-__all__ = [
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "brief",
-    "encode_checkpoint",
-    "load_checkpoint",
-    "remove_stale_temps",
-    "save_checkpoint",
-    "state_digest",
-]
+__all__ = ["brief", "encode_checkpoint", "load_checkpoint", "save_checkpoint", "state_digest"]
 
 DIGEST_KEY = "sha256"
 

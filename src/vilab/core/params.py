@@ -1,4 +1,4 @@
-"""Where a flow's parameters come from: free parameters, or a head on a context.
+"""Where a flow's or a family's parameters come from: free parameters, or a head on a context.
 
 A flow declares the tensors it needs as ``{name: initial value}``. ``make_params`` turns
 that into a module which, called with a context, returns ``{name: tensor}``:
@@ -11,7 +11,9 @@ that into a module which, called with a context, returns ``{name: tensor}``:
   one does. Used for q(z | x) in a VAE or q(z | c) for a target family.
 
 The flow's maths is written once, on the last dimensions, and broadcasts over whatever
-batch dimensions the parameters carry (DESIGN.md, separation 4).
+batch dimensions the parameters carry (DESIGN.md, separation 4); :func:`rowmat` and
+:func:`rowdot` are the two products that make it broadcast. :func:`check_dims` validates
+the sizes a flow or family is built with. A core helper: flows and families both use it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
+
+def check_dims(dim: int, num_layers: int = 1) -> None:
+    """Refuse non-positive sizes with a message naming the value."""
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
 
 
 class ParamSource(nn.Module):

@@ -1,0 +1,177 @@
+"""The run lifecycle, written once for ``vilab fit``, ``vilab train`` and every command that
+trains (DESIGN.md §8): trainers only step.
+
+:func:`execute` takes a trainer and a run directory and does, in order:
+
+1. refuse a directory that would lose work or cannot be written, and on resume a config
+   that would change the run (:mod:`vilab.train.rundir`) — before any file is written;
+2. resume: load the checkpoint (rank 0 reads it, every rank restores it);
+3. prepare the directory: remove temporary files a killed process left, write
+   ``config.yaml``, open ``metrics.jsonl``, TensorBoard and the progress bar;
+4. run the step loop (:func:`vilab.train.steps.run_steps`: skip/rollback of non-finite
+   steps, checkpoints held until a later step is finite, budget, signals): SIGINT or
+   SIGTERM stops at the step boundary with a checkpoint; a second one stops at once;
+5. finish: the trainer's final evaluation and figures (skipped after a second signal);
+6. write ``metrics.json`` (rank 0), with ``"interrupted"`` and the signal if one stopped it.
+
+In a multi-process world only rank 0 writes, and an error while it writes is raised on
+every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from vilab.config import dump_config
+from vilab.core.checkpoint import load_checkpoint
+from vilab.core.io import atomic_write_bytes, atomic_write_text, remove_stale_temps
+from vilab.distributed import SINGLE, World, main_only, on_main
+from vilab.train.guard import GoodCheckpoints
+from vilab.train.interrupt import stop_signals
+from vilab.train.logging import RunLogger
+from vilab.train.rundir import (
+    check_out_dir,
+    check_resume_config,
+    check_resume_steps,
+    clear_run,
+)
+from vilab.train.steps import Hooks, Stepper, run_steps
+
+
+class Trainer(Stepper, Protocol):
+    """What the lifecycle drives: a :class:`~vilab.train.steps.Stepper` (one step, its
+    state) that also says how it logs, what it reports and how it finishes."""
+
+    config: Any  # a FitConfig or TrainConfig: steps, log_every, checkpoint_every, ...
+    world: World
+
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        """Continue from a checkpoint's state (on every rank)."""
+
+    def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
+        """Where the loop's records go, and what runs after each step."""
+
+    def describe(self) -> dict[str, Any]:
+        """The first entries of ``metrics.json``: what was trained."""
+
+    def finish(self, run_dir: Path, interrupted: bool, progress: bool) -> dict[str, Any]:
+        """Final evaluation and figures; the entries it adds to ``metrics.json``."""
+
+
+def prepare_out_dir(run_dir: Path, resume: bool, overwrite: bool, world: World = SINGLE) -> None:
+    """Step 1's directory checks on rank 0 (raised on every rank); with ``overwrite`` the
+    old run's files are removed."""
+
+    def check() -> None:
+        check_out_dir(run_dir, resume, overwrite)
+        if overwrite:
+            clear_run(run_dir)
+
+    on_main(world, check)
+
+
+def execute(
+    make_trainer: Callable[[], Trainer],
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+    world: World = SINGLE,
+) -> dict[str, Any]:
+    """Train, finish and record one run in ``run_dir``; returns the final metrics (the
+    content of ``metrics.json``, the same on every rank). See the module docstring.
+
+    Args:
+        make_trainer: builds the trainer (after the directory checks, so a refused
+            directory costs nothing).
+        resume: continue the checkpoint in ``run_dir`` (its config must match, see
+            :func:`vilab.train.rundir.check_resume`).
+        overwrite: replace the run in ``run_dir``.
+
+    Raises:
+        ValueError: a directory, config or checkpoint that is refused, with the reason.
+    """
+    run_dir = Path(run_dir)
+    prepare_out_dir(run_dir, resume, overwrite, world)
+    trainer = make_trainer()
+    config = trainer.config
+    if resume:
+        on_main(world, check_resume_config, run_dir, config)
+    ckpt = run_dir / "checkpoint.pt"
+    if resume:
+        state = on_main(world, load_checkpoint, ckpt)
+        trainer.restore(state, f"checkpoint {str(ckpt)!r}")
+        on_main(world, check_resume_steps, run_dir, config.steps, trainer.step)
+
+    def prepare() -> RunLogger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+        if not resume:
+            (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
+            (run_dir / "metrics.json").unlink(missing_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        return RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
+
+    try:
+        logger = main_only(world, prepare) or RunLogger(run_dir, 0, enabled=False)
+    except OSError as err:
+        raise ValueError(f"cannot write run directory {str(run_dir)!r}: {err}") from None
+    ckpts = GoodCheckpoints(ckpt, partial(main_only, world, atomic_write_bytes))
+    at_once = False
+    with stop_signals(at_step_boundary=not world.distributed) as stop:
+        with contextlib.closing(logger):
+            if not resume:  # what a rollback before the first checkpoint finds
+                ckpts.write(trainer.encode())
+            try:
+                run_steps(trainer, config, ckpts, trainer.hooks(run_dir, logger), stop)
+            except KeyboardInterrupt:  # a second signal: the last checkpoint written stands
+                at_once = True
+        stop.at_once = True  # the checkpoint is whole: a signal now interrupts at once
+        metrics: dict[str, Any] = {
+            **trainer.describe(),
+            "steps": trainer.step,
+            "seconds": trainer.seconds,
+            **trainer.guard.metrics(),
+        }
+        if not at_once:
+            try:
+                metrics.update(trainer.finish(run_dir, stop.requested, progress))
+            except KeyboardInterrupt:
+                at_once = True
+    metrics["interrupted"] = stop.requested or at_once
+    if metrics["interrupted"]:
+        metrics["signal"] = stop.signal or "SIGINT"
+    if world.is_main:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` when the config sets ``threads``."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def exit_code(metrics: dict[str, Any]) -> int:
+    """The exit status of an interrupted run: 128 + the signal's number (130 for Ctrl-C,
+    143 for SIGTERM), the shell's convention."""
+    return 128 + signal.Signals[metrics.get("signal", "SIGINT")].value
+
+
+def resume_hint(command: str, run_dir: Path, metrics: dict[str, Any]) -> str:
+    """The line an interrupted run prints: where it stopped and the command that resumes it."""
+    return (
+        f"vilab: interrupted by {metrics.get('signal', 'SIGINT')} at step {metrics['steps']}; "
+        f"the last checkpoint is in {str(run_dir)!r}. Resume with:\n"
+        f"  vilab {command} --out {run_dir} --resume"
+    )

@@ -1,0 +1,159 @@
+"""The helpers the benchmark scripts share (``benchmarks/common.py``) and the scripts'
+command lines: defaults under ``--quick``, validation with clear errors, one fit runner."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+
+from vilab.config import load_fit_config  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    p = common.base_parser("Title.\n\nMore.", ("a", "b"), "a")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--rate", type=float, default=1.0)
+    return p
+
+
+def test_base_parser_has_the_shared_options():
+    p = parser()
+    assert p.description == "Title."
+    args = p.parse_args(["--quick", "--data-dir", "d", "--json", "x.json", "--part", "b"])
+    assert (args.part, args.quick, args.threads, args.seed) == ("b", True, 2, 0)
+    assert (args.data_dir, args.json) == ("d", Path("x.json"))
+    no_data = common.base_parser(None, ("a",), "a", data_dir=False).parse_args([])
+    assert not hasattr(no_data, "data_dir")
+
+
+@pytest.mark.parametrize(("argv", "steps"), [([], 100), (["--quick"], 5), (["--steps", "7"], 7)])
+def test_fill_defaults_picks_the_quick_or_full_value(argv, steps):
+    args = parser().parse_args(argv)
+    common.fill_defaults(args, {"steps": (5, 100)})
+    assert args.steps == steps
+
+
+def test_require_names_the_option_and_the_bound(capsys):
+    p = parser()
+    common.require(p, p.parse_args([]), ["steps"])  # None: left to the caller
+    with pytest.raises(SystemExit):
+        common.require(p, p.parse_args(["--steps", "0"]), ["steps"])
+    assert "--steps must be ≥ 1, got 0" in capsys.readouterr().err
+    for bad in ("0", "nan"):
+        with pytest.raises(SystemExit):
+            common.require(p, p.parse_args(["--rate", bad]), ["rate"], 0, strict=True)
+        assert f"--rate must be > 0, got {float(bad)}" in capsys.readouterr().err
+
+
+def test_list_types_reject_bad_items_naming_them():
+    assert common.int_list("2, 8,32") == [2, 8, 32]
+    for bad in ("2,x", "0", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            common.int_list(bad)
+    parse = common.choice_list("target", ("U1", "U2"))
+    assert parse("U2,U1") == ["U2", "U1"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown target U9; choose from U1, U2"):
+        parse("U1,U9")
+
+
+def test_rotated_alternates_the_order_every_round():
+    assert [common.rotated(["a", "b"], r) for r in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    assert common.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+
+
+def test_combined_stderr_of_batches():
+    # batch b of n_b items with mean error se_b: sqrt(Σ (n_b se_b)²) / N
+    assert common.combined_stderr([0.3, 0.4], [10, 10]) == pytest.approx(0.25)
+    assert common.combined_stderr([0.3, 0.4]) == pytest.approx(0.25)  # equal batches
+    assert common.combined_stderr([1.0, 2.0], [1, 3]) == pytest.approx(math.sqrt(37) / 4)
+    with pytest.raises(ValueError, match="2 standard errors but 1 batch sizes"):
+        common.combined_stderr([1.0, 2.0], [1])
+
+
+def test_from_args_fills_a_dataclass_by_option_name():
+    @dataclasses.dataclass
+    class Recipe:
+        steps: int
+        threads: int
+
+    args = argparse.Namespace(steps=3, threads=4, other=None)
+    assert common.from_args(Recipe, args, threads=1) == Recipe(3, 1)
+
+
+def test_goal_line_and_notes():
+    assert common.goal_line("g", "1.0×", True) == "- g: 1.0× — **PASS**"
+    assert common.goal_line("g", "–", None, "why") == "- g: – — **n/a** (why)"
+    assert common.join_notes("", "a", "", "b") == "a; b"
+
+
+@dataclasses.dataclass
+class Figures(common.FitFigures):
+    name: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} on U1"
+
+
+def tiny_fit(**change: Any):
+    base: dict[str, Any] = {
+        "target": {"name": "U1"},
+        "family": {"kind": "mean_field"},
+        "steps": 3,
+        "samples": 16,
+        "eval_samples": 200,
+        "figures": False,
+        "threads": 1,
+    }
+    return load_fit_config(base=base | change)
+
+
+def test_fit_figures_record_a_fit(keep_threads):
+    figures = Figures("mean_field")
+    metrics = figures.run(
+        tiny_fit(), then=lambda run_dir, m: {"seen": (run_dir / "config.yaml").is_file()}
+    )
+    assert metrics["seen"] is True  # `then` reads the run directory before it goes
+    assert figures.steps == 3 and figures.error is None and figures.seconds > 0
+    assert math.isfinite(figures.kl) and figures.kl_stderr > 0
+    assert figures.status().startswith("KL ")
+    assert figures.cell(figures.kl, figures.kl_stderr, "*").endswith("*")
+
+
+def test_fit_figures_record_a_failure_instead_of_raising(keep_threads, capsys):
+    def fail(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        raise FloatingPointError("diverged")
+
+    figures = Figures("planar")
+    assert figures.run(tiny_fit(), then=fail) == {}
+    assert figures.error == "FloatingPointError" and figures.kl is None
+    assert "planar on U1: diverged" in capsys.readouterr().err
+    assert figures.cell(None, None) == "failed (FloatingPointError)"
+    assert figures.status() == "FloatingPointError"
+
+
+@pytest.mark.parametrize("script", ["density2d", "mnist", "uivi"])
+def test_scripts_parse_their_quick_defaults(script):
+    module = __import__(script)
+    args = module.parse_args(["--quick"])
+    assert args.quick and args.threads == 2 and args.seed == 0 and args.json is None
+    full = module.parse_args([])
+    expected = {
+        "density2d": ("steps", 20, 8_000),
+        "mnist": ("eval_samples", 10, 1000),
+        "uivi": ("max_seconds", 10.0, 120.0),
+    }[script]
+    assert (getattr(args, expected[0]), getattr(full, expected[0])) == expected[1:]
+    with pytest.raises(SystemExit):
+        module.parse_args(["--threads", "0"])
