@@ -10,7 +10,8 @@ from vilab.config import FitConfig, load_fit_config
 from vilab.families.base import Family
 from vilab.targets import resolve_target
 from vilab.targets.base import Target
-from vilab.train.fit import Fitter, fit as _fit
+from vilab.train.fit import Fitter
+from vilab.train.fit import fit as _fit
 
 
 @dataclass
@@ -57,8 +58,10 @@ def fit(
     cfg = load_fit_config(path, None, {**base, **settings})
     user_target = None
     if not isinstance(target, str):
-        user_target = target if isinstance(target, Target) else resolve_target(
-            target, cfg.target.dim, cfg.target.box, cfg.target.log_z
+        user_target = (
+            target
+            if isinstance(target, Target)
+            else resolve_target(target, cfg.target.dim, cfg.target.box, cfg.target.log_z)
         )
     fam = family if isinstance(family, Family) else None
     name = getattr(user_target, "name", cfg.target.name).rpartition(":")[2]
