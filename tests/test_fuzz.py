@@ -288,6 +288,10 @@ def test_a_checkpoint_of_another_model_is_refused_with_the_reason(finished_run) 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "r"
         shutil.copytree(run, copy)
+        # the run's config.yaml says latent_dim 5 (so the config check passes) while its
+        # checkpoint holds a latent_dim 3 model: the checkpoint itself is refused
+        stored = (copy / "config.yaml").read_text()
+        (copy / "config.yaml").write_text(stored.replace("latent_dim: 3", "latent_dim: 5"))
         err = run_cli([*args, "--set", "latent_dim=5", "--out", str(copy), "--resume"])
     assert "does not fit this configuration" in err and "size mismatch" in err
 

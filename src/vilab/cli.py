@@ -46,16 +46,9 @@ def _fit_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"family.hidden=[{', '.join(map(str, args.hidden))}]")
     if args.stl:
         out.append("objective.stl=true")
+    if args.no_figures:
+        out.append("figures=false")
     return out + list(args.set or [])
-
-
-def _unique_dir(base: Path) -> Path:
-    if not base.exists():
-        return base
-    k = 2
-    while base.with_name(f"{base.name}_{k}").exists():
-        k += 1
-    return base.with_name(f"{base.name}_{k}")
 
 
 def _positive(text: str) -> int:
@@ -79,6 +72,51 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not a.startswith("--nproc="):
             out.append(a)
     return out
+
+
+def _run_dir_options(p: argparse.ArgumentParser, default: str) -> None:
+    """``--out``, ``--resume``, ``--overwrite``, ``--no-progress`` (vilab.train.rundir)."""
+    p.add_argument("--out", help=f"run directory (default {default}, made unique)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint, with its own config.yaml "
+        "(other options may change budgets, logging and evaluation, e.g. --steps)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (refused otherwise)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _stored_config(args: argparse.Namespace, world: World | None = None) -> dict | None:
+    """With ``--resume``, the run's own ``config.yaml`` (read on rank 0): the base that
+    the other options change (:func:`vilab.train.rundir.check_resume_config` then
+    refuses a change to what is trained)."""
+    if not args.resume:
+        return None
+    if not args.out:
+        raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+    from vilab.distributed import SINGLE, on_main
+    from vilab.train.rundir import stored_config
+
+    out = Path(args.out)
+    if not on_main(world or SINGLE, (out / "checkpoint.pt").is_file):
+        raise ValueError(f"--resume: no checkpoint.pt in {str(out)!r}")
+    return on_main(world or SINGLE, stored_config, out)
+
+
+def _finished(command: str, out: Path, metrics: dict) -> int:
+    """Print the metrics and the run directory; an interrupted run also says how to
+    resume it and exits 128 + the signal's number."""
+    from vilab.train.run import exit_code, resume_hint
+
+    print(json.dumps(metrics, indent=2))
+    print(f"run directory: {out}")
+    if not metrics.get("interrupted"):
+        return 0
+    print(resume_hint(command, out, metrics), file=sys.stderr)
+    return exit_code(metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,9 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any config key, e.g. optim.schedule=constant",
     )
-    f.add_argument("--out", help="run directory (default runs/<target>_<family>)")
-    f.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--no-figures", action="store_true", help="skip the figures (figures=false)")
+    _run_dir_options(f, "runs/<target>_<family>")
 
     t = sub.add_parser("train", help="train a VAE with an amortized flexible posterior")
     t.add_argument("--config", help="YAML config file (see configs/vae_*.yaml)")
@@ -133,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
-    t.add_argument("--out", help="run directory (default runs/vae_<posterior>)")
-    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    t.add_argument("--no-progress", action="store_true")
+    _run_dir_options(t, "runs/vae_<posterior>")
     t.add_argument(
         "--nproc",
         type=_positive,
@@ -214,34 +249,29 @@ def main(argv: list[str] | None = None) -> int:
 def _check_before_launch(args: argparse.Namespace) -> None:
     """The input errors every worker would hit, reported once, before any process starts."""
     if args.command == "eval":
-        if not (Path(args.run_dir) / "config.yaml").is_file():
-            raise ValueError(f"{args.run_dir!r} is not a vilab train run (no config.yaml)")
+        from vilab.evaluation import check_train_run
+
+        check_train_run(Path(args.run_dir))
         return
-    config = _train_config(args)
+    config = _train_config(args, _stored_config(args))
     if config.data.batch_size < args.nproc:
         raise ValueError(
             f"data.batch_size={config.data.batch_size} is smaller than --nproc {args.nproc}: "
             "every process needs at least one image of each global batch"
         )
-    if args.resume and not (args.out and (Path(args.out) / "checkpoint.pt").exists()):
-        raise ValueError("--resume needs --out RUN_DIR holding a checkpoint.pt")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from vilab.train.fit import fit
+    from vilab.train.rundir import unique_dir
 
-    config = load_fit_config(args.config, _fit_overrides(args))
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+    config = load_fit_config(args.config, _fit_overrides(args), _stored_config(args))
     name = f"{config.target.name.rpartition(':')[2]}_{config.family.kind}"
-    out = Path(args.out) if args.out else _unique_dir(Path("runs") / name)
-    if args.resume and not (out / "checkpoint.pt").exists():
-        raise ValueError(f"--resume: no checkpoint.pt in {str(out)!r}")
-    metrics = fit(config, out, progress=not args.no_progress, resume=args.resume)
+    out = Path(args.out) if args.out else unique_dir(Path("runs") / name)
+    progress, resume, overwrite = not args.no_progress, args.resume, args.overwrite
+    metrics = fit(config, out, progress, resume, overwrite=overwrite)
     shown = {k: v for k, v in metrics.items() if k != "kl_by_context"}
-    print(json.dumps(shown, indent=2))
-    print(f"run directory: {out}")
-    return 0
+    return _finished("fit", out, shown)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -253,7 +283,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
+def _train_config(args: argparse.Namespace, base: dict | None = None) -> TrainConfig:
     from vilab.config import load_train_config
 
     overrides = [
@@ -261,24 +291,21 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     ]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    return load_train_config(args.config, overrides + list(args.set or []))
+    return load_train_config(args.config, overrides + list(args.set or []), base)
 
 
 def _cmd_train(args: argparse.Namespace, world: World) -> int:
+    from vilab.train.rundir import unique_dir
     from vilab.train.vae import train_vae
 
-    config = _train_config(args)
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+    config = _train_config(args, _stored_config(args, world))
     name = Path("runs") / f"vae_{config.posterior.kind}"
-    out = Path(args.out) if args.out else world.broadcast(_unique_dir(name))
-    if args.resume and not world.broadcast((out / "checkpoint.pt").exists()):
-        raise ValueError(f"--resume: no checkpoint.pt in {str(out)!r}")
-    metrics = train_vae(config, out, progress=not args.no_progress, resume=args.resume, world=world)
-    if world.is_main:
-        print(json.dumps(metrics, indent=2))
-        print(f"run directory: {out}")
-    return 0
+    out = Path(args.out) if args.out else world.broadcast(unique_dir(name))
+    progress, resume = not args.no_progress, args.resume
+    metrics = train_vae(config, out, progress, resume, world=world, overwrite=args.overwrite)
+    if not world.is_main:
+        return 0
+    return _finished("train", out, metrics)
 
 
 def _cmd_eval(args: argparse.Namespace, world: World) -> int:

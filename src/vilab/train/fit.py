@@ -29,7 +29,7 @@ from vilab.targets.base import Target, default_eval_contexts
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
 from vilab.train.guard import StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
-from vilab.train.run import execute, set_threads
+from vilab.train.run import execute
 from vilab.train.schedule import lr_factor, progress
 from vilab.train.steps import Hooks
 
@@ -220,9 +220,6 @@ class Fitter:
         }
 
     # -- the lifecycle's side (vilab.train.run.Trainer) -----------------------------------
-    def restore(self, state: dict[str, Any], source: str) -> None:
-        self.load_state_dict(state, source)
-
     def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
         """Records go to the logger, with KL = log Z − ELBO where log Z is known."""
         log_z = target_log_z(self.target) if self.target.context_dim is None else None
@@ -322,7 +319,6 @@ def fit(
     (:mod:`vilab.train.guard`, ``config.faults``). ``target`` and ``family`` replace the
     configured ones (a user's own objects).
     """
-    set_threads(config.threads)
     return execute(
         lambda: Fitter(config, target, family),
         run_dir,

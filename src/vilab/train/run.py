@@ -48,12 +48,13 @@ from vilab.train.steps import Hooks, Stepper, run_steps
 
 class Trainer(Stepper, Protocol):
     """What the lifecycle drives: a :class:`~vilab.train.steps.Stepper` (one step, its
-    state) that also says how it logs, what it reports and how it finishes."""
+    state) that also says how it logs, what it reports and how it finishes. The config's
+    ``threads``, if set, is applied when the trainer is built."""
 
     config: Any  # a FitConfig or TrainConfig: steps, log_every, checkpoint_every, ...
     world: World
 
-    def restore(self, state: dict[str, Any], source: str) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Continue from a checkpoint's state (on every rank)."""
 
     def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
@@ -95,7 +96,7 @@ def execute(
         make_trainer: builds the trainer (after the directory checks, so a refused
             directory costs nothing).
         resume: continue the checkpoint in ``run_dir`` (its config must match, see
-            :func:`vilab.train.rundir.check_resume`).
+            :func:`vilab.train.rundir.check_resume_config`).
         overwrite: replace the run in ``run_dir``.
 
     Raises:
@@ -105,12 +106,13 @@ def execute(
     prepare_out_dir(run_dir, resume, overwrite, world)
     trainer = make_trainer()
     config = trainer.config
-    if resume:
-        on_main(world, check_resume_config, run_dir, config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     ckpt = run_dir / "checkpoint.pt"
     if resume:
+        on_main(world, check_resume_config, run_dir, config)
         state = on_main(world, load_checkpoint, ckpt)
-        trainer.restore(state, f"checkpoint {str(ckpt)!r}")
+        trainer.load_state_dict(state, f"checkpoint {str(ckpt)!r}")
         on_main(world, check_resume_steps, run_dir, config.steps, trainer.step)
 
     def prepare() -> RunLogger:
@@ -118,7 +120,6 @@ def execute(
         remove_stale_temps(run_dir)
         if not resume:
             (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
-            (run_dir / "metrics.json").unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
         return RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
 
@@ -154,12 +155,6 @@ def execute(
     if world.is_main:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads`` when the config sets ``threads``."""
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def exit_code(metrics: dict[str, Any]) -> int:

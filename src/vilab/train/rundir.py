@@ -134,6 +134,15 @@ def clear_run(run_dir: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+def unique_dir(base: Path) -> Path:
+    """``base``, or ``base_2``, ``base_3``, … : the first that does not exist (a default
+    run directory never lands on an earlier run)."""
+    out, k = base, 2
+    while out.exists():
+        out, k = base.with_name(f"{base.name}_{k}"), k + 1
+    return out
+
+
 def _check_writable(run_dir: Path) -> None:
     parent = run_dir
     while not parent.exists():

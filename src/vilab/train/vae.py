@@ -35,7 +35,7 @@ from vilab.evaluation import FINAL_EVAL_HINT, evaluate
 from vilab.plots.vae import LatentTracker, final_figures, sample_images
 from vilab.train.guard import StepGuard, grads_finite
 from vilab.train.logging import RunLogger, read_metrics
-from vilab.train.run import execute, set_threads
+from vilab.train.run import execute
 from vilab.train.schedule import lr_factor, progress
 from vilab.train.steps import Hooks
 from vilab.vae import VAE, build_vae, vae_objective
@@ -161,13 +161,17 @@ class VAETrainer:
         return main_only(self.world, encode_checkpoint, self.state_dict())
 
     def rollback(self, path: Path) -> None:
-        """Go back to the checkpoint at ``path`` (:func:`_restore` with ``rollback``)."""
-        _restore(self, path, rollback=True)
+        """Go back to the checkpoint at ``path`` (rank 0 reads it), keeping the fault
+        counts, the lowered learning rate, the best validation so far and the training
+        clock (a time budget counts the lost steps too)."""
+        kept = (self.guard.state_dict(), self.best, self.seconds)
+        self.load_state_dict(
+            on_main(self.world, load_checkpoint, path), f"checkpoint {str(path)!r}"
+        )
+        self.guard.load_state_dict(kept[0])
+        self.best, self.seconds = kept[1], kept[2]
 
     # -- the lifecycle's side (vilab.train.run.Trainer) -----------------------------------
-    def restore(self, state: dict[str, Any], source: str) -> None:
-        self.load_state_dict(state, source)
-
     def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
         if self.config.latent_dim == 2 and self.world.is_main:
             self.latent = LatentTracker(
@@ -263,18 +267,6 @@ def _after_validation(
         latent.snapshot(step)
 
 
-def _restore(trainer: VAETrainer, path: Path, rollback: bool = False) -> None:
-    """Load ``path`` into the trainer on every rank (rank 0 reads it). A rollback keeps
-    the fault counts, the lowered learning rate, the best validation so far and the
-    training clock (a time budget counts the lost steps too)."""
-    state = on_main(trainer.world, load_checkpoint, path)
-    kept = (trainer.guard.state_dict(), trainer.best, trainer.seconds)
-    trainer.load_state_dict(state, f"checkpoint {str(path)!r}")
-    if rollback:
-        trainer.guard.load_state_dict(kept[0])
-        trainer.best, trainer.seconds = kept[1], kept[2]
-
-
 def _hooks(trainer: VAETrainer, run_dir: Path, logger: RunLogger) -> Hooks:
     """The VAE's side of the step loop: records through rank 0, and validation (with
     ``best.pt``, pictures and the latent animation) every ``eval_every`` steps."""
@@ -362,7 +354,6 @@ def train_vae(
     the last checkpoint written). In a multi-process ``world`` only rank 0 writes, and
     every rank returns the same metrics.
     """
-    set_threads(config.threads)
     return execute(
         lambda: VAETrainer(config, data, world),
         run_dir,
