@@ -8,8 +8,11 @@ a function of log-weights, and the trainer only loops.
 __version__ = "0.1.0"
 
 
-def fit(*args, **kwargs):  # noqa: ANN002, ANN003
-    """:func:`vilab.api.fit` (imported on first use)."""
-    from vilab.api import fit as _fit
+def __getattr__(name: str) -> object:
+    """``vilab.fit`` (:func:`vilab.api.fit`), imported on first use so that ``import vilab``
+    stays light."""
+    if name == "fit":
+        from vilab.api import fit
 
-    return _fit(*args, **kwargs)
+        return fit
+    raise AttributeError(f"module 'vilab' has no attribute {name!r}")

@@ -1,22 +1,40 @@
-"""The library entry point: ``vilab.fit`` with the CLI's defaults."""
+"""The library entry point: :func:`fit`, ``vilab fit`` as a function.
+
+It takes what a user has — a target's name or their own log-density (a plain callable),
+a family's kind or a family they built, config keys as keywords — and runs the same run
+lifecycle as the CLI (:func:`vilab.train.run.execute`) with the same defaults: the same
+run directory, files and numbers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vilab.config import FitConfig, load_fit_config
+from torch import Tensor
+
+from vilab.config import FitConfig, load_fit_config, read_yaml
+from vilab.config.base import merge
 from vilab.families.base import Family
 from vilab.targets import resolve_target
 from vilab.targets.base import Target
 from vilab.train.fit import Fitter
-from vilab.train.fit import fit as _fit
+from vilab.train.run import execute
+from vilab.train.rundir import unique_dir
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitResult:
-    """``metrics`` (metrics.json), the trained ``family``, the ``target``, ``run_dir``."""
+    """What :func:`fit` returns.
+
+    Attributes:
+        metrics: what ``metrics.json`` holds (``kl``, ``kl_stderr``, ``elbo``, …).
+        family: the trained family.
+        target: the target it was fitted to.
+        run_dir: the run directory.
+    """
 
     metrics: dict[str, Any]
     family: Family
@@ -24,50 +42,58 @@ class FitResult:
     run_dir: Path
 
 
-def _unique(base: Path) -> Path:
-    k, out = 2, base
-    while out.exists():
-        out, k = base.with_name(f"{base.name}_{k}"), k + 1
-    return out
-
-
 def fit(
-    target: Any,
-    family: Any = None,
+    target: str | Target | Callable[..., Tensor],
+    family: str | Family | None = None,
     *,
     run_dir: str | Path | None = None,
     config: FitConfig | str | Path | None = None,
     progress: bool = True,
-    dim: int | None = None,
-    box: tuple[float, float, float, float] | None = None,
-    log_z: float | None = None,
     **settings: Any,
 ) -> FitResult:
-    """Fit ``family`` (None: the config's; a kind name; or a Family) to ``target`` (a
-    name, ``file.py:function``, a Target, or a callable ``logp(z)`` with ``dim=``)."""
-    base = config.model_dump() if isinstance(config, FitConfig) else {}
-    path = None if isinstance(config, FitConfig) else config
-    t = base.setdefault("target", {})
+    """Fit a family to a target and write a run directory, as ``vilab fit`` does.
+
+    Args:
+        target: a built-in name (``"U1"``), ``"file.py:function"`` / ``"module:function"``,
+            a :class:`~vilab.targets.base.Target`, or a callable ``logp(z)`` (z ``(..., D)``
+            -> ``(...)``), with the target keys ``dim``, ``box``, ``log_z``,
+            ``context_dim``, ``context_range`` given as keywords.
+        family: None (the config's family), a kind (``"planar"``), or a
+            :class:`~vilab.families.base.Family` of your own.
+        run_dir: default ``runs/<target>_<family>``, made unique.
+        config: a :class:`~vilab.config.FitConfig` or a YAML file; ``settings`` change it.
+        progress: show the progress bar.
+        settings: any :class:`~vilab.config.FitConfig` key, sections as dicts
+            (``steps=2000, optim={"lr": 1e-3}``).
+
+    Raises:
+        ValueError: a bad setting, target or run directory, with the reason.
+    """
+    data = config.model_dump() if isinstance(config, FitConfig) else {}
+    if isinstance(config, (str, Path)):
+        data = read_yaml(config)
+    target_keys = {"dim", "box", "log_z", "context_dim", "context_range"}
+    section = {k: settings.pop(k) for k in target_keys & settings.keys()}
     if isinstance(target, str):
-        t["name"] = target
-    for key, value in (("dim", dim), ("box", box), ("log_z", log_z)):
-        if value is not None:
-            t[key] = value
+        section["name"] = target
     if isinstance(family, str):
-        base.setdefault("family", {})["kind"] = family
-    cfg = load_fit_config(path, None, {**base, **settings})
+        settings = merge(settings, {"family": {"kind": family}})
+    cfg = load_fit_config(base=merge(data, {**settings, "target": section}))
+    t = cfg.target
     user_target = None
-    if not isinstance(target, str):
-        user_target = (
-            target
-            if isinstance(target, Target)
-            else resolve_target(target, cfg.target.dim, cfg.target.box, cfg.target.log_z)
-        )
-    fam = family if isinstance(family, Family) else None
-    name = getattr(user_target, "name", cfg.target.name).rpartition(":")[2]
-    out = Path(run_dir) if run_dir else _unique(Path("runs") / f"{name}_{cfg.family.kind}")
-    holder: list[Fitter] = []
-    metrics = _fit(cfg, out, progress, target=user_target, family=fam, tensorboard=True)
-    del holder
-    trained = fam if fam is not None else None
-    return FitResult(metrics, trained, user_target, out)  # type: ignore[arg-type]
+    if isinstance(target, Target):
+        user_target = target
+    elif not isinstance(target, str):
+        user_target = resolve_target(target, t.dim, t.box, t.log_z, t.context_dim, t.context_range)
+    user_family = family if isinstance(family, Family) else None
+    name = (user_target.name if user_target is not None else t.name).rpartition(":")[2]
+    kind = cfg.family.kind if user_family is None else type(user_family).__name__
+    out = Path(run_dir) if run_dir is not None else unique_dir(Path("runs") / f"{name}_{kind}")
+    fitters: list[Fitter] = []
+
+    def make() -> Fitter:
+        fitters.append(Fitter(cfg, user_target, user_family))
+        return fitters[0]
+
+    metrics = execute(make, out, progress=progress)
+    return FitResult(metrics, fitters[0].family, fitters[0].target, out)

@@ -105,7 +105,7 @@ def _load(
 ) -> M:
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        data = _merge(data, read_yaml(path))
+        data = merge(data, read_yaml(path))
     for item in overrides or []:
         key, value = parse_override(item)
         _set_path(data, key, value)
@@ -115,10 +115,12 @@ def _load(
         raise ConfigError(_format_validation(err)) from None
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` updated by ``b``, section by section (nested dicts merge, other values
+    replace)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

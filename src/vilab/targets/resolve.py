@@ -50,15 +50,19 @@ def load_callable(spec: str) -> Callable[..., Tensor]:
 
 
 def resolve_target(
-    spec: str,
+    spec: str | Callable[..., Tensor],
     dim: int | None = None,
     box: Box | None = None,
     log_z: float | None = None,
     context_dim: int | None = None,
     context_range: tuple[float, float] = (0.0, 1.0),
 ) -> Target:
-    """A built-in target by name (``U1``…``U4``, ``banana``, ``banana_family``) or a user
-    callable ``module:function`` / ``file.py:function``."""
+    """A built-in target by name (``U1``…``U4``, ``banana``, ``banana_family``), a user
+    callable named ``module:function`` / ``file.py:function``, or the callable itself
+    (``logp(z)``, or ``logp(z, c)`` for a target family), checked as it is loaded."""
+    if callable(spec):
+        name = getattr(spec, "__name__", "custom")
+        return _callable_target(spec, name, dim, box, log_z, context_dim, context_range)
     if spec in BUILTIN_TARGETS:
         target = BUILTIN_TARGETS[spec]()
         if dim is not None and dim != target.dim:
@@ -70,6 +74,18 @@ def resolve_target(
             "log-density 'module:function' / 'path/file.py:function'"
         )
     fn = load_callable(spec)
+    return _callable_target(fn, spec, dim, box, log_z, context_dim, context_range)
+
+
+def _callable_target(
+    fn: Callable[..., Tensor],
+    spec: str,
+    dim: int | None,
+    box: Box | None,
+    log_z: float | None,
+    context_dim: int | None,
+    context_range: tuple[float, float],
+) -> Target:
     if dim is None:
         dim = 2
     if context_dim is None and len(inspect.signature(fn).parameters) >= 2:

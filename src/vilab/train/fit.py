@@ -71,11 +71,12 @@ class Fitter:
         torch.manual_seed(config.seed)
         self.target = target if target is not None else build_target(config)
         self.family = build_for(config, self.target) if family is None else family
+        self.family_name = config.family.kind if family is None else type(family).__name__
         self.dtype = DTYPES[config.dtype]
         if config.objective.stl and not self.family.has_log_prob:
             raise ValueError(
                 f"objective.stl=true needs a family that can score any z; "
-                f"{config.family.kind!r} cannot (planar, radial and Sylvester flows have no "
+                f"{self.family_name!r} cannot (planar, radial and Sylvester flows have no "
                 "inverse): use mean_field, full_rank or iaf, or set objective.stl=false"
             )
         self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
@@ -234,7 +235,7 @@ class Fitter:
     def describe(self) -> dict[str, Any]:
         return {
             "target": self.target.name,
-            "family": self.config.family.kind,
+            "family": self.family_name,
             "parameters": sum(p.numel() for p in self.family.parameters()),
         }
 

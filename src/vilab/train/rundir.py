@@ -101,7 +101,7 @@ def check_out_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
             raise ValueError(f"--resume: no checkpoint.pt in {str(run_dir)!r}")
         _check_writable(run_dir)
         return
-    if run_dir.is_dir() and holds_work(run_dir):
+    if run_dir.is_dir() and holds_work(run_dir) and not overwrite:
         state = "a finished run" if finished(run_dir) else "an unfinished run (checkpoint.pt)"
         others = [p.name for p in run_dir.iterdir() if not _is_run_file(p)]
         raise ValueError(
@@ -120,16 +120,10 @@ def check_out_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
 
 
 def clear_run(run_dir: Path) -> None:
-    """Empty a run directory for ``overwrite``: only a run's own files are there (checked
-    by :func:`check_out_dir`'s rule), so nothing else can be deleted."""
+    """Empty a run directory for ``overwrite``, after :func:`check_out_dir` has found
+    nothing in it but a run's own files."""
     if not run_dir.is_dir():
         return
-    others = [p.name for p in run_dir.iterdir() if not _is_run_file(p)]
-    if others:
-        raise ValueError(
-            f"--overwrite: {str(run_dir)!r} holds files a run does not write "
-            f"({', '.join(sorted(others)[:5])}); nothing was deleted"
-        )
     for p in run_dir.iterdir():
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
