@@ -196,3 +196,23 @@ def test_bad_context_raises(kind):
 def test_bad_number_of_samples_raises(kind, n):
     with pytest.raises(ValueError, match=f"number of samples must be a positive integer, got {n}"):
         FAMILIES[kind](D).rsample_and_log_prob(n)
+
+
+def test_a_family_at_a_context_scores_and_samples_like_the_amortized_one() -> None:
+    from vilab.families.base import AtContext
+    from vilab.families.semi_implicit import SemiImplicit
+
+    torch.manual_seed(0)
+    q = MeanFieldGaussian(2, context_dim=3).double()
+    c = torch.randn(1, 3, dtype=torch.float64)
+    at = AtContext(q, c)
+    z = torch.randn(7, 2, dtype=torch.float64)
+    assert at.has_log_prob
+    torch.testing.assert_close(at.log_prob(z), q.log_prob(z.unsqueeze(1), c)[:, 0])
+    torch.manual_seed(1)
+    a = at.rsample(5)
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, q.rsample_and_log_prob(5, c)[0][:, 0])
+    ui = AtContext(SemiImplicit(2, noise_dim=2, hidden=(8,), context_dim=3).double(), c)
+    assert not ui.has_log_prob and ui.rsample(4).shape == (4, 2)
+    assert ui.log_prob_estimate(z).shape == (7,)

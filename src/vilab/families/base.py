@@ -78,6 +78,17 @@ class Family(nn.Module):
     def has_log_prob(self) -> bool:
         return type(self).log_prob is not Family.log_prob
 
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """n samples without their log-density, ``(n, D)`` or ``(n, B, D)``: where scoring
+        is costly (a semi-implicit q) it is skipped."""
+        return self.rsample_and_log_prob(n, context)[0]
+
+    def log_prob_estimate(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """log q(z) of an arbitrary z: :meth:`log_prob` where the family has one, else an
+        estimate where the family has one (a semi-implicit q: importance sampling over its
+        noise); ``NotImplementedError`` where it has neither."""
+        return self.log_prob(z, context)
+
     def training_sample(
         self,
         n: int,
@@ -175,6 +186,19 @@ class AtContext(Family):
         if trace is not None:
             trace[:] = [t[:, 0] for t in trace]
         return z[:, 0], lq[:, 0]
+
+    @property
+    def has_log_prob(self) -> bool:
+        return self.inner.has_log_prob
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.inner.log_prob(z.unsqueeze(-2), self.context)[..., 0]
+
+    def log_prob_estimate(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.inner.log_prob_estimate(z.unsqueeze(-2), self.context)[..., 0]
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        return self.inner.rsample(n, self.context)[:, 0]
 
     def training_sample(
         self,

@@ -164,6 +164,17 @@ class SemiImplicit(Family):
         own = self._conditional_log_prob(z, self.mean(eps0, context, proj))
         return lower, torch.logaddexp(lse, own) - math.log(k + 1)
 
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """Samples without the costly log q(z) estimate."""
+        return self.rsample_with_noise(n, context)[0]
+
+    def log_prob_estimate(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """The importance-sampled log q(z) of an arbitrary z, from ``log_q_samples`` prior
+        draws of ε shared by all z (the lower estimate of :meth:`log_prob_bounds`); its
+        exponential, the mixture (1/K) Σ_k N(z; μ(ε_k), diag σ²), is an unbiased estimate
+        of q(z)."""
+        return self.log_prob_bounds(z, context)[0]
+
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Samples and the upper (SIVI) estimate of log q(z) with ``log_q_samples`` draws
         of ε, without gradient: for evaluation, where it errs on the conservative side

@@ -14,7 +14,6 @@ import torch
 from matplotlib.axes import Axes
 
 from vilab.families.base import AtContext, Family
-from vilab.families.semi_implicit import SemiImplicit
 from vilab.flows.flow import FlowFamily
 from vilab.targets.base import Box, Target, default_eval_contexts
 from vilab.targets.grid import grid_points, log_density_grid
@@ -39,53 +38,31 @@ def plot_true_density(ax: Axes, target: Target, box: Box, n: int = 300) -> None:
     ax.set_title(f"true density {target.name}")
 
 
-#: K, the ε draws behind the picture of a semi-implicit q (:func:`learned_density`).
-EPS_DRAWS = 1000
-
-
 @torch.no_grad()
-def learned_density(
-    family: Family, box: Box, n: int = 200, eps_draws: int = EPS_DRAWS
-) -> tuple[torch.Tensor, str]:
+def learned_density(family: Family, box: Box, n: int = 200) -> tuple[torch.Tensor, str]:
     """q on an ``n × n`` grid of the box, ``(n, n)`` (row = y), and a title saying how.
 
-    * A family that scores any z (Gaussians, invertible flows): exact.
-    * A semi-implicit family (UIVI), q(z) = E_ε N(z; μ(ε), diag σ²): the mixture
-      q̂(z) = (1/K) Σ_k N(z; μ(ε_k), diag σ²) of K = ``eps_draws`` prior draws of ε shared
-      by the whole grid (:meth:`SemiImplicit.log_prob_bounds`), an unbiased estimate of
-      q(z) at every point; K·n² Gaussian terms, a few seconds on two cores.
+    * A family that scores any z (Gaussians, invertible flows, at a context too): exact.
+    * One with a density estimate (:meth:`~vilab.families.base.Family.log_prob_estimate`;
+      a semi-implicit q: the mixture over its ``log_q_samples`` draws of ε, shared by the
+      whole grid, an unbiased estimate of q(z) at every point): the estimate.
     * Otherwise (planar, radial, Sylvester stacks): a histogram of 10⁶ samples.
     """
     dtype = next(iter(family.parameters()), torch.zeros(())).dtype
     pts = grid_points(box, n, n, dtype=dtype).reshape(-1, 2)
     if family.has_log_prob:
         return family.log_prob(pts).reshape(n, n).exp(), "learned density q (exact)"
-    inner, context = _unwrap(family)
-    if isinstance(inner, SemiImplicit):
-        z = pts if context is None else pts.unsqueeze(1)  # (n², [1,] 2)
-        log_q, _ = inner.log_prob_bounds(z, context, k=eps_draws)
-        return log_q.reshape(n, n).exp(), f"learned density q (mixture of K={eps_draws} ε draws)"
-    z, _ = family.rsample_and_log_prob(1_000_000)
+    try:
+        log_q = family.log_prob_estimate(pts)
+        return log_q.reshape(n, n).exp(), "learned density q (importance-sampled estimate)"
+    except NotImplementedError:
+        pass
+    z = family.rsample(1_000_000)
     x0, x1, y0, y1 = box
     hist, _, _ = np.histogram2d(
         z[:, 1].double().numpy(), z[:, 0].double().numpy(), bins=n, range=[[y0, y1], [x0, x1]]
     )
     return torch.from_numpy(hist), "learned density q (10⁶ samples)"
-
-
-def _unwrap(family: Family) -> tuple[Family, torch.Tensor | None]:
-    """The family and the context it is held at (None for a free family)."""
-    return (family.inner, family.context) if isinstance(family, AtContext) else (family, None)
-
-
-def _samples(family: Family, n: int) -> torch.Tensor:
-    """``n`` samples of q, ``(n, D)``, skipping the log-density where it is costly (a
-    semi-implicit q estimates it from K draws of ε for every sample)."""
-    inner, context = _unwrap(family)
-    if isinstance(inner, SemiImplicit):
-        z, _ = inner.rsample_with_noise(n, context)
-        return z if context is None else z[:, 0]
-    return family.rsample_and_log_prob(n)[0]
 
 
 def plot_learned_density(
@@ -106,10 +83,11 @@ def plot_learned_density(
 def plot_layers(fig_axes: list[Axes], family: Family, box: Box, n: int = 3000) -> None:
     """Samples after selected flow layers, coloured by distance from the base mean."""
     trace: list[torch.Tensor] = []
-    if isinstance(_unwrap(family)[0], FlowFamily):
+    inner = family.inner if isinstance(family, AtContext) else family
+    if isinstance(inner, FlowFamily):
         family.rsample_and_log_prob(n, trace=trace)  # type: ignore[call-arg]
     else:
-        trace = [_samples(family, n)]
+        trace = [family.rsample(n)]
     z0 = trace[0]
     colour = (z0 - z0.mean(0)).norm(dim=-1).numpy()
     if len(fig_axes) == 1:
