@@ -27,10 +27,10 @@ from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
 from vilab.targets.base import Target, default_eval_contexts
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
-from vilab.train.guard import StepGuard, grads_finite
+from vilab.train.guard import StepGuard, backward_checked
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.run import execute
-from vilab.train.schedule import lr_factor, progress
+from vilab.train.schedule import apply_lr, progress
 from vilab.train.steps import Hooks
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -113,25 +113,16 @@ class Fitter:
             total_steps=cfg.steps,
             frac=frac,
         )
-        lr = cfg.optim.lr * self.guard.lr_scale * lr_factor(self.step, frac, cfg.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = apply_lr(self.optimizer, cfg.optim, self.step, frac, self.guard.lr_scale)
         n, context = self.contexts(cfg.samples)
         s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value)
         log_p = self.target.log_prob(s.z, context)
         loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta).mean()
         bound = elbo(log_p - s.log_q).mean().detach()
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(loss.isfinite())
+        params = list(self.family.parameters())
+        finite = backward_checked(loss, params, cfg.optim.grad_clip)
         if finite:  # a non-finite step is skipped (vilab.train.guard)
-            loss.backward()
-            params = list(self.family.parameters())
-            if cfg.optim.grad_clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                finite = bool(norm.isfinite())
-            else:
-                finite = bool(grads_finite(params))
-        if finite:
             self.optimizer.step()
         self.step += 1
         self.seconds = time.perf_counter() - self._t0

@@ -45,6 +45,22 @@ def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> Tensor:
     return torch.stack([g.sum() for g in grads]).sum().isfinite()
 
 
+def backward_checked(
+    loss: Tensor, parameters: list[torch.nn.Parameter], clip: float | None
+) -> bool:
+    """Back-propagate ``loss``, clip the gradient norm to ``clip`` (if given), and say
+    whether the step may be applied: the loss and every gradient finite.
+
+    The loss is multiplied by (1 + 0·loss), which is 1 exactly for a finite loss and NaN
+    otherwise, so a non-finite loss shows in the gradients; with data-parallel training
+    (whose gradients are averaged) a non-finite loss on any rank then makes the decision
+    of every rank, from one local check."""
+    (loss * (1.0 + 0.0 * loss.detach())).backward()
+    if clip is not None:
+        return bool(torch.nn.utils.clip_grad_norm_(parameters, clip).isfinite())
+    return bool(grads_finite(parameters))
+
+
 class StepGuard:
     """Counts non-finite steps and says when to roll back (see the module docstring)."""
 

@@ -20,9 +20,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
-    """What the handlers saw: ``requested`` once a signal asked to stop; ``signal`` its
-    name (``"SIGINT"``/``"SIGTERM"``); ``exit_code`` = 128 + its number (the shell's
-    convention: 130 for Ctrl-C, 143 for SIGTERM)."""
+    """What the handlers saw: ``requested`` (also its value when called, for the step
+    loop) once a signal asked to stop; ``signal`` its name (``"SIGINT"``/``"SIGTERM"``)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -38,10 +37,6 @@ class StopSignals:
     @property
     def signal(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None

@@ -9,13 +9,17 @@ to checkpoint beyond them.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class _Optim(Protocol):
     warmup_steps: int
     schedule: str
     min_lr_ratio: float
+
+
+class _BaseLR(_Optim, Protocol):
+    lr: float
 
 
 def progress(step: int, seconds: float, steps: int, max_seconds: float | None) -> float:
@@ -34,3 +38,12 @@ def lr_factor(step: int, frac: float, optim: _Optim) -> float:
     if optim.schedule == "constant":
         return 1.0
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def apply_lr(optimizer: Any, optim: _BaseLR, step: int, frac: float, scale: float = 1.0) -> float:
+    """Set every parameter group's learning rate to ``optim.lr × scale × lr_factor`` (the
+    guard's rollback ``scale``); returns it."""
+    lr = optim.lr * scale * lr_factor(step, frac, optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr

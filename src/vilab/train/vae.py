@@ -33,10 +33,10 @@ from vilab.data.vae_data import VAEData, load_vae_data
 from vilab.distributed import SINGLE, World, main_only, on_main
 from vilab.evaluation import FINAL_EVAL_HINT, evaluate
 from vilab.plots.vae import LatentTracker, final_figures, sample_images
-from vilab.train.guard import StepGuard, grads_finite
+from vilab.train.guard import StepGuard, backward_checked
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.run import execute
-from vilab.train.schedule import lr_factor, progress
+from vilab.train.schedule import apply_lr, progress
 from vilab.train.steps import Hooks
 from vilab.vae import VAE, build_vae, vae_objective
 
@@ -120,23 +120,13 @@ class VAETrainer:
         """
         cfg = self.config
         frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
-        lr = cfg.optim.lr * self.guard.lr_scale * lr_factor(self.step, frac, cfg.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = apply_lr(self.optimizer, cfg.optim, self.step, frac, self.guard.lr_scale)
         batches = self.data.train
         x = batches.batch(self.step)
         n = batches.global_size(self.step)  # all ranks' images in this step
         self.optimizer.zero_grad(set_to_none=True)
         loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
-        # × (1 + 0·loss) is × 1 exactly for a finite loss and × NaN otherwise: a non-finite
-        # loss on any rank makes the averaged gradient non-finite on every rank, so one
-        # local check of the (identical) gradients is a decision all ranks share.
-        (loss * (1.0 + 0.0 * loss.detach())).backward()
-        params = list(self.vae.parameters())
-        if cfg.optim.grad_clip is not None:
-            finite = bool(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip).isfinite())
-        else:
-            finite = bool(grads_finite(params))
+        finite = backward_checked(loss, list(self.vae.parameters()), cfg.optim.grad_clip)
         elapsed = time.perf_counter() - self._t0
         bound = math.nan
         if self.world.distributed and (log_value or cfg.max_seconds is not None):
@@ -254,17 +244,13 @@ class VAETrainer:
 
 
 def _after_validation(
-    trainer: VAETrainer,
-    run_dir: Path,
-    logger: RunLogger,
-    latent: LatentTracker | None,
-    step: int,
-    values: dict[str, float],
+    trainer: VAETrainer, run_dir: Path, logger: RunLogger, step: int, values: dict[str, float]
 ) -> None:
+    """Rank 0's records of a validation: the values, the pictures, the latent frame."""
     logger.log(step, values)
     sample_images(trainer.eval_vae, trainer.data.test, run_dir, step, logger.writer)
-    if latent is not None:
-        latent.snapshot(step)
+    if trainer.latent is not None:
+        trainer.latent.snapshot(step)
 
 
 def _hooks(trainer: VAETrainer, run_dir: Path, logger: RunLogger) -> Hooks:
@@ -286,7 +272,7 @@ def _hooks(trainer: VAETrainer, run_dir: Path, logger: RunLogger) -> Hooks:
             trainer.best = {"step": step, **v}
             best = {"step": step, "model": trainer.eval_vae.state_dict()}
             main_only(world, save_checkpoint, run_dir / "best.pt", best)
-        main_only(world, _after_validation, trainer, run_dir, logger, trainer.latent, step, v)
+        main_only(world, _after_validation, trainer, run_dir, logger, step, v)
         torch.set_rng_state(rng_state)
         trainer.start_clock()  # evaluation is not training time
 
