@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_vae import TINY_VAE
 
 import vilab.train.rundir as rundir
@@ -181,3 +182,20 @@ def test_run_directory_options_are_in_help() -> None:
             assert flag in text, (command, flag)
     fit_help = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()  # type: ignore[union-attr]
     assert "--no-figures" in fit_help and "figures=false" in fit_help
+
+
+def test_the_python_api_is_the_cli_with_the_same_numbers(tmp_path: Path) -> None:
+    import vilab
+
+    assert main([*FIT, "--out", str(tmp_path / "cli")]) == 0
+    settings = {"samples": 32, "eval_samples": 500, "steps": 6, "figures": False}
+    api = vilab.fit("banana", "mean_field", run_dir=tmp_path / "api", progress=False, **settings)
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert api.metrics["kl"] == cli["kl"] and api.metrics["family"] == cli["family"]
+    assert (tmp_path / "api" / "config.yaml").read_text() == (
+        tmp_path / "cli" / "config.yaml"
+    ).read_text()
+    assert api.target.name == "banana"
+    trained = load_checkpoint(tmp_path / "api" / "checkpoint.pt")["family"]
+    for k, v in api.family.state_dict().items():  # the family returned is the trained one
+        assert torch.equal(v, trained[k]), k
