@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vilab.estimators.gradients import log_prob_stop_params
 from vilab.estimators.objectives import dreg_objective, elbo_objective, iwae_objective
 from vilab.families import MeanFieldGaussian
 from vilab.families.gaussian import gaussian_kl_per_dim
@@ -79,7 +78,7 @@ def test_stl_and_dreg_encoder_gradients_vanish_at_the_exact_posterior() -> None:
     params = list(q.parameters())
     z, log_q = q.rsample_and_log_prob(8, x)
     ll, lp = model.log_likelihood(x, z), model.log_prior(z)
-    log_q_stop = log_prob_stop_params(q, z, x)
+    log_q_stop = q.stopped_log_prob(z, x)
     stl = elbo_objective(ll, lp, log_q, log_q_stop=log_q_stop).surrogate
     plain = elbo_objective(ll, lp, log_q).surrogate
     assert grads(stl, params).abs().max() < 1e-9
@@ -103,7 +102,7 @@ def test_dreg_is_unbiased_for_the_iwae_gradient() -> None:
     log_w = model.log_joint(xs, z) - log_q
     iwae = iwae_objective(log_w).surrogate
     g_iwae_enc, g_iwae_dec = grads(iwae, enc), grads(iwae, dec)
-    log_q_stop = log_prob_stop_params(q, z, xs)
+    log_q_stop = q.stopped_log_prob(z, xs)
     joint_stop = _log_joint_stop(model, xs, z)
     dreg = dreg_objective(log_w, joint_stop, log_q_stop, model.log_joint(xs, z.detach())).surrogate
     g_dreg_enc, g_dreg_dec = grads(dreg, enc), grads(dreg, dec)

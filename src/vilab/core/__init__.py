@@ -1,1 +1,2 @@
-"""Core helpers below every other layer: atomic I/O and the seeding streams."""
+"""Core helpers below every other layer: atomic I/O, the checkpoint format, parameter
+sources, the seeding streams and progress reporting."""

@@ -101,21 +101,21 @@ def check_out_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
             raise ValueError(f"--resume: no checkpoint.pt in {str(run_dir)!r}")
         _check_writable(run_dir)
         return
+    others = (
+        sorted(p.name for p in run_dir.iterdir() if not _is_run_file(p)) if run_dir.is_dir() else []
+    )
     if run_dir.is_dir() and holds_work(run_dir) and not overwrite:
         state = "a finished run" if finished(run_dir) else "an unfinished run (checkpoint.pt)"
-        others = [p.name for p in run_dir.iterdir() if not _is_run_file(p)]
         raise ValueError(
             f"{str(run_dir)!r} already holds {state}; nothing was written. Continue it with "
             "--resume, write to another --out, or replace it with --overwrite"
-            + (f" (it also holds {', '.join(sorted(others)[:5])})" if others else "")
+            + (f" (it also holds {', '.join(others[:5])})" if others else "")
         )
-    if run_dir.is_dir():
-        others = [p.name for p in run_dir.iterdir() if not _is_run_file(p)]
-        if others:
-            raise ValueError(
-                f"{str(run_dir)!r} is not empty and is not a vilab run directory (it holds "
-                f"{', '.join(sorted(others)[:5])}); give a new or empty directory"
-            )
+    if others:
+        raise ValueError(
+            f"{str(run_dir)!r} is not empty and is not a vilab run directory (it holds "
+            f"{', '.join(others[:5])}); give a new or empty directory"
+        )
     _check_writable(run_dir)
 
 
