@@ -114,3 +114,28 @@ def test_eval_of_a_directory_of_neither_kind_says_so(tmp_path, capsys) -> None:
     assert "neither a `vilab train` nor a `vilab fit` run" in err and "colour" in err
     (tmp_path / "config.yaml").write_text(json.dumps([1, 2]))
     assert "must hold a mapping" in _eval_error(capsys, tmp_path)
+
+
+def test_evaluate_gives_the_distribution_of_per_image_khat(vae_and_images) -> None:
+    """k̂ of each image's K weights (Yao et al. 2018), summarized; the same k̂ as
+    :func:`vilab.estimators.importance.pareto_khat` on weights drawn with the same seed,
+    and the log p(x) is unchanged by asking for it."""
+    from vilab.core.seeding import Stream, derive_seed
+    from vilab.estimators.importance import pareto_khat
+
+    vae, x = vae_and_images
+    plain = evaluate(vae, x, 200, 200, 30, seed=5)
+    with_khat = evaluate(vae, x, 200, 200, 30, seed=5, khat=True)
+    assert with_khat["log_px"] == plain["log_px"]
+    s = with_khat["khat"]
+    assert s["images"] == 30 and s["q10"] <= s["median"] <= s["q90"] <= s["max"]
+    assert 0.0 <= s["frac_above_0.7"] <= s["frac_above_0.5"] <= 1.0
+    with torch.random.fork_rng(devices=[]):  # batch 0 of per_batch draws from this seed
+        torch.manual_seed(derive_seed(5, Stream.EVAL_BATCH, 0))
+        vae.eval()
+        lw = vae.log_weights(x, 200, h=vae.posterior.context(x))
+    k = pareto_khat(lw.double().T)
+    assert s["median"] == pytest.approx(float(k.median()), abs=0.1)
+    assert s["max"] == pytest.approx(float(k.max()))
+    with pytest.raises(ValueError, match="at least 100"):
+        evaluate(vae, x, 50, 50, 30, khat=True)

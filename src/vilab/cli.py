@@ -1,4 +1,4 @@
-"""Command line: ``vilab fit``, ``train``, ``eval`` and ``demo``. Thin: parses, builds a
+"""Command line: ``vilab fit``, ``train``, ``eval``, ``demo`` and ``compare``. Thin: parses, builds a
 config, calls one function per command. Errors in the input end with ``vilab: error: …``
 and exit code 2. ``train`` and ``eval`` run data-parallel under ``torchrun`` (or with
 ``--nproc N``, which starts it; :mod:`vilab.distributed`)."""
@@ -106,12 +106,14 @@ def _stored_config(args: argparse.Namespace, world: World | None = None) -> dict
     return on_main(world or SINGLE, stored_config, out)
 
 
-def _finished(command: str, out: Path, metrics: dict) -> int:
-    """Print the metrics and the run directory; an interrupted run also says how to
-    resume it and exits 128 + the signal's number."""
+def _finished(command: str, out: Path, metrics: dict, card: str | None = None) -> int:
+    """Print the metrics, the report card if any and the run directory; an interrupted
+    run also says how to resume it and exits 128 + the signal's number."""
     from vilab.train.run import exit_code, resume_hint
 
     print(json.dumps(metrics, indent=2))
+    if card:
+        print(card)
     print(f"run directory: {out}")
     if not metrics.get("interrupted"):
         return 0
@@ -208,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="config overrides for every fit"
     )
     d.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
+
+    c = sub.add_parser(
+        "compare", help="one table and one figure across finished runs (families × targets × seeds)"
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or folders of runs")
+    c.add_argument("--figure", default="compare.png", help="where to write the figure")
+    c.add_argument("--no-figure", action="store_true", help="print the table only")
     return p
 
 
@@ -226,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_fit(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
         if args.command in ("train", "eval"):
             from vilab.distributed import world_from_env
 
@@ -270,16 +281,33 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else unique_dir(Path("runs") / name)
     progress, resume, overwrite = not args.no_progress, args.resume, args.overwrite
     metrics = fit(config, out, progress, resume, overwrite=overwrite)
-    shown = {k: v for k, v in metrics.items() if k != "kl_by_context"}
-    return _finished("fit", out, shown)
+    shown = {k: v for k, v in metrics.items() if k not in ("kl_by_context", "report")}
+    card = None
+    if "report" in metrics:
+        from vilab.report import format_card
+
+        title = f"report card: {metrics['target']} · {metrics['family']}"
+        card = format_card(metrics["report"], title)
+    return _finished("fit", out, shown, card)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from vilab.demo import kl_table, run_demo
+    from vilab.demo import run_demo
 
-    results = run_demo(args.out, args.set, args.workers)
-    print(kl_table(results))
+    run_demo(args.out, args.set, args.workers)
+    print((Path(args.out) / "kl_table.md").read_text(), end="")
     print(f"figure: {Path(args.out) / 'demo.png'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from vilab.compare import compare
+
+    figure = None if args.no_figure else Path(args.figure)
+    text, _ = compare(args.runs, figure)
+    print(text, end="")
+    if figure is not None:
+        print(f"figure: {figure}")
     return 0
 
 

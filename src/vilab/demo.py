@@ -6,7 +6,8 @@ cosine decay, β-annealed over the first 40% of the steps.
 
 Each target is one ordinary ``fit`` run (its own run directory); the runs share the two
 CPU cores as separate processes. The demo then writes ``demo.png`` (one row per target:
-true density, learned density, final samples, training curves) and ``kl_table.md``.
+true density, learned density, final samples, training curves), and ``kl_table.md`` and
+``compare.png`` through :func:`vilab.compare.compare` (exact KL, ELBO, log Z, k̂, ESS).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from vilab.compare import compare
 from vilab.config import load_fit_config
 from vilab.core.io import atomic_write_text
 
@@ -51,7 +53,8 @@ def run_demo(
             for f in as_completed(futures):
                 _report(f.result())
             results = [f.result() for f in futures]
-    atomic_write_text(out / "kl_table.md", kl_table(results))
+    table, _ = compare([out / t for t in DEMO_TARGETS], out / "compare.png")
+    atomic_write_text(out / "kl_table.md", table)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     _figure(out, [out / t / "summary.png" for t in DEMO_TARGETS])
     return results
@@ -65,20 +68,6 @@ def _report(r: dict[str, Any]) -> dict[str, Any]:
         flush=True,
     )
     return r
-
-
-def kl_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table of the exact KLs."""
-    lines = [
-        "| target | family | exact KL(q‖p) (nats) | ± s.e. | ELBO | log Z | steps | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['target']} | {r['family']} | {r['kl']:.4f} | {r['kl_stderr']:.4f} | "
-            f"{r['elbo']:.4f} | {r['log_z']:.6f} | {r['steps']} | {r['seconds']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _figure(out: Path, pngs: list[Path]) -> None:

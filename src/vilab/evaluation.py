@@ -27,6 +27,7 @@ from vilab.core.progress import Progress
 from vilab.core.seeding import Stream, derive_seed
 from vilab.data.vae_data import load_vae_data
 from vilab.distributed import SINGLE, World
+from vilab.estimators.importance import KHAT_GOOD, KHAT_OK, pareto_khat
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
 from vilab.vae import VAE, build_vae
 
@@ -97,7 +98,8 @@ def evaluate(
     world: World = SINGLE,
     progress: bool = False,
     hint: str = "",
-) -> dict[str, float]:
+    khat: bool = False,
+) -> dict[str, Any]:
     """Importance-sampled log p(x) over ``images`` with K = ``samples`` per image.
 
     Batched over images (``batch`` at a time) and samples (``chunk`` at a time) with a
@@ -107,22 +109,39 @@ def evaluate(
     multi-process ``world`` the batches are shared out and the result gathered exactly
     (:func:`per_batch`). ``progress``: a bar on stderr and, after the first batch, the
     cost of the whole with ``hint`` (how to make it cheaper); the numbers do not change.
+    ``khat``: also the Pareto k̂ of each image's K weights (Yao et al. 2018; needs
+    K ≥ 100 and keeps the batch's K × B weights), summarized by :func:`khat_summary`
+    under ``"khat"``.
     """
     check_positive(samples=samples, chunk=chunk, batch=batch)
+    if khat and samples < KHAT_MIN_SAMPLES:
+        raise ValueError(
+            f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "
+            f"got {samples}"
+        )
     was_training = vae.training
     vae.eval()
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
 
     def one(x: Tensor) -> tuple[Tensor, ...]:
         h = vae.posterior.context(x)
-        est = importance_log_likelihood(partial(vae.log_weights, x, h=h), samples, chunk, k)
+        kept: list[Tensor] = []
+
+        def log_weights(n: int) -> Tensor:
+            lw = vae.log_weights(x, n, h=h)
+            if khat:
+                kept.append(lw.double())
+            return lw
+
+        est = importance_log_likelihood(log_weights, samples, chunk, k)
         assert est.elbo is not None
         iwae = est.iwae if est.iwae is not None else torch.full_like(est.elbo, math.nan)
-        return est.log_px, est.stderr, est.elbo, iwae
+        k_hat = pareto_khat(torch.cat(kept).T) if khat else torch.full_like(est.elbo, math.nan)
+        return est.log_px, est.stderr, est.elbo, iwae, k_hat
 
     try:
         label = f"log p(x), K={samples}" if progress else None
-        lp, se, el, iw = per_batch(images, batch, one, seed, world, label, hint)
+        lp, se, el, iw, kh = per_batch(images, batch, one, seed, world, label, hint)
     finally:
         vae.train(was_training)
     log_px, stderr = mean_with_stderr(lp, se)
@@ -136,7 +155,31 @@ def evaluate(
     }
     if k is not None:
         out[f"iwae_{k}"] = float(iw.mean())
+    if khat:
+        out["khat"] = khat_summary(kh)
     return out
+
+
+#: The fewest importance samples per image for which a per-image k̂ is computed.
+KHAT_MIN_SAMPLES = 100
+
+
+def khat_summary(khat: Tensor) -> dict[str, float]:
+    """The distribution of per-image Pareto k̂ ``(N,)``: quantiles, the fractions above
+    0.5 and 0.7 (images whose importance-sampled log p(x) converges slowly, or cannot be
+    trusted: q(z | x) misses mass of p(z | x); Yao et al. 2018, Vehtari et al. 2024)."""
+    k = khat.double()
+    finite = k[torch.isfinite(k)] if torch.isfinite(k).any() else k.nan_to_num(-1.0)
+    q = torch.quantile(finite, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    return {
+        "q10": float(q[0]),
+        "median": float(q[1]),
+        "q90": float(q[2]),
+        "max": float(k.max()),
+        "frac_above_0.5": float((k >= KHAT_GOOD).double().mean()),
+        "frac_above_0.7": float((k >= KHAT_OK).double().mean()),
+        "images": int(k.numel()),
+    }
 
 
 @torch.no_grad()
@@ -338,7 +381,7 @@ def evaluate_run(
     if method == "is":
         hint = "cheaper: --samples N or --images N"
         args = (samples, min(chunk, samples), batch, 50, seed, world, progress)
-        result = evaluate(vae, x, *args, hint)
+        result = evaluate(vae, x, *args, hint, khat=samples >= KHAT_MIN_SAMPLES)
     else:
         hint = "cheaper: --num-dists N, --chains N or --images N"
         ais = (chains, num_dists, num_leapfrog, min(batch, 100), init, seed, world, progress)

@@ -141,7 +141,9 @@ class FitConfig(_Strict):
 
     ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
-    family). ``eval_samples``: samples for the exact KL. ``max_seconds``: stop early after
+    family). ``eval_samples``: samples for the exact KL; ``report_samples``: draws of q for
+    the report card (Pareto k̂, ESS, importance-sampled log Z, corrected moments;
+    :mod:`vilab.report`). ``max_seconds``: stop early after
     this much training time.
     """
 
@@ -155,6 +157,7 @@ class FitConfig(_Strict):
     eval_contexts: list[float] | None = None
     seed: int = 0
     eval_samples: int = Field(100_000, ge=2)
+    report_samples: int = Field(20_000, ge=100)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     dtype: Literal["float32", "float64"] = "float32"

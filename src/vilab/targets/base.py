@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vilab.targets.reference import Reference
+
 Box = tuple[float, float, float, float]
 
 
@@ -34,6 +36,7 @@ class Target:
     log_z: float | None = None
     plot_box: Box | None = None
     quad_box: Box | None = None
+    reference: Reference | None = None
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError

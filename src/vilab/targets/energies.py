@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vilab.targets.base import Box, Target
+from vilab.targets.reference import Reference
 
 
 def _w1(z1: Tensor) -> Tensor:
@@ -110,7 +111,14 @@ def banana_log_prob(z: Tensor, curvature: Tensor | float = 1.0) -> Tensor:
 
 
 class Banana(Target):
-    """The UIVI banana (Titsias & Ruiz 2019) with curvature c (default 1); log Z = 0."""
+    """The UIVI banana (Titsias & Ruiz 2019) with curvature c (default 1); log Z = 0.
+
+    Exact draws: x ~ N(0, [[1, ρ], [ρ, 1]]), z1 = x1, z2 = x2 − c (x1² + 1).
+
+    Reference, in closed form: E z1 = 0, sd(z1) = 1; E z2 = −c (E x1² + 1) = −2c and,
+    as E[x2 x1²] = 0 (odd Gaussian moment) and Var(x1²) = 2,
+    Var(z2) = Var(x2) + c² Var(x1²) = 1 + 2c², so sd(z2) = sqrt(1 + 2c²) (ρ drops out).
+    """
 
     dim = 2
     log_z = 0.0
@@ -123,9 +131,22 @@ class Banana(Target):
         lo = -7.5 - abs(self.curvature) * (1.0 + 7.5**2) if curvature > 0 else -7.5
         hi = 7.5 - abs(self.curvature) * 1.0 if curvature > 0 else 7.5 + abs(curvature) * 57.25
         self.quad_box = (-7.5, 7.5, lo, hi)
+        c = self.curvature
+        self.reference = Reference(
+            mean=(0.0, -2.0 * c),
+            sd=(1.0, math.sqrt(1.0 + 2.0 * c * c)),
+            source="closed form: mean (0, −2c), sd (1, sqrt(1 + 2c²))",
+        )
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return banana_log_prob(z, self.curvature)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n exact draws, ``(n, 2)`` float64 (see the class docstring)."""
+        eps = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        x1 = eps[:, 0]
+        x2 = _BANANA_RHO * x1 + math.sqrt(1.0 - _BANANA_RHO**2) * eps[:, 1]
+        return torch.stack([x1, x2 - self.curvature * (x1 * x1 + 1.0)], dim=-1)
 
 
 class BananaFamily(Target):

@@ -1,7 +1,9 @@
 """Finding a target by name: a built-in one, or a user's log-density in a module or file.
 
-``resolve_target`` sits above :mod:`vilab.targets.base` (the contract) and
-:mod:`vilab.targets.energies` (the built-ins), so that neither imports the other back.
+``resolve_target`` sits above :mod:`vilab.targets.base` (the contract),
+:mod:`vilab.targets.energies` (the 2-D energies) and :mod:`vilab.targets.suite` (the
+posteriors with known answers), so that none of them imports another back;
+:data:`BUILTIN_TARGETS` here is the union of their name → factory tables.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from pathlib import Path
 from torch import Tensor
 
 from vilab.targets.base import Box, CallableTarget, Target
-from vilab.targets.energies import BUILTIN_TARGETS
+from vilab.targets.energies import BUILTIN_TARGETS as ENERGY_TARGETS
+from vilab.targets.suite import SUITE_TARGETS
+
+#: Every built-in target by name: the 2-D energies and the suite.
+BUILTIN_TARGETS: dict[str, Callable[[], Target]] = {**ENERGY_TARGETS, **SUITE_TARGETS}
 
 
 def load_callable(spec: str) -> Callable[..., Tensor]:
@@ -57,7 +63,8 @@ def resolve_target(
     context_dim: int | None = None,
     context_range: tuple[float, float] = (0.0, 1.0),
 ) -> Target:
-    """A built-in target by name (``U1``…``U4``, ``banana``, ``banana_family``), a user
+    """A built-in target by name (``U1``…``U4``, ``banana``, ``banana_family``, or one of
+    the suite :data:`vilab.targets.suite.SUITE`), a user
     callable named ``module:function`` / ``file.py:function``, or the callable itself
     (``logp(z)``, or ``logp(z, c)`` for a target family), checked as it is loaded."""
     if callable(spec):

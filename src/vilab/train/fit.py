@@ -25,6 +25,7 @@ from vilab.distributed import SINGLE
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
+from vilab.report import report_card, summarize_cards
 from vilab.targets.base import Target, default_eval_contexts
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
 from vilab.train.guard import StepGuard, backward_checked
@@ -172,36 +173,39 @@ class Fitter:
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Exact KL (or the ELBO alone when log Z is unknown) from ``eval_samples``."""
+        """The exact KL where log Z is known (``eval_samples`` draws; ``kl`` is None
+        otherwise) and the report card (:func:`vilab.report.report_card`,
+        ``report_samples`` draws) under ``"report"``; per evaluation context for a target
+        family."""
         cfg = self.config
         if self.target.context_dim is None:
             log_z = target_log_z(self.target)
             if log_z is None:
-                z, log_q = self.family.rsample_and_log_prob(min(cfg.eval_samples, 100_000))
-                gap = (self.target.log_prob(z) - log_q).double()
-                return {
-                    "kl": None,
-                    "kl_stderr": None,
-                    "elbo": float(gap.mean()),
-                    "elbo_stderr": float(gap.std() / math.sqrt(gap.numel())),
-                    "log_z": None,
-                    "kl_note": "log Z unknown: give target.log_z or, in 2-D, a box",
-                }
-            if isinstance(self.family, SemiImplicit):
-                return semi_implicit_kl(self.family, self.target, log_z, cfg)
-            est = exact_kl(self.family, self.target, log_z, cfg.eval_samples)
-            return {**_kl_dict(est)}
+                out: dict[str, Any] = {"kl": None, "kl_stderr": None, "log_z": None}
+                out["kl_note"] = "log Z unknown: give target.log_z or, in 2-D, a box"
+            elif isinstance(self.family, SemiImplicit):
+                out = semi_implicit_kl(self.family, self.target, log_z, cfg)
+            else:
+                out = _kl_dict(exact_kl(self.family, self.target, log_z, cfg.eval_samples))
+            known = None if out["kl"] is None else (out["kl"], out["kl_stderr"])
+            card = report_card(self.family, self.target, cfg.report_samples, log_z, known)
+            out.setdefault("elbo", card["elbo"])
+            out.setdefault("elbo_stderr", card["elbo_stderr"])
+            return {**out, "report": card}
         contexts = cfg.eval_contexts
         rows = [[c] if isinstance(c, (int, float)) else c for c in contexts] if contexts else None
         rows = rows or default_eval_contexts(self.target)
-        per = []
+        per, cards = [], []
         for row in rows:
             c = torch.tensor([row], dtype=self.dtype)
             log_z = target_log_z(self.target, c[0])
             if log_z is None:
                 raise ValueError(f"log Z unknown at context {row}: give a box or log_z")
-            est = exact_kl(AtContext(self.family, c), self.target.at(c[0]), log_z, cfg.eval_samples)
+            q, p = AtContext(self.family, c), self.target.at(c[0])
+            est = exact_kl(q, p, log_z, cfg.eval_samples)
             per.append({"context": row, **_kl_dict(est)})
+            card = report_card(q, p, cfg.report_samples, log_z, (est.kl, est.kl_stderr))
+            cards.append({"context": row, **card})
         n = len(per)
         return {
             "kl": sum(p["kl"] for p in per) / n,
@@ -209,6 +213,7 @@ class Fitter:
             "elbo": sum(p["elbo"] for p in per) / n,
             "log_z": None,
             "kl_by_context": per,
+            "report": summarize_cards(cards),
         }
 
     # -- the lifecycle's side (vilab.train.run.Trainer) -----------------------------------

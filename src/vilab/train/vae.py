@@ -31,7 +31,7 @@ from vilab.core.checkpoint import (
 from vilab.core.seeding import Stream, derive_seed
 from vilab.data.vae_data import VAEData, load_vae_data
 from vilab.distributed import SINGLE, World, main_only, on_main
-from vilab.evaluation import FINAL_EVAL_HINT, evaluate
+from vilab.evaluation import FINAL_EVAL_HINT, KHAT_MIN_SAMPLES, evaluate
 from vilab.plots.vae import LatentTracker, final_figures, sample_images
 from vilab.train.guard import StepGuard, backward_checked
 from vilab.train.logging import RunLogger, read_metrics
@@ -306,6 +306,7 @@ def _finish(trainer: VAETrainer, run_dir: Path, interrupted: bool, progress: boo
             world=world,
             progress=progress,
             hint=FINAL_EVAL_HINT,
+            khat=e.samples >= KHAT_MIN_SAMPLES,
         )
         test["seconds"] = time.perf_counter() - t0
         out["test"] = test

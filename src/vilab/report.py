@@ -1,0 +1,205 @@
+"""The report card of a fit: did q work, in any dimension?
+
+From S draws z_s ~ q and the log-weights log w_s = log p̃(z_s) − log q(z_s)
+(:mod:`vilab.estimators.importance`) the card gives
+
+* the ELBO = mean(log w) with its standard error;
+* log Ẑ, the importance-sampled log-normalizer, with its standard error, and where log Z
+  is known its z-score (log Ẑ − log Z)/se;
+* the Pareto k̂ of the weights and its reading (< 0.5 good, < 0.7 ok, ≥ 0.7 unreliable;
+  Yao et al. 2018, Vehtari et al. 2024) and the effective sample size;
+* KL(q‖p): exact (log Z − ELBO) where log Z is known — by quadrature in 2-D or given —,
+  else the importance-sampled log Ẑ − ELBO, labelled as such (biased low, and meaningful
+  only when k̂ < 0.7);
+* means and standard deviations of z under q and PSIS-corrected (self-normalized with
+  the Pareto-smoothed weights), and, for a target with a reference
+  (:class:`vilab.targets.suite.Reference`), the errors of both in units of the reference
+  standard deviation, max over coordinates (the convention of Inference Gym, Sountsov,
+  Radul & Vasudevan 2020: |μ̂_d − μ_d| / σ_d and |σ̂_d − σ_d| / σ_d).
+
+A semi-implicit q has no closed-form log q(z); its card uses the family's conservative
+(SIVI upper) estimate, which the ``log_q`` field says.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vilab.estimators.importance import psis, summarize, weighted_moments
+from vilab.families.base import Family
+from vilab.targets.base import Target
+
+#: Draws of q for the card unless the config says otherwise.
+REPORT_SAMPLES = 20_000
+
+KL_EXACT = "exact: log Z known, KL = log Z − ELBO"
+KL_IS = "importance-sampled: log Ẑ − ELBO (log Z unknown); biased low, trust it only when k̂ < 0.7"
+
+
+@torch.no_grad()
+def draw_log_weights(
+    family: Family, target: Target, n: int, chunk: int = 10_000
+) -> tuple[Tensor, Tensor]:
+    """``n`` draws of q ``(n, D)`` and their log-weights ``(n,)``, float64, in chunks."""
+    zs, lws = [], []
+    for start in range(0, n, chunk):
+        z, log_q = family.rsample_and_log_prob(min(chunk, n - start))
+        lw = (target.log_prob(z) - log_q).double()
+        if torch.isnan(lw).any() or torch.isposinf(lw).any():
+            bad = int((torch.isnan(lw) | torch.isposinf(lw)).sum())
+            raise FloatingPointError(
+                f"{bad} of {lw.numel()} draws of q give a NaN or +inf log-weight "
+                f"log p̃(z) − log q(z) on target {target.name!r}"
+            )
+        zs.append(z.detach().double())
+        lws.append(lw)
+    return torch.cat(zs), torch.cat(lws)
+
+
+def report_card(
+    family: Family,
+    target: Target,
+    samples: int = REPORT_SAMPLES,
+    log_z: float | None = None,
+    exact_kl: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """The card of a free family on a context-free target, JSON-ready.
+
+    Args:
+        family: q (free; fix a context with :class:`~vilab.families.base.AtContext`).
+        target: p̃ (fix a context with ``target.at(c)``).
+        samples: S, the draws of q.
+        log_z: the exact log Z where known.
+        exact_kl: ``(kl, stderr)`` already measured (e.g. from 10⁵ draws in 2-D), used
+            instead of this card's own log Z − ELBO.
+    """
+    if samples < 100:
+        raise ValueError(f"the report card needs at least 100 draws of q, got {samples}")
+    z, lw = draw_log_weights(family, target, samples)
+    s = summarize(lw)
+    smoothed, _ = psis(lw)
+    mean_q, sd_q = z.mean(0), z.std(0)
+    mean_psis, sd_psis = weighted_moments(z, smoothed)
+    card: dict[str, Any] = {
+        "samples": s.samples,
+        "dim": int(z.shape[-1]),
+        "elbo": s.elbo,
+        "elbo_stderr": s.elbo_stderr,
+        "log_z_is": s.log_z,
+        "log_z_is_stderr": s.log_z_stderr,
+        "log_z": log_z,
+        "khat": s.khat,
+        "khat_reading": s.reading,
+        "ess": s.ess,
+        "ess_fraction": s.ess / s.samples,
+        "ess_psis": s.ess_psis,
+        "log_q": "exact" if family.has_log_prob else "estimated (semi-implicit, SIVI upper)",
+    }
+    if log_z is not None:
+        card["log_z_is_zscore"] = (s.log_z - log_z) / max(s.log_z_stderr, 1e-300)
+        kl, se = exact_kl if exact_kl is not None else (log_z - s.elbo, s.elbo_stderr)
+        card.update(kl=kl, kl_stderr=se, kl_kind=KL_EXACT)
+    else:
+        card.update(kl=s.kl, kl_stderr=s.kl_stderr, kl_kind=KL_IS)
+    card.update(
+        mean_q=mean_q.tolist(),
+        sd_q=sd_q.tolist(),
+        mean_psis=mean_psis.tolist(),
+        sd_psis=sd_psis.tolist(),
+    )
+    reference = getattr(target, "reference", None)
+    if reference is not None:
+        mu, sd = (t.double() for t in reference.tensors(torch.float64))
+        card["reference"] = {
+            "source": reference.source,
+            "mean_error_q": _err(mean_q, mu, sd),
+            "sd_error_q": _err(sd_q, sd, sd),
+            "mean_error_psis": _err(mean_psis, mu, sd),
+            "sd_error_psis": _err(sd_psis, sd, sd),
+        }
+    return card
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text``: combining marks (the hat of k̂) take none."""
+    return sum(not unicodedata.combining(ch) for ch in text)
+
+
+def _err(estimate: Tensor, truth: Tensor, sd: Tensor) -> float:
+    """max_d |estimate_d − truth_d| / sd_d."""
+    return float(((estimate - truth).abs() / sd).max())
+
+
+def summarize_cards(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """One card for an amortized fit from its per-context cards: the worst k̂ and ESS,
+    the mean KL and ELBO (standard errors combined as independent)."""
+    n = len(cards)
+    worst = max(cards, key=lambda c: c["khat"])
+    return {
+        "contexts": n,
+        "samples": cards[0]["samples"],
+        "dim": cards[0]["dim"],
+        "elbo": sum(c["elbo"] for c in cards) / n,
+        "elbo_stderr": math.sqrt(sum(c["elbo_stderr"] ** 2 for c in cards)) / n,
+        "kl": sum(c["kl"] for c in cards) / n,
+        "kl_stderr": math.sqrt(sum(c["kl_stderr"] ** 2 for c in cards)) / n,
+        "kl_kind": cards[0]["kl_kind"],
+        "khat": worst["khat"],
+        "khat_reading": f"worst context: {worst['khat_reading']}",
+        "ess": min(c["ess"] for c in cards),
+        "ess_fraction": min(c["ess_fraction"] for c in cards),
+        "log_q": cards[0]["log_q"],
+        "by_context": cards,
+    }
+
+
+def format_card(card: dict[str, Any], title: str = "report card", max_dims: int = 4) -> str:
+    """The card as aligned text lines for the terminal."""
+
+    def pm(v: float | None, se: float | None, digits: int = 4) -> str:
+        if v is None:
+            return "—"
+        return f"{v:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
+
+    where = f", {card['contexts']} contexts" if "contexts" in card else ""
+    lines = [f"{title} ({card['dim']}-D, {card['samples']:,} draws of q{where})"]
+    rows = [("ELBO", pm(card["elbo"], card["elbo_stderr"]))]
+    if "log_z_is" in card:
+        known = card.get("log_z")
+        extra = (
+            f"   (known {known:.6f}; z = {card['log_z_is_zscore']:+.1f})"
+            if known is not None
+            else ""
+        )
+        rows.append(("log Z (importance)", pm(card["log_z_is"], card["log_z_is_stderr"]) + extra))
+    kind = "exact" if card["kl_kind"] == KL_EXACT else "importance-sampled"
+    rows.append((f"KL(q‖p), {kind}", pm(card["kl"], card["kl_stderr"])))
+    rows.append(("Pareto k̂", f"{card['khat']:.2f}   {card['khat_reading']}"))
+    rows.append(("ESS", f"{card['ess']:,.0f} ({100 * card['ess_fraction']:.1f}% of the draws)"))
+    if "mean_psis" in card:
+        d = card["dim"]
+        shown = min(d, max_dims)
+        cells = ", ".join(
+            f"{card['mean_psis'][i]:.3g} ± {card['sd_psis'][i]:.3g}" for i in range(shown)
+        )
+        more = f", … ({d - shown} more in metrics.json)" if d > shown else ""
+        rows.append(("mean ± sd (PSIS)", cells + more))
+    if "reference" in card:
+        r = card["reference"]
+        rows.append(
+            (
+                "error vs reference",
+                f"means {r['mean_error_q']:.3f} sd (q), {r['mean_error_psis']:.3f} sd (PSIS); "
+                f"sds {r['sd_error_q']:.3f} (q), {r['sd_error_psis']:.3f} (PSIS); max over dims",
+            )
+        )
+    if card["log_q"] != "exact":
+        rows.append(("log q(z)", card["log_q"]))
+    width = max(_width(k) for k, _ in rows)
+    lines += [f"  {k}{' ' * (width - _width(k))}  {v}" for k, v in rows]
+    return "\n".join(lines)
