@@ -468,16 +468,6 @@ def test_flow_family_log_q_is_base_minus_total_logdet(amortized):
     torch.testing.assert_close(log_q, log_q0 - logabs, rtol=1e-9, atol=1e-9)
 
 
-def test_flow_family_without_inverse_cannot_score():
-    family = FlowFamily(StandardNormal(2), [Planar(2), IAF(2, hidden=(4,))])
-    assert not family.has_log_prob
-    assert not Planar(2).has_inverse and IAF(2).has_inverse
-    with pytest.raises(NotImplementedError, match="Planar"):
-        family.log_prob(torch.zeros(3, 2))
-    with pytest.raises(NotImplementedError, match="no tractable inverse"):
-        Radial(2).inverse(torch.zeros(3, 2))
-
-
 # -------------------------------------------------------------------------------- 5. IAF
 
 

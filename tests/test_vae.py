@@ -85,8 +85,8 @@ def test_bad_objective_combinations_are_refused() -> None:
     with pytest.raises(ValueError, match="free_bits needs a mean_field"):
         vae_objective(build_vae(cfg), torch.zeros(2, 784), cfg.objective)
     cfg = load_train_config(overrides=[*SMALL, "posterior.kind=planar", "objective.stl=true"])
-    with pytest.raises(ValueError, match="sticking-the-landing"):
-        vae_objective(build_vae(cfg), torch.zeros(2, 784), cfg.objective)
+    obj = vae_objective(build_vae(cfg), torch.zeros(2, 784), cfg.objective)
+    assert torch.isfinite(obj.surrogate)  # planar flows score any z through their inverses
 
 
 def test_training_improves_the_bound_on_tiny() -> None:

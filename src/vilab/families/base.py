@@ -7,8 +7,9 @@
   q(z | c_b) for every row c_b of the context.
 
 Samples are reparameterized (gradients flow through z). ``log_prob(z, context)`` scores
-an arbitrary z where the family can (Gaussians, invertible flows); planar, radial and
-Sylvester stacks cannot and raise ``NotImplementedError``.
+an arbitrary z where the family can: Gaussians and every vilab flow (through the flows'
+inverses); a semi-implicit family and a user's flow without an inverse raise
+``NotImplementedError``.
 
 Training asks one more thing, :meth:`Family.training_sample`: the sample with the value
 of log q(z) to log *and* the term whose gradient is the estimator's (DESIGN.md §5, §8), so
@@ -126,9 +127,8 @@ class Family(nn.Module):
         if not self.has_log_prob:
             raise ValueError(
                 "sticking-the-landing and DReG need a family that can score any z; "
-                f"{type(self).__name__} with these parts cannot (planar, radial, Sylvester "
-                "and semi-implicit families have no log_prob): use mean_field, full_rank "
-                "or iaf, or turn stl off"
+                f"{type(self).__name__} with these parts cannot (semi-implicit families and "
+                "flows without an inverse have no log_prob): turn stl off"
             )
 
     def stopped_log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:

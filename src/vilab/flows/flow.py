@@ -4,6 +4,7 @@
     z_k = f_k(z_{k−1}; c),   log q(z_K) = log q₀(z₀) − Σ_k log |det ∂f_k/∂z_{k−1}|.
 
 Free or amortized is decided by the parts: give every part the same ``context_dim``.
+Scoring an arbitrary z (:meth:`FlowFamily.log_prob`) runs the inverses in reverse order.
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ class FlowFamily(Family):
         return z, total
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        """Scores z by inverting every flow; only when all of them have an inverse."""
+        """log q(z) of an arbitrary z, ``(n, D) -> (n,)`` or ``(n, B, D) -> (n, B)``, by
+        inverting every flow, last first:
+
+            z_{k−1} = f_k⁻¹(z_k),   log q(z_K) = log q₀(z₀) + Σ_k log |det ∂f_k⁻¹/∂z_k|.
+
+        Every vilab flow has an inverse (planar and Sylvester to machine precision, within
+        their ``inverse_tol``); a user's flow without one raises ``NotImplementedError``."""
         missing = [type(f).__name__ for f in self.flows if not f.has_inverse]
         if missing or not self.base.has_log_prob:
             raise NotImplementedError(

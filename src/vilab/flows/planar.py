@@ -9,6 +9,14 @@ Invertibility needs wᵀû ≥ −1. Following the paper's Appendix A.1 (and pyr
 
 so that wᵀû = m(wᵀu) > −1 for any (u, w): the map is a bijection and the log-determinant
 argument 1 + h'·wᵀû lies in (0, ∞) since h' ∈ (0, 1].
+
+Inverse (one scalar root per layer): with α = wᵀz, taking wᵀ of f gives
+
+    wᵀz' = α + wᵀû h(α + b),
+
+strictly increasing in α (derivative 1 + h'·wᵀû > 0), so α is its unique root
+(:func:`~vilab.flows.base.solve_tanh_root`, to machine precision, near wᵀû → −1 too), then
+z = z' − û h(α + b), and log |det ∂f⁻¹/∂z'| = −log |1 + h'(α + b) wᵀû|.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vilab.core.params import check_dims, make_params, rowdot
-from vilab.flows.base import Flow
+from vilab.flows.base import Flow, check_inverse_tol, solve_tanh_root
 
 
 class Planar(Flow):
@@ -32,16 +40,24 @@ class Planar(Flow):
         context_dim: None for free parameters, else the size of the context that an
             amortized head maps to (u, w, b) of every layer.
         init_scale: standard deviation of the initial u (w starts as N(0, I)).
+        inverse_tol: the largest relative residual the inverse accepts (None: by dtype,
+            1e-10 in float64, 1e-6 in float32).
 
     Parameters: ``u, w`` of shape ``(K, D)`` and ``b`` of shape ``(K,)`` (with a leading
     batch dimension when amortized).
     """
 
     def __init__(
-        self, dim: int, num_layers: int = 1, context_dim: int | None = None, init_scale: float = 0.1
+        self,
+        dim: int,
+        num_layers: int = 1,
+        context_dim: int | None = None,
+        init_scale: float = 0.1,
+        inverse_tol: float | None = None,
     ) -> None:
         super().__init__()
         check_dims(dim, num_layers)
+        self.inverse_tol = check_inverse_tol(inverse_tol)
         self.dim, self.num_layers = dim, num_layers
         # Start every layer volume-preserving: wᵀu = log(e − 1) makes wᵀû = m(wᵀu) = 0,
         # so û is the part of u orthogonal to w (a small shear). Random (u, w) would give
@@ -85,3 +101,23 @@ class Planar(Flow):
         h2 = h * h
         logdet = torch.log(torch.addcmul(h2, 1.0 - h2, wtu_hat + 1.0)).sum(-1)
         return z, logdet
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x = f⁻¹(z)`` through the layers in reverse order, and ``log |det ∂f⁻¹/∂z|``.
+
+        Shapes as :meth:`forward`: ``z (..., D)`` (``(S, B, D)`` with a context ``(B, C)``).
+        """
+        u_hat, w, b, wtu_hat = self.constrained(context)
+        layers = zip(u_hat.unbind(-2), w.unbind(-2), b.unbind(-1), wtu_hat.unbind(-1), strict=True)
+        hs, residuals = [], []
+        one = torch.ones((), dtype=z.dtype, device=z.device)
+        for u_k, w_k, b_k, c_k in reversed(list(layers)):
+            alpha, res = solve_tanh_root(rowdot(z, w_k), c_k, one, b_k, c_k + 1.0)
+            h = torch.tanh(alpha + b_k)
+            z = z - h.unsqueeze(-1) * u_k
+            hs.append(h)
+            residuals.append(res)
+        self.check_residual(torch.stack(residuals).max(), z.dtype)
+        h2 = torch.stack(hs[::-1], dim=-1).square()  # (..., K), layer order
+        logdet = torch.log(torch.addcmul(h2, 1.0 - h2, wtu_hat + 1.0)).sum(-1)
+        return z, -logdet

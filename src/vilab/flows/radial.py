@@ -6,6 +6,14 @@
 
 Invertibility needs β ≥ −α with α > 0. We set α = softplus(α̃) and
 β = −α + softplus(β̃), so both log arguments are positive for every z.
+
+Inverse, in closed form: z' − z₀ = (1 + β h)(z − z₀) with 1 + β h = (α + β + r)/(α + r) > 0,
+so z − z₀ points the same way and r' = ‖z' − z₀‖ = r (α + β + r)/(α + r), i.e.
+
+    r² + p r − α r' = 0,   p = α + β − r',   r = (−p + √(p² + 4 α r')) / 2 ≥ 0,
+
+evaluated as 2 α r' / (p + √·) where p > 0 (no cancellation); then
+z = z₀ + (z' − z₀)(α + r)/(α + β + r) and log |det ∂f⁻¹/∂z'| = −log |det ∂f/∂z| at z.
 """
 
 from __future__ import annotations
@@ -65,4 +73,26 @@ class Radial(Flow):
             logdet = logdet + (self.dim - 1) * torch.log1p(bh) + torch.log1p(bh * a * h)
             if trace is not None:
                 trace.append(z)
+        return z, logdet
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x = f⁻¹(z)`` through the layers in reverse order, and ``log |det ∂f⁻¹/∂z|``.
+
+        Shapes as :meth:`forward`: ``z (..., D)`` (``(S, B, D)`` with a context ``(B, C)``).
+        """
+        z0, alpha, beta = self.constrained(context)
+        logdet = z.new_zeros(z.shape[:-1])
+        layers = zip(z0.unbind(-2), alpha.unbind(-1), beta.unbind(-1), strict=True)
+        for z0_k, a, bt in reversed(list(layers)):
+            diff = z - z0_k
+            r_out = diff.norm(dim=-1)
+            p = a + bt - r_out
+            s = p.abs() + torch.sqrt(p * p + 4.0 * a * r_out)
+            r = torch.where(
+                p > 0, 2.0 * a * r_out / s.clamp_min(torch.finfo(s.dtype).tiny), 0.5 * s
+            )
+            h = 1.0 / (a + r)
+            bh = bt * h
+            z = z0_k + diff / (1.0 + bh).unsqueeze(-1)
+            logdet = logdet - (self.dim - 1) * torch.log1p(bh) - torch.log1p(bh * a * h)
         return z, logdet

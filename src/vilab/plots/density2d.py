@@ -46,7 +46,7 @@ def learned_density(family: Family, box: Box, n: int = 200) -> tuple[torch.Tenso
     * One with a density estimate (:meth:`~vilab.families.base.Family.log_prob_estimate`;
       a semi-implicit q: the mixture over its ``log_q_samples`` draws of ε, shared by the
       whole grid, an unbiased estimate of q(z) at every point): the estimate.
-    * Otherwise (planar, radial, Sylvester stacks): a histogram of 10⁶ samples.
+    * Otherwise (a user's flow without an inverse): a histogram of 10⁶ samples.
     """
     dtype = next(iter(family.parameters()), torch.zeros(())).dtype
     pts = grid_points(box, n, n, dtype=dtype).reshape(-1, 2)

@@ -77,8 +77,8 @@ class Fitter:
         if config.objective.stl and not self.family.has_log_prob:
             raise ValueError(
                 f"objective.stl=true needs a family that can score any z; "
-                f"{self.family_name!r} cannot (planar, radial and Sylvester flows have no "
-                "inverse): use mean_field, full_rank or iaf, or set objective.stl=false"
+                f"{self.family_name!r} cannot (a semi-implicit family, or a flow of yours "
+                "without an inverse): set objective.stl=false"
             )
         self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
         self.guard = StepGuard(config.faults)
