@@ -21,6 +21,12 @@ no trainer needs to know which family it trains:
 The default serves every family whose ``rsample_and_log_prob`` is differentiable
 (Gaussians, flows); the semi-implicit family overrides it with its HMC entropy gradient
 and the mean-field Gaussian adds its analytic KL to N(0, I).
+
+Users' own PyTorch code asks :meth:`Family.distribution`: the family at an optional context
+as a ``torch.distributions.Distribution`` (``sample``, ``rsample``, ``log_prob``,
+``rsample_and_log_prob``, tuple sample shapes, batch shape ``(B,)`` at a context; the
+Gaussians also ``loc``/``scale``/``scale_tril`` and closed-form ``kl_divergence``), see
+:mod:`vilab.families.distribution`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from vilab.families.distribution import FamilyDistribution
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,22 @@ class Family(nn.Module):
         """n samples without their log-density, ``(n, D)`` or ``(n, B, D)``: where scoring
         is costly (a semi-implicit q) it is skipped."""
         return self.rsample_and_log_prob(n, context)[0]
+
+    def distribution(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> FamilyDistribution:
+        """q(z [| c]) as a ``torch.distributions.Distribution``: ``event_shape (D,)``,
+        ``batch_shape ()`` free or ``(B,)`` at a context ``(B, C)``.
+
+        A lazy view: each call on it evaluates the family's current parameters, so it stays
+        valid across optimizer steps. ``log_prob`` raises ``NotImplementedError`` where
+        :attr:`has_log_prob` is False. The Gaussians return subclasses with their parameters
+        (``loc``, ``scale`` / ``scale_tril``) and closed-form ``kl_divergence``.
+
+        Raises:
+            ValueError: a context the family does not take (see :meth:`sample_shape`).
+        """
+        return FamilyDistribution(self, context, validate_args=validate_args)
 
     def log_prob_estimate(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """log q(z) of an arbitrary z: :meth:`log_prob` where the family has one, else an

@@ -4,6 +4,15 @@ mean-field:  z = μ + σ ⊙ ε,  σ = softplus(ρ),
              log q(z) = −½‖ε‖² − Σᵢ log σᵢ − (D/2) log 2π;
 full-rank:   z = μ + L ε,    L lower triangular with diag softplus(ρ),
              log q(z) = −½‖ε‖² − Σᵢ log Lᵢᵢ − (D/2) log 2π,     ε ~ N(0, I).
+
+Parameters at a context: ``loc(context)``, ``scale(context)`` (mean-field, standard
+normal), ``scale_tril(context)`` and ``covariance_matrix(context)`` (full-rank) return
+``(D,)`` / ``(D, D)`` for a free family (the parameters themselves where they are stored as
+such) and ``(B, D)`` / ``(B, D, D)`` at a context ``(B, C)``. ``distribution(context)``
+returns :class:`~vilab.families.distribution.MeanFieldGaussianDistribution` (as torch's
+``Independent(Normal(loc, scale), 1)``) or
+:class:`~vilab.families.distribution.FullRankGaussianDistribution` (as
+``MultivariateNormal(loc, scale_tril=L)``), with closed-form ``kl_divergence``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,10 @@ from torch import Tensor
 
 from vilab.core.params import check_dims, make_params
 from vilab.families.base import Family, TrainingSample
+from vilab.families.distribution import (
+    FullRankGaussianDistribution,
+    MeanFieldGaussianDistribution,
+)
 
 LOG_2PI = math.log(2.0 * math.pi)
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)  # softplus(x) = 1 at x = log(e − 1)
@@ -50,6 +63,26 @@ class StandardNormal(Family):
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return std_normal_log_prob(z)
 
+    def loc_scale(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """μ = 0 and σ = 1, ``([B,] D)``."""
+        shape = self.sample_shape(1, context)[1:]
+        zeros = torch.zeros(shape, dtype=self._ref.dtype, device=self._ref.device)
+        return zeros, torch.ones_like(zeros)
+
+    def loc(self, context: Tensor | None = None) -> Tensor:
+        """μ = 0, ``([B,] D)``."""
+        return self.loc_scale(context)[0]
+
+    def scale(self, context: Tensor | None = None) -> Tensor:
+        """σ = 1, ``([B,] D)``."""
+        return self.loc_scale(context)[1]
+
+    def distribution(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> MeanFieldGaussianDistribution:
+        """N(0, I) as ``Independent(Normal(0, 1), 1)`` (see :meth:`Family.distribution`)."""
+        return MeanFieldGaussianDistribution(self, context, validate_args=validate_args)
+
 
 class MeanFieldGaussian(Family):
     """Diagonal Gaussian q(z [| c]) = N(μ, diag σ²).
@@ -78,8 +111,23 @@ class MeanFieldGaussian(Family):
         )
 
     def loc_scale(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """μ and σ = softplus(ρ), each ``(D,)`` free or ``(B, D)`` at a context ``(B, C)``."""
         p = self.params(context)
         return p["loc"], F.softplus(p["rho"])
+
+    def loc(self, context: Tensor | None = None) -> Tensor:
+        """μ, ``(D,)`` free (the parameter itself) or ``(B, D)`` at a context."""
+        return self.loc_scale(context)[0]
+
+    def scale(self, context: Tensor | None = None) -> Tensor:
+        """σ = softplus(ρ), ``(D,)`` free or ``(B, D)`` at a context."""
+        return self.loc_scale(context)[1]
+
+    def distribution(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> MeanFieldGaussianDistribution:
+        """q as ``Independent(Normal(loc, scale), 1)`` (see :meth:`Family.distribution`)."""
+        return MeanFieldGaussianDistribution(self, context, validate_args=validate_args)
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         shape = self.sample_shape(n, context)
@@ -146,6 +194,25 @@ class FullRankGaussian(Family):
         raw = p["tril"]
         diag = F.softplus(raw.diagonal(dim1=-2, dim2=-1))
         return p["loc"], raw * self.strict_lower + torch.diag_embed(diag)
+
+    def loc(self, context: Tensor | None = None) -> Tensor:
+        """μ, ``(D,)`` free (the parameter itself) or ``(B, D)`` at a context."""
+        return self.params(context)["loc"]
+
+    def scale_tril(self, context: Tensor | None = None) -> Tensor:
+        """L, lower triangular with diagonal softplus(ρ), ``(D, D)`` or ``(B, D, D)``."""
+        return self.loc_tril(context)[1]
+
+    def covariance_matrix(self, context: Tensor | None = None) -> Tensor:
+        """Σ = L Lᵀ, ``(D, D)`` or ``(B, D, D)``."""
+        tril = self.scale_tril(context)
+        return tril @ tril.mT
+
+    def distribution(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> FullRankGaussianDistribution:
+        """q as ``MultivariateNormal(loc, scale_tril=L)`` (see :meth:`Family.distribution`)."""
+        return FullRankGaussianDistribution(self, context, validate_args=validate_args)
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         shape = self.sample_shape(n, context)
