@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling clean
+.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling bench-posteriors bench-peers2d bench-spline clean
 
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,21 @@ bench-uivi: bench-env
 # `vilab train` images/s with 1 and 2 processes (DistributedDataParallel, gloo), ~3 min.
 bench-scaling: bench-env
 	$(BENCH)/bin/python benchmarks/scaling.py
+
+# The posteriors with known answers × mean-field, full-rank, the default family and a spline
+# flow, 90 s of training per fit, two fits at a time (~25 min): k̂, ESS, errors of means and sds.
+bench-posteriors: bench-env
+	$(BENCH)/bin/python benchmarks/posteriors.py
+
+# vilab's default and spline families against zuko's NSF and normflows' RealNVP and NSF on
+# U1–U4, the banana and normflows' TwoMoons, RingMixture, CircularGaussianMixture at equal
+# CPU time, one KL estimator for all (~25 min).
+bench-peers2d: bench-env
+	$(BENCH)/bin/python benchmarks/peers2d.py
+
+# Steps/s of vilab's spline flows against zuko's on the same work (~2 min).
+bench-spline: bench-env
+	$(BENCH)/bin/python benchmarks/spline_speed.py
 
 clean:
 	rm -rf $(VENV) $(BENCH) runs

@@ -143,7 +143,7 @@ def test_fit_figures_record_a_failure_instead_of_raising(keep_threads, capsys):
     assert figures.status() == "FloatingPointError"
 
 
-@pytest.mark.parametrize("script", ["density2d", "mnist", "uivi"])
+@pytest.mark.parametrize("script", ["density2d", "mnist", "uivi", "posteriors"])
 def test_scripts_parse_their_quick_defaults(script):
     module = __import__(script)
     args = module.parse_args(["--quick"])
@@ -153,6 +153,7 @@ def test_scripts_parse_their_quick_defaults(script):
         "density2d": ("steps", 20, 8_000),
         "mnist": ("eval_samples", 10, 1000),
         "uivi": ("max_seconds", 10.0, 120.0),
+        "posteriors": ("seconds", 2.0, 90.0),
     }[script]
     assert (getattr(args, expected[0]), getattr(full, expected[0])) == expected[1:]
     with pytest.raises(SystemExit):

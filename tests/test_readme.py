@@ -53,6 +53,7 @@ ACTIVATE = ". .venv/bin/activate"
 FAST_FIT = [
     "--set", "steps=3", "--set", "samples=64", "--set", "eval_samples=2000",
     "--set", "figures=false", "--set", "family.log_q_samples=10", "--set", "threads=1",
+    "--set", "report_samples=500",
     "--no-progress",
 ]  # fmt: skip
 FAST_TRAIN = [
@@ -248,7 +249,7 @@ def run_command(
     argv = vilab_argv(cmd)
     assert argv is not None and cmd.argv[0] == "vilab"
     apply_env(cmd, monkeypatch)
-    extra = {"fit": FAST_FIT, "train": FAST_TRAIN, "eval": FAST_EVAL}[argv[0]]
+    extra = {"fit": FAST_FIT, "train": FAST_TRAIN, "eval": FAST_EVAL, "compare": []}[argv[0]]
     before = set(Path("runs").glob("*")) if Path("runs").is_dir() else set()
     assert cli.main([*argv, *extra, *(more or [])]) == 0, f"{cmd}: exit status not 0"
     created = sorted(set(Path("runs").glob("*")) - before) if Path("runs").is_dir() else []
@@ -301,7 +302,9 @@ def test_readme_starts_with_make_demo_and_make_test() -> None:
 
 def test_every_block_is_checked() -> None:
     langs = {b.lang for b in blocks(README_TEXT)}
-    assert langs <= {"bash", "python"}, f"no check for code blocks in {langs - {'bash', 'python'}}"
+    # ```text blocks show output (a report card), not code to run
+    known = {"bash", "python", "text"}
+    assert langs <= known, f"no check for code blocks in {langs - known}"
 
 
 def test_activation_is_said_before_the_first_vilab_command() -> None:
@@ -335,6 +338,8 @@ def test_command_runs(cmd: Command, in_workdir: Path, monkeypatch: pytest.Monkey
     if argv[0] == "fit":
         assert isinstance(config, FitConfig)
         name = f"{config.target.name.rpartition(':')[2]}_{config.family.kind}"
+        if "--out" in argv:  # the run directory it names
+            name = Path(argv[argv.index("--out") + 1]).name
         assert run is not None and run.name.startswith(name), f"{cmd}: wrote {run}, not {name}"
 
 

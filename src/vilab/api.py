@@ -57,7 +57,9 @@ def fit(
         target: a built-in name (``"U1"``), ``"file.py:function"`` / ``"module:function"``,
             a :class:`~vilab.targets.base.Target`, or a callable ``logp(z)`` (z ``(..., D)``
             -> ``(...)``), with the target keys ``dim``, ``box``, ``log_z``,
-            ``context_dim``, ``context_range`` given as keywords.
+            ``context_dim``, ``context_range``, ``support`` given as keywords
+            (``support="positive"`` or one ``[lo, hi]`` per coordinate, None for no bound:
+            the family is then mapped onto the support; :class:`~vilab.config.TargetConfig`).
         family: None (the config's family), a kind (``"planar"``), or a
             :class:`~vilab.families.base.Family` of your own.
         run_dir: default ``runs/<target>_<family>``, made unique.
@@ -72,7 +74,7 @@ def fit(
     data = config.model_dump() if isinstance(config, FitConfig) else {}
     if isinstance(config, (str, Path)):
         data = read_yaml(config)
-    target_keys = {"dim", "box", "log_z", "context_dim", "context_range"}
+    target_keys = {"dim", "box", "log_z", "context_dim", "context_range", "support"}
     section = {k: settings.pop(k) for k in target_keys & settings.keys()}
     if isinstance(target, str):
         section["name"] = target
@@ -84,7 +86,9 @@ def fit(
     if isinstance(target, Target):
         user_target = target
     elif not isinstance(target, str):
-        user_target = resolve_target(target, t.dim, t.box, t.log_z, t.context_dim, t.context_range)
+        user_target = resolve_target(
+            target, t.dim, t.box, t.log_z, t.context_dim, t.context_range, t.support
+        )
     user_family = family if isinstance(family, Family) else None
     name = (user_target.name if user_target is not None else t.name).rpartition(":")[2]
     kind = cfg.family.kind if user_family is None else type(user_family).__name__

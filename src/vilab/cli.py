@@ -26,6 +26,7 @@ def _fit_overrides(args: argparse.Namespace) -> list[str]:
         "target.dim": args.dim,
         "target.log_z": args.log_z,
         "target.context_dim": args.context_dim,
+        "target.support": args.support,
         "family.kind": args.family,
         "family.layers": args.layers,
         "family.base": args.base,
@@ -128,11 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a family to a 2-D energy, the banana or your log-density")
     f.add_argument("--config", help="YAML config file (see configs/)")
     f.add_argument(
-        "--target", help="U1..U4, banana, banana_family, or module:function / file.py:function"
+        "--target",
+        help="U1..U4, banana, banana_family, a posterior with a known answer (funnel2, "
+        "funnel10, gaussian_ill10, gaussian_ill100, mixture, logistic_breast_cancer), or "
+        "module:function / file.py:function",
     )
     f.add_argument(
         "--family",
-        help="mean_field, full_rank, planar, radial, iaf, sylvester_{orthogonal,householder,triangular}",
+        help="mean_field, full_rank, planar, radial, iaf, "
+        "sylvester_{orthogonal,householder,triangular}, affine_coupling, spline_coupling, "
+        "spline_autoregressive, naf",
     )
     f.add_argument("--layers", type=int, help="flow depth K")
     f.add_argument("--base", help="base of a flow: standard, mean_field, full_rank")
@@ -150,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--log-z", type=float, help="known log-normalizer of a user target")
     f.add_argument("--context-dim", type=int, help="context size of a user target family")
     f.add_argument("--context-range", type=float, nargs=2, metavar=("LO", "HI"))
+    f.add_argument(
+        "--support",
+        metavar="SUPPORT",
+        help="where a user target's density is positive: real, positive, or one [lo, hi] "
+        "per coordinate in YAML, null for no bound (e.g. '[[0, null], [-1, 1]]'); q is "
+        "mapped onto it",
+    )
     f.add_argument(
         "--set",
         action="append",

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vilab.estimators.importance import psis, summarize, weighted_moments
+from vilab.estimators.importance import KHAT_OK, psis, summarize, weighted_moments
 from vilab.families.base import Family
 from vilab.targets.base import Target
 
@@ -76,7 +76,8 @@ def report_card(
         samples: S, the draws of q.
         log_z: the exact log Z where known.
         exact_kl: ``(kl, stderr)`` already measured (e.g. from 10⁵ draws in 2-D), used
-            instead of this card's own log Z − ELBO.
+            instead of this card's own log Z − ELBO; the card's ELBO is then log Z − kl,
+            the same measurement's.
     """
     if samples < 100:
         raise ValueError(f"the report card needs at least 100 draws of q, got {samples}")
@@ -94,7 +95,7 @@ def report_card(
         "log_z_is_stderr": s.log_z_stderr,
         "log_z": log_z,
         "khat": s.khat,
-        "khat_reading": s.reading,
+        "khat_reading": s.reading + _tail_note(s.khat, s.ess / s.samples),
         "ess": s.ess,
         "ess_fraction": s.ess / s.samples,
         "ess_psis": s.ess_psis,
@@ -103,7 +104,8 @@ def report_card(
     if log_z is not None:
         card["log_z_is_zscore"] = (s.log_z - log_z) / max(s.log_z_stderr, 1e-300)
         kl, se = exact_kl if exact_kl is not None else (log_z - s.elbo, s.elbo_stderr)
-        card.update(kl=kl, kl_stderr=se, kl_kind=KL_EXACT)
+        # with a KL measured on more draws, the ELBO shown is the same measurement's
+        card.update(kl=kl, kl_stderr=se, kl_kind=KL_EXACT, elbo=log_z - kl, elbo_stderr=se)
     else:
         card.update(kl=s.kl, kl_stderr=s.kl_stderr, kl_kind=KL_IS)
     card.update(
@@ -123,6 +125,16 @@ def report_card(
             "sd_error_psis": _err(sd_psis, sd, sd),
         }
     return card
+
+
+def _tail_note(khat: float, ess_fraction: float) -> str:
+    """With k̂ ≥ 0.7 but nearly equal weights, where the mismatch lies."""
+    if khat >= KHAT_OK and ess_fraction >= 0.9:
+        return (
+            f" — though the bulk agrees (ESS {ess_fraction:.0%}): the mismatch is in the tails, "
+            "where p is heavier than q"
+        )
+    return ""
 
 
 def _width(text: str) -> int:

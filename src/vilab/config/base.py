@@ -16,6 +16,10 @@ FLOW_KINDS = (
     "sylvester_orthogonal",
     "sylvester_householder",
     "sylvester_triangular",
+    "affine_coupling",
+    "spline_coupling",
+    "spline_autoregressive",
+    "naf",
 )
 FAMILY_KINDS = ("mean_field", "full_rank", *FLOW_KINDS, "stack", "uivi")
 

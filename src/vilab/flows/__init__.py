@@ -1,11 +1,30 @@
 """Flows in the sampling direction (noise -> sample), free or amortized."""
 
 from vilab.flows.base import Flow
+from vilab.flows.coupling import AffineCoupling
 from vilab.flows.flow import FlowFamily
 from vilab.flows.iaf import IAF
 from vilab.flows.made import MADE
+from vilab.flows.naf import NeuralAutoregressive
 from vilab.flows.planar import Planar
 from vilab.flows.radial import Radial
+from vilab.flows.spline import SplineAutoregressive, SplineCoupling
+from vilab.flows.support import SupportTransform, parse_support, support_flow
 from vilab.flows.sylvester import Sylvester
 
-__all__ = ["IAF", "MADE", "Flow", "FlowFamily", "Planar", "Radial", "Sylvester"]
+__all__ = [
+    "IAF",
+    "MADE",
+    "AffineCoupling",
+    "Flow",
+    "FlowFamily",
+    "NeuralAutoregressive",
+    "Planar",
+    "Radial",
+    "SplineAutoregressive",
+    "SplineCoupling",
+    "SupportTransform",
+    "Sylvester",
+    "parse_support",
+    "support_flow",
+]

@@ -62,14 +62,16 @@ def resolve_target(
     log_z: float | None = None,
     context_dim: int | None = None,
     context_range: tuple[float, float] = (0.0, 1.0),
+    support: object = None,
 ) -> Target:
     """A built-in target by name (``U1``…``U4``, ``banana``, ``banana_family``, or one of
     the suite :data:`vilab.targets.suite.SUITE`), a user
     callable named ``module:function`` / ``file.py:function``, or the callable itself
-    (``logp(z)``, or ``logp(z, c)`` for a target family), checked as it is loaded."""
+    (``logp(z)``, or ``logp(z, c)`` for a target family), checked as it is loaded — inside
+    ``support`` where one is given (:func:`vilab.flows.support.parse_support`)."""
     if callable(spec):
         name = getattr(spec, "__name__", "custom")
-        return _callable_target(spec, name, dim, box, log_z, context_dim, context_range)
+        return _callable_target(spec, name, dim, box, log_z, context_dim, context_range, support)
     if spec in BUILTIN_TARGETS:
         target = BUILTIN_TARGETS[spec]()
         if dim is not None and dim != target.dim:
@@ -81,7 +83,7 @@ def resolve_target(
             "log-density 'module:function' / 'path/file.py:function'"
         )
     fn = load_callable(spec)
-    return _callable_target(fn, spec, dim, box, log_z, context_dim, context_range)
+    return _callable_target(fn, spec, dim, box, log_z, context_dim, context_range, support)
 
 
 def _callable_target(
@@ -92,6 +94,7 @@ def _callable_target(
     log_z: float | None,
     context_dim: int | None,
     context_range: tuple[float, float],
+    support: object = None,
 ) -> Target:
     if dim is None:
         dim = 2
@@ -104,4 +107,4 @@ def _callable_target(
             )
     name = spec.rpartition(":")[2]
     lo, hi = context_range
-    return CallableTarget(fn, dim, name, box, log_z, context_dim, lo, hi)
+    return CallableTarget(fn, dim, name, box, log_z, context_dim, lo, hi, support=support)

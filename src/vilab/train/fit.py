@@ -4,13 +4,24 @@
 
 With the target's log Z known (built-in) or computed by quadrature (2-D with a box), the
 logged KL over training is log Z − ELBO and the final figure is the exact KL from
-``eval_samples`` samples with its standard error (:func:`vilab.targets.grid.exact_kl`).
+``eval_samples`` samples with its standard error (:func:`vilab.targets.grid.exact_kl`);
+without it, the report card's importance-sampled KL (per evaluation context for a target
+family, whose contexts are checked before training).
+
+A target with a stated ``support`` gets a family that ends in the bijection onto it
+(:func:`vilab.build.family_from_config`). Non-finite log p̃ at q's (finite) samples is the
+target's, not the learning rate's: −inf (zero density where q has mass, KL = ∞; confirmed
+in float64 so that an overflow of a blown-up family is not taken for it) stops the run at
+once with a :class:`~vilab.targets.base.TargetError` that suggests ``target.support``; NaN
+or +inf is skipped like any non-finite step (:mod:`vilab.train.guard`), and if the
+rollbacks do not end it, the error names the target instead of the learning rate.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,10 +36,11 @@ from vilab.distributed import SINGLE
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import AtContext, Family
 from vilab.families.semi_implicit import SemiImplicit
+from vilab.flows.support import describe_support
 from vilab.report import report_card, summarize_cards
-from vilab.targets.base import Target, default_eval_contexts
+from vilab.targets.base import Target, TargetError, default_eval_contexts, with_support
 from vilab.targets.grid import KLEstimate, exact_kl, grid_log_z
-from vilab.train.guard import StepGuard, backward_checked
+from vilab.train.guard import Diverged, StepGuard, backward_checked
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.run import execute
 from vilab.train.schedule import apply_lr, progress
@@ -43,10 +55,10 @@ def build_target(config: FitConfig) -> Target:
 
 
 def build_for(config: FitConfig, target: Target) -> Family:
-    """The configured family for ``target`` (amortized when it is a target family)."""
-    return family_from_config(config.family, target.dim, target.context_dim).to(
-        DTYPES[config.dtype]
-    )
+    """The configured family for ``target`` (amortized when it is a target family; ending
+    in the bijection onto ``target.support`` when it has one)."""
+    family = family_from_config(config.family, target.dim, target.context_dim, target.support)
+    return family.to(DTYPES[config.dtype])
 
 
 def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
@@ -61,7 +73,16 @@ def target_log_z(target: Target, context: Tensor | None = None) -> float | None:
 
 
 class Fitter:
-    """One fitting run: builds everything from a config and owns the training state."""
+    """One fitting run: builds everything from a config and owns the training state.
+
+    ``target`` and ``family`` replace the configured ones; ``config.target.support``, if
+    set, is stated on a given target too. A family of your own is used as it is: with a
+    support, let it end in :class:`~vilab.flows.support.SupportTransform` yourself.
+
+    Raises:
+        ValueError: before any training, for a target or family that cannot work (a
+            malformed support, a semi-implicit family on a support, STL without log_prob).
+    """
 
     world = SINGLE
 
@@ -71,6 +92,8 @@ class Fitter:
         self.config = config
         torch.manual_seed(config.seed)
         self.target = target if target is not None else build_target(config)
+        self.target = with_support(self.target, config.target.support)
+        self.eval_context_rows = self.eval_rows()
         self.family = build_for(config, self.target) if family is None else family
         self.family_name = config.family.kind if family is None else type(family).__name__
         self.dtype = DTYPES[config.dtype]
@@ -81,10 +104,26 @@ class Fitter:
                 "without an inverse): set objective.stl=false"
             )
         self.optimizer = torch.optim.Adam(self.family.parameters(), lr=config.optim.lr)
-        self.guard = StepGuard(config.faults)
+        self.target_fault: str | None = None  # NaN/+inf of log p̃ in the current bad steps
+        self.guard = FitGuard(config.faults, lambda: self.target_fault)
         self.step = 0
         self.seconds = 0.0
         self._t0 = time.perf_counter()
+
+    def eval_rows(self) -> list[list[float]] | None:
+        """The evaluation contexts of a target family (None for a single target), set
+        before training: ``eval_contexts`` (each number repeated ``context_dim`` times) or
+        :func:`~vilab.targets.base.default_eval_contexts`. Where log Z is unknown at them
+        (no ``log_z``, no 2-D box) the final KL is the report card's importance-sampled one,
+        so a run never trains to fail at its evaluation.
+        """
+        c_dim = self.target.context_dim
+        if c_dim is None:
+            return None
+        given = self.config.eval_contexts
+        if not given:
+            return default_eval_contexts(self.target)
+        return [[float(c)] * c_dim for c in given]
 
     def start_clock(self) -> None:
         """(Re)start the training clock at ``self.seconds``."""
@@ -118,6 +157,7 @@ class Fitter:
         n, context = self.contexts(cfg.samples)
         s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value)
         log_p = self.target.log_prob(s.z, context)
+        self.check_target(log_p, s.z, context)
         loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta).mean()
         bound = elbo(log_p - s.log_q).mean().detach()
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,9 +165,69 @@ class Fitter:
         finite = backward_checked(loss, params, cfg.optim.grad_clip)
         if finite:  # a non-finite step is skipped (vilab.train.guard)
             self.optimizer.step()
+            self.target_fault = None
         self.step += 1
         self.seconds = time.perf_counter() - self._t0
         return {"bound": bound.item(), "beta": beta, "lr": lr, "finite": float(finite)}
+
+    def check_target(self, log_p: Tensor, z: Tensor, context: Tensor | None) -> None:
+        """Attribute non-finite log p̃ at q's finite samples to the target (module
+        docstring): raise :class:`~vilab.targets.base.TargetError` for −inf, note NaN and
+        +inf in ``target_fault`` for :class:`FitGuard`. One check of ``log_p`` a step.
+
+        Args:
+            log_p: ``(S,)`` or ``(S, B)``; z: ``(S, D)`` or ``(S, B, D)``; context ``(B, C)``.
+        """
+        values = log_p.detach()
+        if bool(torch.isfinite(values).all()):
+            return
+        z = z.detach()
+        bad = ~torch.isfinite(values) & torch.isfinite(z).all(-1)
+        neg = bad & torch.isneginf(values)
+        if bool(neg.any()):
+            neg = neg & self._neg_inf_in_float64(z, context)
+        if bool(neg.any()):
+            raise TargetError(self._neg_inf_message(neg, z, context))
+        other = bad & ~torch.isneginf(values)
+        if bool(other.any()):
+            what = "NaN" if bool(values[other].isnan().any()) else "+inf"
+            self.target_fault = (
+                f"target {self.target.name!r} returned {what} at {int(other.sum())} of "
+                f"{values.numel()} samples of q at step {self.step}, e.g. "
+                f"{_example(other, z, context)}"
+            )
+
+    def _neg_inf_in_float64(self, z: Tensor, context: Tensor | None) -> Tensor:
+        """Where log p̃ is −inf in float64 too (all True if z is float64 already, or if the
+        target does not take float64)."""
+        if z.dtype == torch.float64:
+            return torch.ones(z.shape[:-1], dtype=torch.bool)
+        try:
+            with torch.no_grad():
+                c = None if context is None else context.double()
+                return torch.isneginf(self.target.log_prob(z.double(), c))
+        except Exception:  # noqa: BLE001 - the user's code may not take float64
+            return torch.ones(z.shape[:-1], dtype=torch.bool)
+
+    def _neg_inf_message(self, neg: Tensor, z: Tensor, context: Tensor | None) -> str:
+        head = (
+            f"target {self.target.name!r} returned −inf (zero density) at {int(neg.sum())} "
+            f"of {neg.numel()} samples of q at step {self.step}, e.g. "
+            f"{_example(neg, z, context)}"
+        )
+        if self.target.support is not None:
+            return (
+                f"{head}, inside its stated support {describe_support(self.target.support)}: "
+                "KL(q‖p) = ∞ there; narrow target.support to where the density is "
+                "positive, or check the function"
+            )
+        return (
+            f"{head}: the target has a bounded support, and q, a family on all of "
+            f"R^{self.target.dim}, puts mass outside it, where KL(q‖p) = ∞ (no learning rate "
+            "fixes this). State the support and q is mapped onto it: target.support = "
+            "'positive' or one [lo, hi] per coordinate (null for no bound) in the config, "
+            "--support on the command line, support= in vilab.fit"
+        )
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -192,29 +292,36 @@ class Fitter:
             out.setdefault("elbo", card["elbo"])
             out.setdefault("elbo_stderr", card["elbo_stderr"])
             return {**out, "report": card}
-        contexts = cfg.eval_contexts
-        rows = [[c] if isinstance(c, (int, float)) else c for c in contexts] if contexts else None
-        rows = rows or default_eval_contexts(self.target)
         per, cards = [], []
-        for row in rows:
+        for row in self.eval_context_rows or []:
             c = torch.tensor([row], dtype=self.dtype)
             log_z = target_log_z(self.target, c[0])
-            if log_z is None:
-                raise ValueError(f"log Z unknown at context {row}: give a box or log_z")
             q, p = AtContext(self.family, c), self.target.at(c[0])
-            est = exact_kl(q, p, log_z, cfg.eval_samples)
-            per.append({"context": row, **_kl_dict(est)})
-            card = report_card(q, p, cfg.report_samples, log_z, (est.kl, est.kl_stderr))
+            if log_z is None:  # the card's importance-sampled KL
+                card = report_card(q, p, cfg.report_samples)
+                kl = {"kl": None, "kl_stderr": None, "log_z": None}
+                per.append({"context": row, **kl, "elbo": card["elbo"]})
+            else:
+                est = exact_kl(q, p, log_z, cfg.eval_samples)
+                per.append({"context": row, **_kl_dict(est)})
+                card = report_card(q, p, cfg.report_samples, log_z, (est.kl, est.kl_stderr))
             cards.append({"context": row, **card})
         n = len(per)
-        return {
-            "kl": sum(p["kl"] for p in per) / n,
-            "kl_stderr": math.sqrt(sum(p["kl_stderr"] ** 2 for p in per)) / n,
+        known = all(p["kl"] is not None for p in per)
+        out = {
+            "kl": sum(p["kl"] for p in per) / n if known else None,
+            "kl_stderr": math.sqrt(sum(p["kl_stderr"] ** 2 for p in per)) / n if known else None,
             "elbo": sum(p["elbo"] for p in per) / n,
             "log_z": None,
             "kl_by_context": per,
             "report": summarize_cards(cards),
         }
+        if not known:
+            out["kl_note"] = (
+                "log Z unknown at the evaluation contexts: give target.log_z or, in 2-D, a "
+                "box for the exact KL; the report card has an importance-sampled one"
+            )
+        return out
 
     # -- the lifecycle's side (vilab.train.run.Trainer) -----------------------------------
     def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
@@ -245,8 +352,51 @@ class Fitter:
             from vilab.plots.density2d import plot_run
 
             records = read_metrics(run_dir / "metrics.jsonl")
-            plot_run(self.family, self.target, records, run_dir, self.config.eval_contexts)
+            plot_run(self.family, self.target, records, run_dir, self.eval_context_rows)
         return out
+
+
+class TargetDiverged(TargetError, Diverged):
+    """Training stopped on non-finite steps that the target's log p̃ caused: a
+    :class:`~vilab.targets.base.TargetError` (ValueError) and a
+    :class:`~vilab.train.guard.Diverged` (FloatingPointError)."""
+
+
+class FitGuard(StepGuard):
+    """The :class:`~vilab.train.guard.StepGuard` of a fit: when the rollbacks are used up
+    and the target's log p̃ was NaN or +inf at q's samples in the current run of
+    non-finite steps (``fault()``, None otherwise), it raises :class:`TargetDiverged`
+    naming the target instead of :class:`~vilab.train.guard.Diverged`'s advice to lower
+    the learning rate."""
+
+    def __init__(self, faults: Any, fault: Callable[[], str | None]) -> None:
+        super().__init__(faults)
+        self.fault = fault
+
+    def record(self, finite: bool, step: int) -> bool:
+        try:
+            return super().record(finite, step)
+        except Diverged as err:
+            fault = self.fault()
+            if fault is None:
+                raise
+            raise TargetDiverged(
+                f"training stopped: {fault}; the steps stayed non-finite after "
+                f"{self.rollbacks} rollback(s) that lowered optim.lr to {self.lr_scale:g}×, "
+                "so the target is at fault, not the learning rate. A log-density must be a "
+                "number or −inf (zero density); if the target is defined only on part of "
+                "R^D, state target.support"
+            ) from err
+
+
+def _example(mask: Tensor, z: Tensor, context: Tensor | None) -> str:
+    """``"z = [0.1, -2]"`` (and its context) at the first True entry of ``mask``."""
+    index = tuple(int(i) for i in mask.nonzero()[0])
+    point = ", ".join(f"{v:.4g}" for v in z[index].tolist())
+    where = f"z = [{point}]"
+    if context is not None and len(index) > 1:
+        where += " at context [" + ", ".join(f"{v:.4g}" for v in context[index[1]].tolist()) + "]"
+    return where
 
 
 @torch.no_grad()
