@@ -40,7 +40,7 @@ BENCH_NODEPS := pythae==0.1.2
 $(BENCH)/bin/python: benchmarks/requirements.txt pyproject.toml
 	$(PY) -m venv $(BENCH)
 	$(BENCH)/bin/pip install -q $(TORCH)
-	$(BENCH)/bin/pip install -q -e . -r benchmarks/requirements.txt
+	$(BENCH)/bin/pip install -q -e '.[posteriors]' -r benchmarks/requirements.txt
 	$(BENCH)/bin/pip install -q --no-deps $(BENCH_NODEPS)
 	touch $(BENCH)/bin/python
 

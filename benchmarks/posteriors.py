@@ -43,6 +43,7 @@ from common import (
 )
 
 from vilab.config import load_fit_config
+from vilab.targets import resolve_target
 from vilab.targets.suite import SUITE
 
 FAMILIES = {
@@ -148,6 +149,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     require(p, args, ["threads", "jobs"])
     require(p, args, ["samples"], 100)
     require(p, args, ["seconds"], 0, strict=True)
+    for name in args.targets:  # fail now, not after the other fits: e.g. no scikit-learn
+        try:
+            resolve_target(name)
+        except ValueError as err:
+            p.error(f"target {name!r} cannot be built: {err}")
     return args
 
 
