@@ -200,7 +200,23 @@ def rational_quadratic_spline(
     return rq_spline(x, knots, bound, inverse)
 
 
-class SplineCoupling(Coupling):
+class _Splined:
+    """What both spline flows share: K bins on [−B, B] and the elementwise RQ spline as
+    their ``transform`` (the flow base classes call it with the conditioner's θ)."""
+
+    n_params: int
+    bins: int
+    tail_bound: float
+
+    def _spline_options(self, bins: int, tail_bound: float) -> None:
+        check_spline_options(bins, tail_bound)
+        self.n_params = spline_params(bins)
+
+    def transform(self, x: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        return rq_spline(x, spline_knots(theta, self.tail_bound), self.tail_bound, inverse)
+
+
+class SplineCoupling(_Splined, Coupling):
     """Neural spline coupling layer (Durkan et al. 2019, section 3.2): the transformed part
     goes through RQ splines whose 3K − 1 parameters per coordinate come from an MLP on the
     kept part (and the context h):
@@ -222,17 +238,12 @@ class SplineCoupling(Coupling):
         bins: int = 8,
         tail_bound: float = 5.0,
     ) -> None:
-        check_spline_options(bins, tail_bound)
-        self.n_params = spline_params(bins)
+        self._spline_options(bins, tail_bound)
         super().__init__(dim, hidden, context_dim, flip)
         self.bins, self.tail_bound = bins, float(tail_bound)
 
-    def transform(self, x: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        knots = spline_knots(theta, self.tail_bound)
-        return rq_spline(x, knots, self.tail_bound, inverse)
 
-
-class SplineAutoregressive(Autoregressive):
+class SplineAutoregressive(_Splined, Autoregressive):
     """Autoregressive neural spline flow (Durkan et al. 2019, section 3.2) in IAF's
     direction (:class:`~vilab.flows.coupling.Autoregressive`):
 
@@ -254,10 +265,6 @@ class SplineAutoregressive(Autoregressive):
         bins: int = 8,
         tail_bound: float = 5.0,
     ) -> None:
-        check_spline_options(bins, tail_bound)
-        self.n_params = spline_params(bins)
+        self._spline_options(bins, tail_bound)
         super().__init__(dim, hidden, context_dim, reverse)
         self.bins, self.tail_bound = bins, float(tail_bound)
-
-    def transform(self, x: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        return rq_spline(x, spline_knots(theta, self.tail_bound), self.tail_bound, inverse)
