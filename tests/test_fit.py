@@ -179,6 +179,11 @@ def test_amortized_fit_on_the_banana_family_reports_unseen_contexts(tmp_path) ->
         assert 0.5 < row["context"][0] < 1.5
         assert row["kl"] > -3 * row["kl_stderr"]
     assert metrics["kl"] == pytest.approx(sum(r["kl"] for r in per) / 4)
+    card = metrics["report"]  # one report card per held-out context, and the worst k̂
+    assert card["contexts"] == 4 and len(card["by_context"]) == 4
+    assert card["khat"] == max(c["khat"] for c in card["by_context"])
+    assert [c["context"] for c in card["by_context"]] == [r["context"] for r in per]
+    assert card["kl"] == pytest.approx(metrics["kl"])  # the exact KL, per context
 
 
 def test_user_target_in_five_dimensions(tmp_path) -> None:
