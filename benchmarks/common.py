@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -271,6 +272,15 @@ def run_parallel(fn: Callable[..., F], calls: Sequence[tuple[Any, ...]], jobs: i
                 flush=True,
             )
         return [f.result() for f in futures]
+
+
+# -- timing ------------------------------------------------------------------------------------
+def time_steps(step: Callable[[], object], n: int) -> float:
+    """Steps per second over ``n`` consecutive calls of ``step``."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return n / (time.perf_counter() - t0)
 
 
 # -- Monte Carlo errors -----------------------------------------------------------------------

@@ -40,8 +40,7 @@ import argparse
 import math
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -305,14 +304,6 @@ def check_same_flow(fitter: Fitter, model: Any) -> tuple[float, float]:
     return float((z_v - z_n).abs().max()), float((logdet_v - logdet_n).abs().max())
 
 
-def time_steps(step: Callable[[], object], n: int) -> float:
-    """Steps per second over ``n`` consecutive calls of ``step``."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    return n / (time.perf_counter() - t0)
-
-
 @dataclass
 class SpeedResult:
     """Per-round rates (steps/s) of both libraries and their medians."""
@@ -362,13 +353,13 @@ def part_b(args: argparse.Namespace) -> SpeedResult:
         f"max |Δz| = {dz:.1e}, max |Δ log det| = {dlogdet:.1e}.\n",
         flush=True,
     )
-    time_steps(fitter.train_step, warmup)
-    time_steps(normflows_step, warmup)
+    common.time_steps(fitter.train_step, warmup)
+    common.time_steps(normflows_step, warmup)
     result = SpeedResult()
     steppers = {"vilab": fitter.train_step, "normflows": normflows_step}
     for r in range(rounds):
         for name in common.rotated(list(steppers), r):
-            getattr(result, name).append(time_steps(steppers[name], steps))
+            getattr(result, name).append(common.time_steps(steppers[name], steps))
         print(
             f"  round {r + 1}/{rounds}: vilab {result.vilab[-1]:.1f}, "
             f"normflows {result.normflows[-1]:.1f} steps/s",

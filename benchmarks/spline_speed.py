@@ -38,8 +38,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -118,14 +117,6 @@ def zuko_stepper(passes: int | None, args: argparse.Namespace, target: Target) -
     return step
 
 
-def time_steps(step: Callable[[], object], n: int) -> float:
-    """Steps per second over ``n`` consecutive calls of ``step``."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    return n / (time.perf_counter() - t0)
-
-
 @dataclass
 class SpeedResult:
     """Per-round rates (steps/s) of both libraries for one pair, and their medians."""
@@ -161,10 +152,10 @@ def run_pair(pair: str, args: argparse.Namespace, target: Target) -> SpeedResult
     )
     steppers = {"vilab": fitter.train_step, "zuko": zuko_step}
     for step in steppers.values():
-        time_steps(step, args.warmup)
+        common.time_steps(step, args.warmup)
     for r in range(args.rounds):
         for name in common.rotated(list(steppers), r):
-            getattr(result, name).append(time_steps(steppers[name], args.steps))
+            getattr(result, name).append(common.time_steps(steppers[name], args.steps))
         print(
             f"  round {r + 1}/{args.rounds}: vilab {result.vilab[-1]:.1f}, "
             f"zuko {result.zuko[-1]:.1f} steps/s",

@@ -135,7 +135,7 @@ def test_evaluate_gives_the_distribution_of_per_image_khat(vae_and_images) -> No
         vae.eval()
         lw = vae.log_weights(x, 200, h=vae.posterior.context(x))
     k = pareto_khat(lw.double().T)
-    assert s["median"] == pytest.approx(float(k.median()), abs=0.1)
+    assert s["median"] == float(k.median())  # the lower median, one of the k̂
     assert s["max"] == pytest.approx(float(k.max()))
     with pytest.raises(ValueError, match="at least 100"):
         evaluate(vae, x, 50, 50, 30, khat=True)

@@ -111,6 +111,18 @@ def test_compare_tables_runs_and_summarizes_seeds(tmp_path, capsys) -> None:
     assert figure.stat().st_size > 0 and "| funnel2 |" in capsys.readouterr().out
 
 
+def test_compare_shows_a_vae_run_with_its_test_log_likelihood(tmp_path) -> None:
+    run = tmp_path / "vae"
+    run.mkdir()
+    test = {"log_px": -95.4321, "log_px_stderr": 0.0312, "khat": {"median": 0.41}}
+    (run / "metrics.json").write_text(json.dumps({"steps": 30, "seconds": 2.0, "test": test}))
+    config = "seed: 3\ndata: {name: binarized_mnist}\nposterior: {kind: iaf}\n"
+    (run / "config.yaml").write_text(config)
+    text, rows = compare([run])
+    assert rows[0]["kind"] == "vae" and rows[0]["family"] == "iaf"
+    assert "| binarized_mnist | iaf | 3 | -95.43 ± 0.03 | 0.41 | 30 |" in text
+
+
 def test_compare_refuses_what_is_not_a_run(tmp_path, capsys) -> None:
     assert main(["compare", str(tmp_path / "missing"), "--no-figure"]) == 2
     assert "is not a directory" in capsys.readouterr().err

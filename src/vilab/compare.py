@@ -64,11 +64,9 @@ def load_row(run: Path) -> Row:
     row["seconds"] = metrics.get("seconds")
     if "test" in metrics or "valid_log_px" in metrics:  # a VAE run
         test = metrics.get("test") or {}
-        family = (config.get("model") or {}).get("posterior") or config.get("family") or "vae"
-        if isinstance(family, dict):
-            family = family.get("kind", "vae")
-        data = (config.get("data") or {}).get("binarization", "mnist")
-        row.update(kind="vae", target=f"mnist ({data})", family=str(family))
+        family = (config.get("posterior") or {}).get("kind", "vae")
+        data = (config.get("data") or {}).get("name", "data")
+        row.update(kind="vae", target=str(data), family=str(family))
         row.update(log_px=test.get("log_px"), log_px_stderr=test.get("log_px_stderr"))
         row["khat"] = (test.get("khat") or {}).get("median")
         return row

@@ -167,10 +167,12 @@ KHAT_MIN_SAMPLES = 100
 def khat_summary(khat: Tensor) -> dict[str, float]:
     """The distribution of per-image Pareto k̂ ``(N,)``: quantiles, the fractions above
     0.5 and 0.7 (images whose importance-sampled log p(x) converges slowly, or cannot be
-    trusted: q(z | x) misses mass of p(z | x); Yao et al. 2018, Vehtari et al. 2024)."""
+    trusted: q(z | x) misses mass of p(z | x); Yao et al. 2018, Vehtari et al. 2024).
+    k̂ = −inf (equal weights: nothing to fit) ranks lowest and counts as below 0.5."""
     k = khat.double()
-    finite = k[torch.isfinite(k)] if torch.isfinite(k).any() else k.nan_to_num(-1.0)
-    q = torch.quantile(finite, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    # "lower": each quantile is one of the k̂ (no interpolation, so −inf stays −inf)
+    levels = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    q = torch.quantile(k, levels, interpolation="lower")
     return {
         "q10": float(q[0]),
         "median": float(q[1]),

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vilab.estimators.importance import KHAT_OK, psis, summarize, weighted_moments
+from vilab.estimators.importance import KHAT_OK, summarize, weighted_moments
 from vilab.families.base import Family
 from vilab.targets.base import Target
 
@@ -83,9 +83,8 @@ def report_card(
         raise ValueError(f"the report card needs at least 100 draws of q, got {samples}")
     z, lw = draw_log_weights(family, target, samples)
     s = summarize(lw)
-    smoothed, _ = psis(lw)
     mean_q, sd_q = z.mean(0), z.std(0)
-    mean_psis, sd_psis = weighted_moments(z, smoothed)
+    mean_psis, sd_psis = weighted_moments(z, s.log_w_smoothed)
     card: dict[str, Any] = {
         "samples": s.samples,
         "dim": int(z.shape[-1]),

@@ -32,7 +32,7 @@ e.g. per image of a VAE).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -171,7 +171,9 @@ def weighted_moments(z: Tensor, log_w_normalized: Tensor) -> tuple[Tensor, Tenso
 
 @dataclass(frozen=True)
 class ImportanceSummary:
-    """The importance-sampling figures of one set of draws (floats, nats)."""
+    """The importance-sampling figures of one set of draws (floats, nats), and the
+    Pareto-smoothed self-normalized log-weights ``(S,)`` they came from, for corrected
+    expectations (:func:`weighted_moments`)."""
 
     samples: int
     elbo: float
@@ -183,6 +185,7 @@ class ImportanceSummary:
     khat: float
     ess: float
     ess_psis: float
+    log_w_smoothed: Tensor = field(repr=False, compare=False)
 
     @property
     def reading(self) -> str:
@@ -212,4 +215,5 @@ def summarize(log_w: Tensor) -> ImportanceSummary:
         khat=float(khat),
         ess=float(effective_sample_size(lw)),
         ess_psis=float(1.0 / smoothed.exp().pow(2).sum()),
+        log_w_smoothed=smoothed,
     )

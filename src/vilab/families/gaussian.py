@@ -46,7 +46,29 @@ def gaussian_kl_per_dim(loc: Tensor, scale: Tensor, log_scale: Tensor | None = N
     return 0.5 * (loc * loc + scale * scale - 1.0) - log_scale
 
 
-class StandardNormal(Family):
+class DiagonalGaussian(Family):
+    """What the diagonal Gaussians share: from ``loc_scale(context) -> (μ, σ)``, each
+    ``([B,] D)``, their parameters one at a time and their torch distribution."""
+
+    def loc_scale(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def loc(self, context: Tensor | None = None) -> Tensor:
+        """μ, ``(D,)`` free (the parameter itself where it is one) or ``(B, D)`` at a context."""
+        return self.loc_scale(context)[0]
+
+    def scale(self, context: Tensor | None = None) -> Tensor:
+        """σ, ``(D,)`` free or ``(B, D)`` at a context."""
+        return self.loc_scale(context)[1]
+
+    def distribution(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> MeanFieldGaussianDistribution:
+        """q as ``Independent(Normal(loc, scale), 1)`` (see :meth:`Family.distribution`)."""
+        return MeanFieldGaussianDistribution(self, context, validate_args=validate_args)
+
+
+class StandardNormal(DiagonalGaussian):
     """N(0, I) with no parameters; accepts (and ignores) a context for the batch size."""
 
     def __init__(self, dim: int, context_dim: int | None = None) -> None:
@@ -69,22 +91,8 @@ class StandardNormal(Family):
         zeros = torch.zeros(shape, dtype=self._ref.dtype, device=self._ref.device)
         return zeros, torch.ones_like(zeros)
 
-    def loc(self, context: Tensor | None = None) -> Tensor:
-        """μ = 0, ``([B,] D)``."""
-        return self.loc_scale(context)[0]
 
-    def scale(self, context: Tensor | None = None) -> Tensor:
-        """σ = 1, ``([B,] D)``."""
-        return self.loc_scale(context)[1]
-
-    def distribution(
-        self, context: Tensor | None = None, *, validate_args: bool | None = None
-    ) -> MeanFieldGaussianDistribution:
-        """N(0, I) as ``Independent(Normal(0, 1), 1)`` (see :meth:`Family.distribution`)."""
-        return MeanFieldGaussianDistribution(self, context, validate_args=validate_args)
-
-
-class MeanFieldGaussian(Family):
+class MeanFieldGaussian(DiagonalGaussian):
     """Diagonal Gaussian q(z [| c]) = N(μ, diag σ²).
 
     Args:
@@ -114,20 +122,6 @@ class MeanFieldGaussian(Family):
         """μ and σ = softplus(ρ), each ``(D,)`` free or ``(B, D)`` at a context ``(B, C)``."""
         p = self.params(context)
         return p["loc"], F.softplus(p["rho"])
-
-    def loc(self, context: Tensor | None = None) -> Tensor:
-        """μ, ``(D,)`` free (the parameter itself) or ``(B, D)`` at a context."""
-        return self.loc_scale(context)[0]
-
-    def scale(self, context: Tensor | None = None) -> Tensor:
-        """σ = softplus(ρ), ``(D,)`` free or ``(B, D)`` at a context."""
-        return self.loc_scale(context)[1]
-
-    def distribution(
-        self, context: Tensor | None = None, *, validate_args: bool | None = None
-    ) -> MeanFieldGaussianDistribution:
-        """q as ``Independent(Normal(loc, scale), 1)`` (see :meth:`Family.distribution`)."""
-        return MeanFieldGaussianDistribution(self, context, validate_args=validate_args)
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         shape = self.sample_shape(n, context)

@@ -209,8 +209,11 @@ class _Splined:
     tail_bound: float
 
     def _spline_options(self, bins: int, tail_bound: float) -> None:
+        """Check and keep K and B, and the 3K − 1 parameters per coordinate they need
+        (before the base class builds its conditioner from ``n_params``)."""
         check_spline_options(bins, tail_bound)
         self.n_params = spline_params(bins)
+        self.bins, self.tail_bound = bins, float(tail_bound)
 
     def transform(self, x: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return rq_spline(x, spline_knots(theta, self.tail_bound), self.tail_bound, inverse)
@@ -240,7 +243,6 @@ class SplineCoupling(_Splined, Coupling):
     ) -> None:
         self._spline_options(bins, tail_bound)
         super().__init__(dim, hidden, context_dim, flip)
-        self.bins, self.tail_bound = bins, float(tail_bound)
 
 
 class SplineAutoregressive(_Splined, Autoregressive):
@@ -267,4 +269,3 @@ class SplineAutoregressive(_Splined, Autoregressive):
     ) -> None:
         self._spline_options(bins, tail_bound)
         super().__init__(dim, hidden, context_dim, reverse)
-        self.bins, self.tail_bound = bins, float(tail_bound)

@@ -157,7 +157,6 @@ class Fitter:
         n, context = self.contexts(cfg.samples)
         s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value)
         log_p = self.target.log_prob(s.z, context)
-        self.check_target(log_p, s.z, context)
         loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta).mean()
         bound = elbo(log_p - s.log_q).mean().detach()
         self.optimizer.zero_grad(set_to_none=True)
@@ -166,6 +165,8 @@ class Fitter:
         if finite:  # a non-finite step is skipped (vilab.train.guard)
             self.optimizer.step()
             self.target_fault = None
+        else:  # any non-finite log p̃ makes the step so: is the target at fault?
+            self.check_target(log_p, s.z, context)
         self.step += 1
         self.seconds = time.perf_counter() - self._t0
         return {"bound": bound.item(), "beta": beta, "lr": lr, "finite": float(finite)}
@@ -173,7 +174,8 @@ class Fitter:
     def check_target(self, log_p: Tensor, z: Tensor, context: Tensor | None) -> None:
         """Attribute non-finite log p̃ at q's finite samples to the target (module
         docstring): raise :class:`~vilab.targets.base.TargetError` for −inf, note NaN and
-        +inf in ``target_fault`` for :class:`FitGuard`. One check of ``log_p`` a step.
+        +inf in ``target_fault`` for :class:`FitGuard`. Called only for a non-finite step
+        (any non-finite log p̃ makes one), so an ordinary step pays nothing for it.
 
         Args:
             log_p: ``(S,)`` or ``(S, B)``; z: ``(S, D)`` or ``(S, B, D)``; context ``(B, C)``.
