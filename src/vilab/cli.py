@@ -37,6 +37,7 @@ def _fit_overrides(args: argparse.Namespace) -> list[str]:
         "objective.beta_steps": args.beta_steps,
         "max_seconds": args.max_seconds,
         "eval_samples": args.eval_samples,
+        "device": args.device,
     }
     out = [f"{k}={v}" for k, v in pairs.items() if v is not None]
     if args.box is not None:
@@ -73,6 +74,23 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not a.startswith("--nproc="):
             out.append(a)
     return out
+
+
+def _device_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--device",
+        type=_device,
+        help=f"where to compute: auto (CUDA when present), cpu, cuda, cuda:N (default {default})",
+    )
+
+
+def _device(text: str) -> str:
+    from vilab.core.device import check_device_spec
+
+    try:
+        return check_device_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run_dir_options(p: argparse.ArgumentParser, default: str) -> None:
@@ -170,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="any config key, e.g. optim.schedule=constant",
     )
     f.add_argument("--no-figures", action="store_true", help="skip the figures (figures=false)")
+    _device_option(f, "auto")
     _run_dir_options(f, "runs/<target>_<family>")
 
     t = sub.add_parser("train", help="train a VAE with an amortized flexible posterior")
@@ -185,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
+    _device_option(t, "auto")
     _run_dir_options(t, "runs/vae_<posterior>")
     t.add_argument(
         "--nproc",
@@ -216,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--init", default="posterior", choices=["posterior", "prior"], help="AIS start")
     e.add_argument("--nproc", type=_positive, help="share the images among N processes")
+    _device_option(e, "the run's device setting")
 
     d = sub.add_parser("demo", help="fit U1–U4 and the banana; one figure and a KL table")
     d.add_argument("--out", default="runs/demo")
@@ -223,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="config overrides for every fit"
     )
     d.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
+    _device_option(d, "auto")
 
     c = sub.add_parser(
         "compare", help="one table and one figure across finished runs (families × targets × seeds)"
@@ -307,7 +329,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from vilab.demo import run_demo
 
-    run_demo(args.out, args.set, args.workers)
+    overrides = ([f"device={args.device}"] if args.device else []) + list(args.set or [])
+    run_demo(args.out, overrides, args.workers)
     print((Path(args.out) / "kl_table.md").read_text(), end="")
     print(f"figure: {Path(args.out) / 'demo.png'}")
     return 0
@@ -327,9 +350,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace, base: dict | None = None) -> TrainConfig:
     from vilab.config import load_train_config
 
-    overrides = [
-        f"{k}={v}" for k, v in [("steps", args.steps), ("seed", args.seed)] if v is not None
-    ]
+    pairs = [("steps", args.steps), ("seed", args.seed), ("device", args.device)]
+    overrides = [f"{k}={v}" for k, v in pairs if v is not None]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     return load_train_config(args.config, overrides + list(args.set or []), base)
@@ -366,6 +388,7 @@ def _cmd_eval(args: argparse.Namespace, world: World) -> int:
         args.images,
         args.init,
         world,
+        device=args.device,
     )
     if world.is_main:
         print(json.dumps(result, indent=2))

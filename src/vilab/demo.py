@@ -13,11 +13,14 @@ true density, learned density, final samples, training curves), and ``kl_table.m
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from vilab.compare import compare
 from vilab.config import load_fit_config
@@ -48,7 +51,9 @@ def run_demo(
     if workers == 1:
         results = [_report(_run_one(j)) for j in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # a process that has touched CUDA cannot fork a child that uses it: spawn there
+        spawn = multiprocessing.get_context("spawn") if torch.cuda.is_available() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
             futures = [pool.submit(_run_one, j) for j in jobs]
             for f in as_completed(futures):
                 _report(f.result())

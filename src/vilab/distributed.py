@@ -6,8 +6,12 @@
     torchrun --nproc_per_node=2 -m vilab train --config configs/vae_seed004_mean_field.yaml
 
 or with ``vilab train --nproc 2 …``, which starts the same workers on this machine with
-torchrun's launcher (:func:`launch`). The backend is gloo: vilab trains on the CPU. The division of
-labour (implemented in :mod:`vilab.train.vae`):
+torchrun's launcher (:func:`launch`). The backends: gloo for CPU tensors and, on a machine
+with CUDA, NCCL for CUDA tensors (one process group ``"cpu:gloo,cuda:nccl"``: the
+gradients of a GPU run are averaged by NCCL, the small objects every rank exchanges —
+checkpoints, per-image results, decisions — go through gloo). One process per GPU: rank r
+on a machine trains on ``cuda:LOCAL_RANK`` (:func:`vilab.core.device.resolve_device`). The
+division of labour (implemented in :mod:`vilab.train.vae`):
 
 - **Data.** ``data.batch_size`` is the *global* batch. The batch at step s is the same
   for every world size (:class:`vilab.data.Batches`); rank r of W trains on its rows
@@ -48,10 +52,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the job: ``rank`` of ``size`` (1 for a single process)."""
+    """This process's place in the job: ``rank`` of ``size`` (1 for a single process),
+    and ``local_rank`` among the processes on this machine (its GPU, in a CUDA run)."""
 
     rank: int = 0
     size: int = 1
+    local_rank: int = 0
 
     @property
     def distributed(self) -> bool:
@@ -115,8 +121,10 @@ def world_from_env(timeout_s: float = 1800.0) -> World:
         for key in ("MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
                 raise ValueError(f"WORLD_SIZE={size} but {key} is not set: start with torchrun")
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    return World(dist.get_rank(), dist.get_world_size())
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return World(dist.get_rank(), dist.get_world_size(), local)
 
 
 def shutdown(world: World) -> None:

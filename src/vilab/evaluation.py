@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from vilab.core.checkpoint import brief, load_checkpoint
+from vilab.core.device import fork_rng, resolve_device
 from vilab.core.io import atomic_write_text
 from vilab.core.progress import Progress
 from vilab.core.seeding import Stream, derive_seed
@@ -54,7 +55,8 @@ def per_batch(
     With ``seed``, batch b draws its random numbers from ``derive_seed(seed, 3, b)`` (the
     global RNG is left as it was), so the result does not depend on which process did
     which batch: rank r of W does batches r, r + W, …, and the per-image results are
-    gathered on every rank — the same numbers as one process, exactly.
+    gathered on every rank — the same numbers as one process, exactly. The per-image
+    results come back as CPU tensors, whatever the device of ``images``.
 
     With ``progress`` (a label, e.g. ``"log p(x), K=5000"``) rank 0 shows a bar of its
     images with an ETA and, after its first batch, the cost of the whole and ``hint``
@@ -73,11 +75,12 @@ def per_batch(
         for b in todo:
             x = images[starts[b] : starts[b] + batch]
             if seed is None:
-                mine[b] = fn(x)
+                out = fn(x)
             else:
-                with torch.random.fork_rng(devices=[]):
+                with fork_rng(x.device):
                     torch.manual_seed(derive_seed(seed, Stream.EVAL_BATCH, b))
-                    mine[b] = fn(x)
+                    out = fn(x)
+            mine[b] = tuple(t.cpu() for t in out)  # gathered across ranks and devices
             bar.advance(x.shape[0])
     merged: dict[int, tuple[Tensor, ...]] = {}
     for part in world.gather(mine):
@@ -86,13 +89,44 @@ def per_batch(
     return [torch.cat(c) for c in columns]
 
 
+#: Samples per chunk and images per batch of an evaluation on the CPU when not given.
+CPU_CHUNK, CPU_BATCH = 100, 20
+#: Images per batch on a GPU when not given (the chunk then fills the free memory).
+GPU_BATCH = 500
+
+
+@torch.no_grad()
+def eval_sizes(
+    vae: VAE, images: Tensor, samples: int, chunk: int | None, batch: int | None
+) -> tuple[int, int]:
+    """``(chunk, batch)`` of an evaluation: the given ones, else on the CPU 100 samples ×
+    20 images, and on a GPU 500 images with the chunk sized from free memory — a probe
+    of 8 samples measures the peak memory per sample of the batch, and the chunk takes
+    half of what :func:`torch.cuda.mem_get_info` reports free (at most ``samples``)."""
+    device = images.device
+    if device.type != "cuda":
+        return min(chunk or CPU_CHUNK, samples), batch or CPU_BATCH
+    batch = batch or min(GPU_BATCH, max(1, images.shape[0]))
+    if chunk:
+        return min(chunk, samples), batch
+    probe = 8
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with fork_rng(device):
+        vae.log_weights(images[:batch], probe)
+    per_sample = max(torch.cuda.max_memory_allocated(device) - base, 1) / probe
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(samples, int(0.5 * free / per_sample))), batch
+
+
 @torch.no_grad()
 def evaluate(
     vae: VAE,
     images: Tensor,
     samples: int,
-    chunk: int,
-    batch: int,
+    chunk: int | None,
+    batch: int | None,
     iwae_k: int | None = None,
     seed: int | None = None,
     world: World = SINGLE,
@@ -111,9 +145,10 @@ def evaluate(
     cost of the whole with ``hint`` (how to make it cheaper); the numbers do not change.
     ``khat``: also the Pareto k̂ of each image's K weights (Yao et al. 2018; needs
     K ≥ 100 and keeps the batch's K × B weights), summarized by :func:`khat_summary`
-    under ``"khat"``.
+    under ``"khat"``. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
+    sized for the device (:func:`eval_sizes`).
     """
-    check_positive(samples=samples, chunk=chunk, batch=batch)
+    check_positive(samples=samples, chunk=chunk or 1, batch=batch or 1)
     if khat and samples < KHAT_MIN_SAMPLES:
         raise ValueError(
             f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "
@@ -121,6 +156,7 @@ def evaluate(
         )
     was_training = vae.training
     vae.eval()
+    chunk, batch = eval_sizes(vae, images, samples, chunk, batch)
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
 
     def one(x: Tensor) -> tuple[Tensor, ...]:
@@ -223,7 +259,7 @@ def evaluate_ais(
     def one(x: Tensor) -> tuple[Tensor, ...]:
         h = vae.posterior.context(x)
         if init == "prior":
-            base: Any = StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h.dtype)
+            base: Any = StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h)
             push = None
         elif isinstance(family, FlowFamily):
             base, push = family.base, family.push
@@ -349,13 +385,16 @@ def evaluate_run(
     init: str = "posterior",
     world: World = SINGLE,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """``vilab eval``: log p(x) of a trained run's best (else last) model, by importance
     sampling (``method="is"``) or annealed importance sampling (``"ais"``); the result
     is merged into the run's ``metrics.json`` under ``eval_<split>`` / ``ais_<split>``.
     Seeded by the run's seed; in a multi-process ``world`` the images are shared out and
     the estimate is the same as in one process. ``progress``: a bar on stderr and the
-    estimated cost after the first batch (:func:`per_batch`).
+    estimated cost after the first batch (:func:`per_batch`). ``device``: where to
+    evaluate (default: the run's ``device`` setting); a run trained on a GPU evaluates on
+    a CPU and back.
 
     Raises:
         ValueError: ``run_dir`` is not a ``vilab train`` run (:func:`check_train_run`).
@@ -368,27 +407,33 @@ def evaluate_run(
     config = load_train_config(run_dir / "config.yaml", overrides)
     e = config.eval
     samples, chunk, batch = samples or e.samples, chunk or e.chunk, batch or e.batch
+    local = world.local_rank if world.distributed else None
+    where = resolve_device(device or config.device, local)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
     vae = build_vae(config)
     weights = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "checkpoint.pt"
     load_model(vae, weights)
+    vae.to(where)
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
     if method not in ("is", "ais"):
         raise ValueError(f"method must be 'is' or 'ais', got {method!r}")
     data = load_vae_data(config.data, config.seed)
     x = data.test if split == "test" else data.valid
-    x = x[:images] if images else x
+    x = (x[:images] if images else x).to(where)
     seed = derive_seed(config.seed, Stream.TEST)
     t0 = time.perf_counter()
     if method == "is":
         hint = "cheaper: --samples N or --images N"
-        args = (samples, min(chunk, samples), batch, 50, seed, world, progress)
+        args = (samples, chunk, batch, 50, seed, world, progress)
         result = evaluate(vae, x, *args, hint, khat=samples >= KHAT_MIN_SAMPLES)
     else:
         hint = "cheaper: --num-dists N, --chains N or --images N"
-        ais = (chains, num_dists, num_leapfrog, min(batch, 100), init, seed, world, progress)
+        ais = (chains, num_dists, num_leapfrog, min(batch or 100, 100), init, seed, world, progress)
         result = evaluate_ais(vae, x, *ais, hint)
     result["seconds"] = time.perf_counter() - t0
+    result["device"] = str(where)
     result["weights"] = weights.name
     result["world_size"] = world.size
     if world.is_main:

@@ -98,15 +98,18 @@ def encoder_features(encoder: nn.Module, cfg: NetConfig) -> int:
 
 
 def build_vae(cfg: TrainConfig) -> VAE:
-    """The VAE described by a :class:`~vilab.config.TrainConfig`."""
+    """The VAE described by a :class:`~vilab.config.TrainConfig`, on the CPU (move it with
+    ``.to(device)``); with ``precision=bf16`` its encoder and decoder run under bfloat16
+    autocast, the family and every log-density in float32."""
     encoder = build_net(cfg.encoder, "encoder", PIXELS)
     features = encoder_features(encoder, cfg.encoder)
     family = family_from_config(cfg.posterior, cfg.latent_dim, features)
     out = PIXELS * (2 if cfg.likelihood == "gaussian" else 1)
     decoder = build_net(cfg.decoder, "decoder", cfg.latent_dim, out)
-    return VAE(
-        AmortizedPosterior(encoder, family), DecoderModel(decoder, cfg.latent_dim, cfg.likelihood)
-    )
+    posterior = AmortizedPosterior(encoder, family)
+    model = DecoderModel(decoder, cfg.latent_dim, cfg.likelihood)
+    posterior.precision = model.precision = cfg.precision  # the networks only
+    return VAE(posterior, model)
 
 
 def vae_objective(

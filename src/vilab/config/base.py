@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -44,6 +45,21 @@ def _one_of(value: str, allowed: Sequence[str], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
     return value
+
+
+def _device_spec(v: str) -> str:
+    """The form of a device setting (the machine is checked when the run starts, by
+    :func:`vilab.core.device.resolve_device`, which reads the same forms)."""
+    spec = v.strip().lower()
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec) is None:
+        raise ValueError(f"device {v!r}: accepted auto, cpu, cuda, cuda:N")
+    return spec
+
+
+#: A ``device`` setting: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``;
+#: checked for form here and against the machine when the run starts
+#: (:func:`vilab.core.device.resolve_device`).
+DeviceSpec = Annotated[str, AfterValidator(_device_spec)]
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,15 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from vilab.config.base import FAMILY_KINDS, FLOW_KINDS, Widths, _load, _one_of, _Strict
+from vilab.config.base import (
+    FAMILY_KINDS,
+    FLOW_KINDS,
+    DeviceSpec,
+    Widths,
+    _load,
+    _one_of,
+    _Strict,
+)
 
 
 class TargetConfig(_Strict):
@@ -205,7 +213,9 @@ class FitConfig(_Strict):
     family). ``eval_samples``: samples for the exact KL; ``report_samples``: draws of q for
     the report card (Pareto k̂, ESS, importance-sampled log Z, corrected moments;
     :mod:`vilab.report`). ``max_seconds``: stop early after
-    this much training time.
+    this much training time. ``device``: where the family, the target's log-density, the
+    samples and the exact KL compute (``auto``: CUDA when present; ``cpu``, ``cuda``,
+    ``cuda:N``).
     """
 
     target: TargetConfig = Field(default_factory=TargetConfig)
@@ -226,6 +236,7 @@ class FitConfig(_Strict):
     figures: bool = True
     max_seconds: float | None = Field(None, gt=0)
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    device: DeviceSpec = "auto"
 
     @model_validator(mode="before")
     @classmethod

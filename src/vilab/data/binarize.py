@@ -16,6 +16,7 @@ without any saved sampler state.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -223,6 +224,13 @@ class Batches:
                 "batch size whose last batch is at least that large (or drop_last=True)"
             )
         self._perm: tuple[int, Tensor] | None = None
+
+    def to(self, device: torch.device | str) -> Batches:
+        """The same batches served from ``device`` (the data set moved there once)."""
+        out = copy.copy(self)
+        out.dataset = self.dataset.to(device)
+        out._perm = None  # cached on the old device
+        return out
 
     def epoch(self, step: int) -> int:
         """The epoch that ``step`` falls in (0-based)."""

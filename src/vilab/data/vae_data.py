@@ -3,8 +3,9 @@ images, flattened to ``(N, 784)`` (see :class:`~vilab.config.DataConfig`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor
 
 from vilab.config import DataConfig
@@ -22,6 +23,17 @@ class VAEData:
     test: Tensor
     valid_labels: Tensor | None
     test_labels: Tensor | None
+
+    def to(self, device: torch.device | str) -> VAEData:
+        """The same data on ``device``: the whole training split too (batches are then
+        indexed and, if dynamic, binarized there with a generator on the device — other
+        draws than on the CPU for the same seed). The labels stay where they are (only
+        pictures use them)."""
+        device = torch.device(device)
+        if self.valid.device == device and self.train.dataset.images.device == device:
+            return self
+        valid, test = self.valid.to(device), self.test.to(device)
+        return replace(self, train=self.train.to(device), valid=valid, test=test)
 
 
 class _GreyBatches(Batches):

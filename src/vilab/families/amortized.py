@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from vilab.core.device import autocast
 from vilab.families.base import Family
 
 
@@ -26,10 +27,17 @@ class AmortizedPosterior(nn.Module):
         if family.context_dim is None:
             raise ValueError("the family of an amortized posterior needs context_dim")
         self.encoder, self.family = encoder, family
+        #: ``"bf16"``: the encoder runs under bfloat16 autocast and h comes back in
+        #: float32, so the family's log-densities stay in float32.
+        self.precision = "float32"
 
     def context(self, x: Tensor) -> Tensor:
         """``h = encoder(x)``, shape ``(B, C)``; compute once, sample many times."""
-        return self.encoder(x)
+        if self.precision == "float32":
+            return self.encoder(x)
+        with autocast(x.device, self.precision):
+            h = self.encoder(x)
+        return h.float()
 
     def rsample_and_log_prob(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """``z (n, B, D)`` and ``log q(z | x) (n, B)``."""

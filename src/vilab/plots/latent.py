@@ -33,7 +33,7 @@ def manifold(vae: torch.nn.Module, path: Path, n: int = 20) -> None:
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     zz = torch.stack(torch.meshgrid(q, -q, indexing="xy"), -1).reshape(-1, 2)
     ref = next(vae.parameters())
-    images = vae.mean(zz.to(ref.dtype))  # type: ignore[operator]
+    images = vae.mean(zz.to(ref.device, ref.dtype))  # type: ignore[operator]
     img = grid(images, nrow=n)
     fig, ax = plt.subplots(figsize=(7, 7))
     ax.imshow(img.numpy(), cmap="gray")

@@ -72,7 +72,7 @@ class LatentTracker:
     @torch.no_grad()
     def means(self) -> Tensor:
         z, _ = self.model().posterior.rsample_and_log_prob(16, self.x)
-        return z.mean(0)
+        return z.mean(0).cpu()
 
     def snapshot(self, step: int) -> None:
         self.frames.append((step, self.means()))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vilab.core.device import autocast
 from vilab.families.gaussian import FullRankGaussian, std_normal_log_prob
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -54,9 +55,17 @@ class DecoderModel(LatentVariableModel):
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         self.decoder, self.latent_dim, self.likelihood = decoder, latent_dim, likelihood
+        #: ``"bf16"``: the decoder runs under bfloat16 autocast; its outputs come back in
+        #: float32, where the log-likelihood is summed.
+        self.precision = "float32"
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        out = self.decoder(z)
+        if self.precision == "float32":
+            out = self.decoder(z)
+        else:
+            with autocast(z.device, self.precision):
+                out = self.decoder(z)
+            out = out.float()
         x = x.flatten(1)
         if self.likelihood == "bernoulli":
             # log Bern(x; σ(l)) = x l − softplus(l), summed over pixels

@@ -19,6 +19,7 @@ rollbacks do not end it, the error names the target instead of the learning rate
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from torch import Tensor
 from vilab.build import family_from_config, target_from_config
 from vilab.config import FitConfig
 from vilab.core.checkpoint import brief, encode_checkpoint, load_checkpoint
+from vilab.core.device import resolve_device, rng_state, set_rng_state
 from vilab.distributed import SINGLE
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import AtContext, Family
@@ -56,7 +58,7 @@ def build_target(config: FitConfig) -> Target:
 
 def build_for(config: FitConfig, target: Target) -> Family:
     """The configured family for ``target`` (amortized when it is a target family; ending
-    in the bijection onto ``target.support`` when it has one)."""
+    in the bijection onto ``target.support`` when it has one), on the CPU."""
     family = family_from_config(config.family, target.dim, target.context_dim, target.support)
     return family.to(DTYPES[config.dtype])
 
@@ -90,11 +92,13 @@ class Fitter:
         self, config: FitConfig, target: Target | None = None, family: Family | None = None
     ) -> None:
         self.config = config
+        self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.target = target if target is not None else build_target(config)
         self.target = with_support(self.target, config.target.support)
         self.eval_context_rows = self.eval_rows()
         self.family = build_for(config, self.target) if family is None else family
+        self.family.to(self.device)  # built on the CPU: the same start on every device
         self.family_name = config.family.kind if family is None else type(family).__name__
         self.dtype = DTYPES[config.dtype]
         if config.objective.stl and not self.family.has_log_prob:
@@ -135,7 +139,7 @@ class Fitter:
         if self.target.context_dim is None:
             return n, None
         b = self.config.contexts
-        return max(1, n // b), self.target.sample_context(b).to(self.dtype)
+        return max(1, n // b), self.target.sample_context(b).to(self.device, self.dtype)
 
     def train_step(self, log_value: bool = True) -> dict[str, float]:
         """One update from the family's :meth:`~vilab.families.base.Family.training_sample`:
@@ -169,7 +173,8 @@ class Fitter:
             self.check_target(log_p, s.z, context)
         self.step += 1
         self.seconds = time.perf_counter() - self._t0
-        return {"bound": bound.item(), "beta": beta, "lr": lr, "finite": float(finite)}
+        value = bound.item() if log_value else math.nan  # no read-back on other steps
+        return {"bound": value, "beta": beta, "lr": lr, "finite": finite}
 
     def check_target(self, log_p: Tensor, z: Tensor, context: Tensor | None) -> None:
         """Attribute non-finite log p̃ at q's finite samples to the target (module
@@ -203,13 +208,13 @@ class Fitter:
         """Where log p̃ is −inf in float64 too (all True if z is float64 already, or if the
         target does not take float64)."""
         if z.dtype == torch.float64:
-            return torch.ones(z.shape[:-1], dtype=torch.bool)
+            return torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
         try:
             with torch.no_grad():
                 c = None if context is None else context.double()
                 return torch.isneginf(self.target.log_prob(z.double(), c))
         except Exception:  # noqa: BLE001 - the user's code may not take float64
-            return torch.ones(z.shape[:-1], dtype=torch.bool)
+            return torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
 
     def _neg_inf_message(self, neg: Tensor, z: Tensor, context: Tensor | None) -> str:
         head = (
@@ -238,7 +243,7 @@ class Fitter:
             "seconds": self.seconds,
             "family": self.family.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": rng_state(self.device),
             "guard": self.guard.state_dict(),
         }
 
@@ -263,7 +268,7 @@ class Fitter:
         try:
             self.family.load_state_dict(state["family"])
             self.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
+            set_rng_state(state["rng"], self.device)
             self.step, self.seconds = int(state["step"]), float(state["seconds"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ValueError(
@@ -296,7 +301,7 @@ class Fitter:
             return {**out, "report": card}
         per, cards = [], []
         for row in self.eval_context_rows or []:
-            c = torch.tensor([row], dtype=self.dtype)
+            c = torch.tensor([row], dtype=self.dtype, device=self.device)
             log_z = target_log_z(self.target, c[0])
             q, p = AtContext(self.family, c), self.target.at(c[0])
             if log_z is None:  # the card's importance-sampled KL
@@ -339,6 +344,7 @@ class Fitter:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "device": str(self.device),
             "target": self.target.name,
             "family": self.family_name,
             "parameters": sum(p.numel() for p in self.family.parameters()),
@@ -354,7 +360,8 @@ class Fitter:
             from vilab.plots.density2d import plot_run
 
             records = read_metrics(run_dir / "metrics.jsonl")
-            plot_run(self.family, self.target, records, run_dir, self.eval_context_rows)
+            family = copy.deepcopy(self.family).cpu()  # the grids of the figures are CPU's
+            plot_run(family, self.target, records, run_dir, self.eval_context_rows)
         return out
 
 

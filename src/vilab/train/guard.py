@@ -13,6 +13,18 @@ A checkpoint is *good* once a later step was finite (:class:`GoodCheckpoints`): 
 update of the checkpointed step itself may be what sends every later step to NaN, and a
 rollback to it would then replay the same failure. A run that ends in non-finite steps
 keeps its last good checkpoint rather than writing its end state.
+
+**Without reading the flag back.** On a GPU, reading "was this step finite?" back to the
+host every step stalls the device (the host cannot queue the next step's work until the
+current one is done). There the step is applied *conditionally on the device*
+(:func:`step_if_finite`): fused Adam skips its update when told a non-finite gradient was
+found (the mechanism of ``torch.amp.GradScaler``), other optimizers update from zeroed
+gradients and are then put back exactly (``lerp`` with weight 1); the moving average of
+the weights likewise (:func:`ema_update_if_finite`). The flags are read back in one
+transfer at the loop's next sync point (a logged step, a checkpoint, the end) and replayed
+through the :class:`StepGuard` in order (:mod:`vilab.train.steps`), so the counts and the
+checkpoints are the same as with a read every step; only a rollback waits for the sync
+point.
 """
 
 from __future__ import annotations
@@ -45,11 +57,12 @@ def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> Tensor:
     return torch.stack([g.sum() for g in grads]).sum().isfinite()
 
 
-def backward_checked(
+def backward_finite(
     loss: Tensor, parameters: list[torch.nn.Parameter], clip: float | None
-) -> bool:
-    """Back-propagate ``loss``, clip the gradient norm to ``clip`` (if given), and say
-    whether the step may be applied: the loss and every gradient finite.
+) -> Tensor:
+    """Back-propagate ``loss``, clip the gradient norm to ``clip`` (if given), and return
+    whether the step may be applied — the loss and every gradient finite — as a 0-d bool
+    tensor on the gradients' device (nothing read back to the host).
 
     The loss is multiplied by (1 + 0·loss), which is 1 exactly for a finite loss and NaN
     otherwise, so a non-finite loss shows in the gradients; with data-parallel training
@@ -57,8 +70,78 @@ def backward_checked(
     of every rank, from one local check."""
     (loss * (1.0 + 0.0 * loss.detach())).backward()
     if clip is not None:
-        return bool(torch.nn.utils.clip_grad_norm_(parameters, clip).isfinite())
-    return bool(grads_finite(parameters))
+        return torch.nn.utils.clip_grad_norm_(parameters, clip).isfinite()
+    return grads_finite(parameters)
+
+
+def backward_checked(
+    loss: Tensor, parameters: list[torch.nn.Parameter], clip: float | None
+) -> bool:
+    """:func:`backward_finite`, read back: True if the step may be applied."""
+    return bool(backward_finite(loss, parameters, clip))
+
+
+def _fused(optimizer: torch.optim.Optimizer) -> bool:
+    return all(g.get("fused") for g in optimizer.param_groups)
+
+
+@torch.no_grad()
+def step_if_finite(optimizer: torch.optim.Optimizer, finite: Tensor) -> None:
+    """``optimizer.step()`` if ``finite`` (0-d bool tensor), else leave the parameters and
+    the optimizer state exactly as they were — decided on the device, without a host read.
+
+    Fused Adam/AdamW skip the update themselves when given ``found_inf`` (and take their
+    step count back). Any other optimizer steps from gradients whose non-finite entries
+    are zeroed, and every parameter and floating state tensor is then moved back to its
+    copy from before the step by ``lerp`` with weight 1 − finite (exact: ``lerp`` with
+    weight 1 returns its end point, with weight 0 its start). That needs the state on the
+    parameters' device (``capturable=True`` on a GPU) and to exist already: the first
+    step of a run must be taken with a read-back check.
+
+    Raises:
+        ValueError: the optimizer has no state yet, or state on another device.
+    """
+    bad = (~finite).to(torch.float32)
+    if _fused(optimizer):
+        optimizer.found_inf = bad  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not optimizer.state:
+        raise ValueError("step_if_finite needs the optimizer's state: take the first step checked")
+    tensors = list(params)
+    for p in params:
+        tensors += [
+            v for v in optimizer.state[p].values() if torch.is_tensor(v) and v.is_floating_point()
+        ]
+    if any(t.device != finite.device for t in tensors):
+        raise ValueError(
+            "step_if_finite needs the optimizer state on the parameters' device "
+            "(build the optimizer with capturable=True on a GPU)"
+        )
+    for p in params:
+        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)  # type: ignore[arg-type]
+    before = torch._foreach_mul(tensors, 1.0)  # copies
+    optimizer.step()
+    torch._foreach_lerp_(tensors, before, bad.to(tensors[0].dtype))
+
+
+@torch.no_grad()
+def ema_update_if_finite(ema: Any, model: torch.nn.Module, decay: float, finite: Tensor) -> None:
+    """θ̄ ← θ̄ + (1 − δ)·finite·(θ − θ̄) for every parameter and floating buffer of an
+    ``AveragedModel`` ``ema`` of ``model`` that has been updated once already: the moving
+    average of :func:`step_if_finite`, left unchanged by a non-finite step, without a host
+    read."""
+    avg = [t for t in [*ema.module.parameters(), *ema.module.buffers()] if t.is_floating_point()]
+    cur = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    weight = finite.to(avg[0].dtype) * (1.0 - decay)
+    diff = torch._foreach_sub([c.detach() for c in cur], avg)
+    torch._foreach_mul_(diff, weight)
+    torch._foreach_add_(avg, diff)
+    ema.n_averaged += 1
 
 
 class StepGuard:

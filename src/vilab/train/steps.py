@@ -6,6 +6,12 @@ logged every ``log_every`` steps; the caller's ``after_step`` hook runs (the VAE
 validation); a checkpoint is held every ``checkpoint_every`` steps and written by
 :class:`~vilab.train.guard.GoodCheckpoints` once a later step is finite; the loop stops at
 ``steps``, at the ``max_seconds`` budget, or at a Ctrl-C (at the step boundary).
+
+A step may return its ``"finite"`` flag as a 0-d tensor on its device instead of a bool (a
+GPU step that applied itself conditionally, :func:`vilab.train.guard.step_if_finite`):
+the loop then keeps the flags and reads them back together at the next sync point — a
+logged step, a checkpoint step, the last step, the budget or a stop — and replays them
+through the guard and the checkpoints in order.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import torch
+from torch import Tensor
 
 from vilab.train.guard import GoodCheckpoints, StepGuard
 
@@ -64,13 +73,34 @@ def run_steps(
     Ctrl-C stopped it early."""
     guard = stepper.guard
     interrupted = False
+    pending: list[tuple[int, Tensor]] = []  # flags of steps not read back yet
+
+    def settle() -> bool:
+        """Read the pending flags back (one transfer) and replay them; True if a rollback
+        is due (the flags after it are dropped: the rollback undoes their steps)."""
+        flags = torch.stack([f for _, f in pending]).cpu().tolist() if pending else []
+        steps = [s for s, _ in pending]
+        pending.clear()
+        for s, f in zip(steps, flags):
+            ckpts.step_done(bool(f))
+            if guard.record(bool(f), s):
+                return True
+        return False
+
     stepper.start_clock()
     while stepper.step < config.steps:
         logged = (stepper.step + 1) % config.log_every == 0 or stepper.step + 1 == config.steps
         values = stepper.train_step(log_value=logged)
-        step, finite = stepper.step, bool(values.pop("finite"))
-        ckpts.step_done(finite)
-        if guard.record(finite, step):
+        step, flag = stepper.step, values.pop("finite")
+        over = config.max_seconds is not None and stepper.seconds >= config.max_seconds
+        if isinstance(flag, Tensor):
+            pending.append((step, flag))
+            sync = logged or step % config.checkpoint_every == 0 or step == config.steps
+            rollback = settle() if sync or over or stop_requested() else False
+        else:
+            ckpts.step_done(bool(flag))
+            rollback = guard.record(bool(flag), step)
+        if rollback:
             ckpts.drop()
             stepper.rollback(ckpts.path)
             ckpts.write(stepper.encode())  # the rollback and its lower lr survive a crash
@@ -86,7 +116,7 @@ def run_steps(
         if step % config.checkpoint_every == 0:
             ckpts.hold(stepper.encode())
         hooks.advance()
-        if config.max_seconds is not None and stepper.seconds >= config.max_seconds:
+        if over:
             break
         if stop_requested():
             interrupted = True

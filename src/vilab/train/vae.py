@@ -28,12 +28,24 @@ from vilab.core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from vilab.core.device import (
+    fork_rng,
+    resolve_device,
+    rng_state,
+    set_matmul_precision,
+    set_rng_state,
+)
 from vilab.core.seeding import Stream, derive_seed
 from vilab.data.vae_data import VAEData, load_vae_data
 from vilab.distributed import SINGLE, World, main_only, on_main
 from vilab.evaluation import FINAL_EVAL_HINT, KHAT_MIN_SAMPLES, evaluate
 from vilab.plots.vae import LatentTracker, final_figures, sample_images
-from vilab.train.guard import StepGuard, backward_checked
+from vilab.train.guard import (
+    StepGuard,
+    backward_finite,
+    ema_update_if_finite,
+    step_if_finite,
+)
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.run import execute
 from vilab.train.schedule import apply_lr, progress
@@ -41,10 +53,37 @@ from vilab.train.steps import Hooks
 from vilab.vae import VAE, build_vae, vae_objective
 
 OPTIMIZERS = {
-    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
-    "adamax": lambda p, lr: torch.optim.Adamax(p, lr=lr),
-    "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr=lr, centered=True),
+    "adam": torch.optim.Adam,
+    "adamax": torch.optim.Adamax,
+    "rmsprop": lambda p, **kw: torch.optim.RMSprop(p, centered=True, **kw),
 }
+
+
+def make_optimizer(
+    name: str, params: Any, lr: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` for parameters on ``device``. On a GPU: fused Adam (one
+    kernel for all parameters, and it skips a non-finite step on the device itself), and
+    ``capturable`` Adamax and RMSprop (their state on the GPU, so that
+    :func:`~vilab.train.guard.step_if_finite` can undo a step there); on the CPU torch's
+    defaults."""
+    options = optimizer_options(name, device)
+    return OPTIMIZERS[name](params, lr=lr, **options)
+
+
+def sync_free(device: torch.device) -> bool:
+    """Whether a trainer on ``device`` applies its steps conditionally on the device and
+    reads the finite flags back only at the loop's sync points (a GPU; on the CPU a
+    read-back costs nothing)."""
+    return device.type == "cuda"
+
+
+def optimizer_options(name: str, device: torch.device) -> dict[str, bool]:
+    """The device-dependent flags :func:`make_optimizer` sets (a checkpoint written on
+    another kind of device is loaded with these, not its own)."""
+    if device.type != "cuda":
+        return {}
+    return {"fused": True} if name == "adam" else {"capturable": True}
 
 
 class _Loss(torch.nn.Module):
@@ -75,18 +114,35 @@ class VAETrainer:
         self, config: TrainConfig, data: VAEData | None = None, world: World = SINGLE
     ) -> None:
         self.config, self.world = config, world
+        self.device = resolve_device(config.device, world.local_rank if world.distributed else None)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        set_matmul_precision(config.tf32)
         torch.manual_seed(config.seed)
-        self.data = data if data is not None else load_vae_data(config.data, config.seed, world)
-        self.vae = build_vae(config)
+        if data is None:
+            data = load_vae_data(config.data, config.seed, world)
+        self.data = data.to(self.device)
+        self.vae = build_vae(config).to(self.device)  # built on the CPU: the same weights anywhere
         if world.rank > 0:  # one seed per rank; rank 0 continues the single-process stream
             torch.manual_seed(derive_seed(config.seed, Stream.RANK, world.rank))
         self.loss = _Loss(self.vae, config.objective)
-        self.forward: torch.nn.Module = self.loss
+        self.forward: Any = self.loss
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.loss, gradient_as_bucket_view=True)
-        self.optimizer = OPTIMIZERS[config.optim.name](self.vae.parameters(), config.optim.lr)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(
+                self.loss, device_ids=ids, gradient_as_bucket_view=True
+            )
+        if config.compile:
+            self.forward = torch.compile(self.forward)
+        self.optimizer = make_optimizer(
+            config.optim.name, self.vae.parameters(), config.optim.lr, self.device
+        )
+        #: Apply steps conditionally on the device and read the finite flags back at the
+        #: loop's sync points (:mod:`vilab.train.guard`): on a GPU, where a read-back
+        #: every step stalls it.
+        self.sync_free = sync_free(self.device)
         self.ema: AveragedModel | None = None
         if config.optim.ema is not None:
             avg = get_ema_multi_avg_fn(config.optim.ema)
@@ -113,7 +169,10 @@ class VAETrainer:
         with several processes, the collective that averages it).
 
         A non-finite loss or gradient (on any rank) leaves the parameters and optimizer
-        state unchanged; the step still counts and ``"finite"`` is 0. The returned bound
+        state unchanged; the step still counts and ``"finite"`` is False — or, with
+        ``sync_free`` (a GPU), a 0-d bool tensor on the device that the loop reads back
+        later (:mod:`vilab.train.steps`): the step then reads nothing back unless its
+        bound is logged. The returned bound
         is the global batch mean (NaN if not ``log_value``). With several processes,
         ``self.seconds`` is rank 0's clock on every rank whenever the run has a
         ``max_seconds`` budget (its schedule and its stop follow the clock).
@@ -126,12 +185,13 @@ class VAETrainer:
         n = batches.global_size(self.step)  # all ranks' images in this step
         self.optimizer.zero_grad(set_to_none=True)
         loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
-        finite = backward_checked(loss, list(self.vae.parameters()), cfg.optim.grad_clip)
+        ok = backward_finite(loss, list(self.vae.parameters()), cfg.optim.grad_clip)
         elapsed = time.perf_counter() - self._t0
         bound = math.nan
         if self.world.distributed and (log_value or cfg.max_seconds is not None):
-            f64 = torch.float64
-            local = torch.stack([value_sum.detach().to(f64), torch.tensor(elapsed, dtype=f64)])
+            f64, cpu = torch.float64, torch.device("cpu")
+            value = value_sum.detach().to(cpu, f64) if log_value else torch.zeros((), dtype=f64)
+            local = torch.stack([value, torch.tensor(elapsed, dtype=f64)])
             if not self.world.is_main:
                 local[1] = 0.0
             status = self.world.sum(local)  # the bound's sum over ranks, rank 0's clock
@@ -139,12 +199,20 @@ class VAETrainer:
         elif log_value:
             bound = float(value_sum) / n
         self.seconds = elapsed
-        if finite:
-            self.optimizer.step()
+        finite: bool | torch.Tensor
+        if self.sync_free and self.optimizer.state:  # the first step is checked on the host
+            step_if_finite(self.optimizer, ok)
             if self.ema is not None:
-                self.ema.update_parameters(self.vae)
+                ema_update_if_finite(self.ema, self.vae, self.config.optim.ema or 0.0, ok)
+            finite = ok
+        else:
+            finite = bool(ok)
+            if finite:
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.vae)
         self.step += 1
-        return {"bound": bound, "lr": lr, "finite": float(finite)}
+        return {"bound": bound, "lr": lr, "finite": finite}
 
     def encode(self) -> bytes | None:
         """The checkpoint file's bytes on rank 0, None elsewhere (a collective)."""
@@ -172,6 +240,7 @@ class VAETrainer:
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {
+            "device": str(self.device),
             "data": c.data.name,
             "posterior": c.posterior.kind,
             "objective": c.objective.kind,
@@ -186,7 +255,7 @@ class VAETrainer:
         e = self.config.eval
         valid = self.data.valid[: e.valid_images]
         seed = derive_seed(self.config.seed, Stream.VALIDATION, self.step)
-        chunk = min(e.chunk, e.valid_samples)
+        chunk = None if e.chunk is None else min(e.chunk, e.valid_samples)
         r = evaluate(
             self.eval_vae, valid, e.valid_samples, chunk, e.batch, seed=seed, world=self.world
         )
@@ -201,7 +270,7 @@ class VAETrainer:
             "best": self.best,
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": self.world.gather(torch.get_rng_state()),
+            "rng": self.world.gather(rng_state(self.device)),
             "world_size": self.world.size,
             "optimizer_name": self.config.optim.name,
             "guard": self.guard.state_dict(),
@@ -224,14 +293,14 @@ class VAETrainer:
             )
         try:
             self.vae.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(_for_device(state["optimizer"], self.optimizer))
             step, seconds = int(state["step"]), float(state["seconds"])
             best = dict(state["best"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
             rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
             if self.world.rank < len(rng):
-                torch.set_rng_state(rng[self.world.rank])
+                set_rng_state(rng[self.world.rank], self.device)
             else:
                 torch.manual_seed(derive_seed(self.config.seed, Stream.RANK, self.world.rank, step))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -241,6 +310,16 @@ class VAETrainer:
             ) from None
         self.step, self.seconds, self.best = step, seconds, best
         self.guard.load_state_dict(state.get("guard", {}))
+
+
+def _for_device(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's saved state with this optimizer's device flags (``fused``,
+    ``capturable``, ``foreach``): a checkpoint written on a GPU resumes on a CPU and back,
+    its step counts placed where this optimizer keeps them."""
+    mine = optimizer.param_groups[0]
+    flags = {k: mine[k] for k in ("fused", "capturable", "foreach") if k in mine}
+    groups = [{**g, **flags} for g in saved["param_groups"]]
+    return {**saved, "param_groups": groups}
 
 
 def _after_validation(
@@ -266,14 +345,14 @@ def _hooks(trainer: VAETrainer, run_dir: Path, logger: RunLogger) -> Hooks:
     def validate(step: int) -> None:
         if step % config.eval_every and step != config.steps:
             return
-        rng_state = torch.get_rng_state()
-        v = trainer.validate()
+        with fork_rng(trainer.device):  # validation does not move the training streams
+            v = trainer.validate()
         if v["valid_log_px"] > trainer.best.get("valid_log_px", -math.inf):
             trainer.best = {"step": step, **v}
             best = {"step": step, "model": trainer.eval_vae.state_dict()}
             main_only(world, save_checkpoint, run_dir / "best.pt", best)
-        main_only(world, _after_validation, trainer, run_dir, logger, step, v)
-        torch.set_rng_state(rng_state)
+        with fork_rng(trainer.device):
+            main_only(world, _after_validation, trainer, run_dir, logger, step, v)
         trainer.start_clock()  # evaluation is not training time
 
     return Hooks(log, partial(main_only, world, logger.rewind), logger.advance, validate)
