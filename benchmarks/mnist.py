@@ -162,7 +162,7 @@ class PlainVAE(nn.Module):
         """log p(x, z_k) − log q(z_k | x) for K = ``samples`` draws, one image ``(784,)``."""
         loc, rho = self.encoder(x).chunk(2, dim=-1)
         scale = F.softplus(rho)
-        eps = torch.randn(samples, loc.shape[-1])
+        eps = torch.randn(samples, loc.shape[-1], device=loc.device)
         z = loc + scale * eps
         logits = self.decoder(z)
         log_lik = -F.binary_cross_entropy_with_logits(

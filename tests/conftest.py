@@ -27,3 +27,13 @@ def keep_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+#: The devices a test can run on here: the CPU, and CUDA where torch sees a GPU.
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each available device in turn (``cpu``; ``cuda`` too on a machine with a GPU)."""
+    return torch.device(request.param)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -143,7 +144,7 @@ def test_fit_figures_record_a_failure_instead_of_raising(keep_threads, capsys):
     assert figures.status() == "FloatingPointError"
 
 
-@pytest.mark.parametrize("script", ["density2d", "mnist", "uivi", "posteriors"])
+@pytest.mark.parametrize("script", ["density2d", "mnist", "uivi", "posteriors", "gpu"])
 def test_scripts_parse_their_quick_defaults(script):
     module = __import__(script)
     args = module.parse_args(["--quick"])
@@ -154,7 +155,39 @@ def test_scripts_parse_their_quick_defaults(script):
         "mnist": ("eval_samples", 10, 1000),
         "uivi": ("max_seconds", 10.0, 120.0),
         "posteriors": ("seconds", 2.0, 90.0),
+        "gpu": ("eval_samples", 10, 1000),
     }[script]
     assert (getattr(args, expected[0]), getattr(full, expected[0])) == expected[1:]
     with pytest.raises(SystemExit):
         module.parse_args(["--threads", "0"])
+
+
+def test_gpu_benchmark_quick_runs_every_part_on_the_cpu(
+    shared_data, keep_threads, tmp_path, capsys
+):
+    """``benchmarks/gpu.py --quick --device cpu``: every part runs, the plain models compute
+    what vilab's do (same −ELBO and log-weights with the same noise), and the results
+    are written."""
+    gpu = __import__("gpu")
+    stub = tmp_path / "test_stub.py"  # stands in for tests/test_devices.py: collected only
+    stub.write_text("def test_nothing():\n    pass\n")
+    out = tmp_path / "gpu.json"
+    argv = ["--quick", "--device", "cpu", "--data-dir", str(shared_data)]
+    gpu.main([*argv, "--devices-test", str(stub), "--json", str(out)])
+    text = capsys.readouterr().out
+    for part in ("devices", "train", "eval", "precision", "seed002"):
+        assert f"## ({part})" in text
+    assert "**CPU**" in text and "## Goals" in text
+    r = json.loads(out.read_text())
+    assert r["device"] == "cpu"
+    assert r["devices"]["returncode"] == 0 and "1 test collected" in r["devices"]["summary"]
+    for name in ("mean_field", "iaf"):
+        train = r["train"][name]
+        assert set(train["rows"]) == {"vilab", "plain"}  # no compiled row on a CPU by default
+        losses = train["same_noise_neg_elbo"].values()
+        assert max(losses) - min(losses) < 1e-3
+        assert train["goal_ratio"] > 0
+        assert r["eval"][name]["same"] and r["eval"][name]["ratio"] > 0
+    assert math.isfinite(r["precision"]["diff"]) and r["precision"]["max_window_gap"] >= 0
+    assert [p["step"] for p in r["seed002"]["points"]] == [0, 1, 2, 3, 4]
+    assert len(r["goals"]) == 7

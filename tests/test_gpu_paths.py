@@ -121,6 +121,10 @@ def test_bf16_runs_the_networks_in_bfloat16_and_the_densities_in_float32():
     assert h.dtype == log_w.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in trainer.vae.parameters())
     assert trainer.train_step()["finite"] is True
+    seen.clear()
+    trainer.vae.eval()  # evaluation is float32: the reported log p(x) is the model's
+    trainer.vae.log_weights(x, 3)
+    assert seen == {"encoder": torch.float32, "decoder": torch.float32}
 
 
 def test_bf16_is_refused_where_it_is_not_offered():
@@ -366,3 +370,18 @@ def test_the_data_moves_to_the_device_whole():
     assert meta.train.dataset.images.device.type == "meta"
     assert trainer.data.train.dataset.images.device.type == "cpu"  # a copy, not a move
     assert trainer.data.to("cpu") is trainer.data
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_like_the_eager_one():
+    """``compile=true`` (torch.compile of the loss, forward and backward) trains the same
+    model: the compiled code draws its noise with inductor's generator (seeded from the
+    run's), so the bounds agree to their Monte Carlo noise, not bit for bit (about a
+    minute of compilation on two cores)."""
+    bounds = {}
+    for compiled in (False, True):
+        cfg = load_train_config(overrides=[*SMALL, f"compile={str(compiled).lower()}"])
+        trainer = VAETrainer(cfg)
+        bounds[compiled] = [trainer.train_step()["bound"] for _ in range(4)]
+    assert bounds[True] == pytest.approx(bounds[False], rel=3e-3)
+    assert bounds[True][-1] > bounds[True][0]

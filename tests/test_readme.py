@@ -224,7 +224,10 @@ def default_train_dir(cmd: Command) -> str | None:
 
 
 def data_missing(config: FitConfig | TrainConfig | None) -> str | None:
-    """Why a command cannot run here (its MNIST files are absent), or None."""
+    """Why a command cannot run here (its MNIST files or its GPU are absent), or None."""
+    device = getattr(config, "device", "auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"needs a GPU (device={device})"
     folder = needs_mnist(config)
     root = os.environ.get("VILAB_DATA_DIR")
     if folder and not (root and (Path(root) / folder).is_dir()):

@@ -115,7 +115,7 @@ def report_card(
     )
     reference = getattr(target, "reference", None)
     if reference is not None:
-        mu, sd = (t.double() for t in reference.tensors(torch.float64))
+        mu, sd = (t.double() for t in reference.tensors(torch.float64, mean_q.device))
         card["reference"] = {
             "source": reference.source,
             "mean_error_q": _err(mean_q, mu, sd),

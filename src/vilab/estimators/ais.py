@@ -89,9 +89,9 @@ def ais(
     eps = torch.full(z.shape[:-1], step_size, dtype=z.dtype, device=z.device)
     log_w = torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
     li, lt = log_init(z), log_target(z)
-    accept_sum, n_moves = 0.0, 0
-    for t in range(1, len(betas)):
-        b_prev, b = float(betas[t - 1]), float(betas[t])
+    accept_sum = torch.zeros((), dtype=torch.float64, device=z.device)  # no read per step
+    n_moves = 0
+    for b_prev, b in zip(betas[:-1].tolist(), betas[1:].tolist()):
         log_w += (b - b_prev) * (lt - li).double()
 
         def f_t(v: Tensor, b: float = b) -> Tensor:
@@ -100,7 +100,7 @@ def ais(
         current = log_prob_and_grad(f_t, z)
         z, _, _, prob, _ = hmc_step(f_t, z, eps, num_leapfrog, None, current)
         eps = eps * torch.where(prob > target_accept, 1.02, 0.98)
-        accept_sum += float(prob.mean())
+        accept_sum += prob.double().mean()
         n_moves += 1
         li, lt = log_init(z), log_target(z)
     lse = torch.logsumexp(log_w, 0)
@@ -108,4 +108,5 @@ def ais(
     stderr = delta_stderr(lse, torch.logsumexp(2 * log_w, 0), num_chains)
     if num_chains == 1:  # one chain carries no estimate of its own spread
         stderr = torch.full_like(stderr, math.nan)
-    return AISResult(log_z, stderr, log_w, accept_sum / max(n_moves, 1), len(betas) - 1)
+    accept = float(accept_sum) / max(n_moves, 1)
+    return AISResult(log_z, stderr, log_w, accept, len(betas) - 1)

@@ -27,13 +27,14 @@ class AmortizedPosterior(nn.Module):
         if family.context_dim is None:
             raise ValueError("the family of an amortized posterior needs context_dim")
         self.encoder, self.family = encoder, family
-        #: ``"bf16"``: the encoder runs under bfloat16 autocast and h comes back in
-        #: float32, so the family's log-densities stay in float32.
+        #: ``"bf16"``: in training mode the encoder runs under bfloat16 autocast and h
+        #: comes back in float32, so the family's log-densities stay in float32; in
+        #: evaluation mode everything is float32 (the reported log p(x) is the model's).
         self.precision = "float32"
 
     def context(self, x: Tensor) -> Tensor:
         """``h = encoder(x)``, shape ``(B, C)``; compute once, sample many times."""
-        if self.precision == "float32":
+        if self.precision == "float32" or not self.training:
             return self.encoder(x)
         with autocast(x.device, self.precision):
             h = self.encoder(x)

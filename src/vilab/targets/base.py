@@ -72,7 +72,7 @@ class FixedContext(Target):
         self.support = family.support
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        c = self.context.to(z.dtype)
+        c = self.context.to(device=z.device, dtype=z.dtype)
         return self.family.log_prob(z.unsqueeze(-2), c).squeeze(-1)
 
 

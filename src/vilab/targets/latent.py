@@ -55,12 +55,13 @@ class DecoderModel(LatentVariableModel):
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         self.decoder, self.latent_dim, self.likelihood = decoder, latent_dim, likelihood
-        #: ``"bf16"``: the decoder runs under bfloat16 autocast; its outputs come back in
-        #: float32, where the log-likelihood is summed.
+        #: ``"bf16"``: in training mode the decoder runs under bfloat16 autocast and its
+        #: outputs come back in float32, where the log-likelihood is summed; in
+        #: evaluation mode everything is float32.
         self.precision = "float32"
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        if self.precision == "float32":
+        if self.precision == "float32" or not self.training:
             out = self.decoder(z)
         else:
             with autocast(z.device, self.precision):
@@ -101,15 +102,15 @@ class LinearGaussianModel(LatentVariableModel):
 
     def log_marginal(self, x: Tensor) -> Tensor:
         """Exact log p(x), ``(B, x_dim) -> (B,)``."""
-        cov = self.weight @ self.weight.T + self.sigma**2 * torch.eye(
-            self.weight.shape[0], dtype=self.weight.dtype
-        )
+        w = self.weight
+        cov = w @ w.T + self.sigma**2 * torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         return torch.distributions.MultivariateNormal(self.bias, cov).log_prob(x)
 
     def posterior(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(A, c, Σ)`` with posterior mean ``x @ Aᵀ + c`` and covariance Σ."""
         d = self.latent_dim
-        prec = torch.eye(d, dtype=self.weight.dtype) + self.weight.T @ self.weight / self.sigma**2
+        w = self.weight
+        prec = torch.eye(d, dtype=w.dtype, device=w.device) + w.T @ w / self.sigma**2
         cov = torch.linalg.inv(prec)
         a = cov @ self.weight.T / self.sigma**2
         return a, -a @ self.bias, cov
@@ -118,7 +119,7 @@ class LinearGaussianModel(LatentVariableModel):
         """An amortized full-rank Gaussian q(z | x) equal to p(z | x) (context = x)."""
         a, c, cov = self.posterior()
         d, x_dim = self.latent_dim, self.weight.shape[0]
-        q = FullRankGaussian(d, context_dim=x_dim).to(self.weight.dtype)
+        q = FullRankGaussian(d, context_dim=x_dim).to(self.weight.device, self.weight.dtype)
         tril = torch.linalg.cholesky(cov)
         raw = tril.clone()
         raw.diagonal().copy_(torch.log(torch.expm1(tril.diagonal())))

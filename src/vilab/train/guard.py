@@ -51,9 +51,11 @@ def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> Tensor:
     """A 0-d bool tensor: every gradient is finite. One sum over all entries (NaN and ±inf
     propagate; a sum that overflows the dtype counts as non-finite too): about 0.07 ms for
     seed 004's 633k parameters on two cores."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(True)
+    params = list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:  # nothing to check: finite, on the parameters' device
+        device = params[0].device if params else None
+        return torch.ones((), dtype=torch.bool, device=device)
     return torch.stack([g.sum() for g in grads]).sum().isfinite()
 
 

@@ -117,7 +117,7 @@ class VAETrainer:
         self.device = resolve_device(config.device, world.local_rank if world.distributed else None)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        set_matmul_precision(config.tf32)
+            set_matmul_precision(config.tf32)  # process-wide: set only for a GPU run
         torch.manual_seed(config.seed)
         if data is None:
             data = load_vae_data(config.data, config.seed, world)
