@@ -280,7 +280,9 @@ def test_logdet_matches_autograd_jacobian_and_inverse_undoes_forward(kind, dim, 
     back, logdet_inv = flow.inverse(out, context)
     torch.testing.assert_close(back, z, rtol=0, atol=1e-6)
     torch.testing.assert_close(logdet_inv, -logdet, rtol=0, atol=1e-6)
-    assert (back - z).abs().max() < 1e-10  # in float64 it is exact to rounding
+    # float64: near rounding; the spline's quadratic root loses digits where its
+    # discriminant is small (1.6e-10 seen on one machine), far inside the 1e-6 asked for
+    assert (back - z).abs().max() < 1e-8
 
 
 @pytest.mark.parametrize("kind", ["spline_coupling", *AUTOREGRESSIVE])

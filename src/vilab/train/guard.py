@@ -56,6 +56,8 @@ def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> Tensor:
     if not grads:  # nothing to check: finite, on the parameters' device
         device = params[0].device if params else None
         return torch.ones((), dtype=torch.bool, device=device)
+    if grads[0].device.type == "cuda":  # one multi-tensor kernel rather than one per tensor
+        return torch.stack(torch._foreach_norm(grads)).sum().isfinite()
     return torch.stack([g.sum() for g in grads]).sum().isfinite()
 
 

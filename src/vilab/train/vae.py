@@ -127,6 +127,7 @@ class VAETrainer:
             torch.manual_seed(derive_seed(config.seed, Stream.RANK, world.rank))
         self.loss = _Loss(self.vae, config.objective)
         self.forward: Any = self.loss
+        self.cuda_graphs = False
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -134,8 +135,11 @@ class VAETrainer:
             self.forward = DistributedDataParallel(
                 self.loss, device_ids=ids, gradient_as_bucket_view=True
             )
-        if config.compile:
-            self.forward = torch.compile(self.forward)
+        if config.compile:  # on one GPU with CUDA graphs: the step's launches replayed at once
+            cuda_graphs = self.cuda_graphs = self.device.type == "cuda" and not world.distributed
+            self.forward = torch.compile(
+                self.forward, mode="reduce-overhead" if cuda_graphs else None
+            )
         self.optimizer = make_optimizer(
             config.optim.name, self.vae.parameters(), config.optim.lr, self.device
         )
@@ -184,6 +188,8 @@ class VAETrainer:
         x = batches.batch(self.step)
         n = batches.global_size(self.step)  # all ranks' images in this step
         self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda_graphs:  # a new iteration: the previous step's graph outputs are done
+            torch.compiler.cudagraph_mark_step_begin()
         loss, value_sum = self.forward(x, self.step, log_value, len(x) * self.world.size / n)
         ok = backward_finite(loss, list(self.vae.parameters()), cfg.optim.grad_clip)
         elapsed = time.perf_counter() - self._t0
