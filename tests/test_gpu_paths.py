@@ -385,3 +385,32 @@ def test_a_compiled_step_trains_like_the_eager_one():
         bounds[compiled] = [trainer.train_step()["bound"] for _ in range(4)]
     assert bounds[True] == pytest.approx(bounds[False], rel=3e-3)
     assert bounds[True][-1] > bounds[True][0]
+
+
+# -- several GPUs ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("cuda", "backend"), [(True, "cpu:gloo,cuda:nccl"), (False, "gloo")])
+def test_the_process_group_adds_nccl_for_cuda_tensors_where_there_is_cuda(
+    monkeypatch, cuda, backend
+):
+    import torch.distributed as dist
+
+    from vilab.distributed import world_from_env
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda b, timeout: seen.update(backend=b))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    env = {
+        "WORLD_SIZE": "4",
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    world = world_from_env()
+    assert seen == {"backend": backend}
+    assert (world.rank, world.size, world.local_rank) == (3, 4, 1)

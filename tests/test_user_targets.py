@@ -379,3 +379,23 @@ def test_a_bad_support_flag_exits_2_with_the_reason(tmp_path, capsys) -> None:
     code = main(["fit", "--support", "negative", "--out", str(tmp_path / "r"), "--no-progress"])
     assert code == 2 and "target.support must be" in capsys.readouterr().err
     assert not Path(tmp_path / "r").exists()
+
+
+def test_vilab_fit_takes_the_family_section_as_a_dict_and_refuses_other_types(tmp_path) -> None:
+    """A dict for ``family`` is the config's family section (it used to be dropped
+    silently, training the default family instead)."""
+    res = vilab.fit(
+        "U1",
+        {"kind": "planar", "layers": 3},
+        run_dir=tmp_path / "a",
+        progress=False,
+        steps=2,
+        figures=False,
+        eval_samples=2,
+        report_samples=100,
+    )
+    # 3 planar layers (u, w ∈ R², b) on a mean-field base (loc, scale ∈ R²): 3·5 + 4
+    assert res.metrics["family"] == "planar" and res.metrics["parameters"] == 19
+    with pytest.raises(ValueError, match=r"family=3: accepted None, a kind"):
+        vilab.fit("U1", 3, run_dir=tmp_path / "b", progress=False, steps=2)  # type: ignore[arg-type]
+    assert not (tmp_path / "b").exists()

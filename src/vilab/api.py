@@ -8,7 +8,7 @@ run directory, files and numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,8 @@ def fit(
             ``context_dim``, ``context_range``, ``support`` given as keywords
             (``support="positive"`` or one ``[lo, hi]`` per coordinate, None for no bound:
             the family is then mapped onto the support; :class:`~vilab.config.TargetConfig`).
-        family: None (the config's family), a kind (``"planar"``), or a
+        family: None (the config's family), a kind (``"planar"``), the family section as
+            a dict (``{"kind": "spline_coupling", "layers": 6}``), or a
             :class:`~vilab.families.base.Family` of your own.
         run_dir: default ``runs/<target>_<family>``, made unique.
         config: a :class:`~vilab.config.FitConfig` or a YAML file; ``settings`` change it.
@@ -80,6 +81,13 @@ def fit(
         section["name"] = target
     if isinstance(family, str):
         settings = merge(settings, {"family": {"kind": family}})
+    elif isinstance(family, Mapping):
+        settings = merge(settings, {"family": dict(family)})
+    elif family is not None and not isinstance(family, Family):
+        raise ValueError(
+            f"family={family!r}: accepted None, a kind such as 'planar', the family "
+            "section as a dict, or a vilab Family"
+        )
     cfg = load_fit_config(base=merge(data, {**settings, "target": section}))
     t = cfg.target
     user_target = None
