@@ -80,9 +80,12 @@ bench-spline: bench-env
 # On one GPU (≤ 8 min): the device tests there; images/s of seed 004's mean-field and IAF
 # models and seconds per 1000 test images × 1000 importance samples against a plain eager
 # loop on the same GPU; bf16 against float32; seed 002's preset for the minutes left.
-# Needs a torch with CUDA in $(VENV); without a GPU every part runs on the CPU.
-bench-gpu: setup
-	$(BIN)/python benchmarks/gpu.py
+# Without a GPU every part runs on the CPU. On a GPU machine whose own python has a CUDA
+# torch (and no internet), run vilab from src/ with it: make bench-gpu PY_GPU=python3
+# (packages it lacks, e.g. pydantic or arviz-stats, travel as wheels on PYTHONPATH).
+PY_GPU ?= $(BIN)/python
+bench-gpu: $(if $(filter $(BIN)/python,$(PY_GPU)),setup)
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PY_GPU) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) $(BENCH) runs

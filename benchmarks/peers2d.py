@@ -4,8 +4,9 @@ Every method trains q by the reverse KL, mean(log q(z) − log p̃(z)) over 1000
 step, for ``--seconds`` of wall-clock time on one thread (two fits at a time on two
 cores), each with its library's recommended setup:
 
-- **vilab default**: ``vilab fit``'s default family and recipe (24 orthogonal Sylvester
-  layers + 4 IAF steps, Adam 2e-3 with cosine decay, β-annealing over 40 % of the run);
+- **vilab default**: ``vilab fit``'s default family and recipe (16 orthogonal Sylvester
+  layers, 3 autoregressive spline layers and 2 IAF steps, Adam 2e-3 with cosine decay,
+  β-annealing over 40 % of the run);
 - **vilab spline**: the same recipe with ``--spline`` (a rational-quadratic spline flow);
 - **zuko NSF**: ``zuko.flows.NSF(2)`` at zuko's defaults (3 transforms, 8 bins, hidden
   (64, 64)), Adam 1e-3;

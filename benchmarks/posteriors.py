@@ -49,7 +49,7 @@ from vilab.targets.suite import SUITE
 FAMILIES = {
     "mean_field": ["family.kind=mean_field"],
     "full_rank": ["family.kind=full_rank"],
-    "default": [],  # the default stack: 24 orthogonal Sylvester layers + 4 IAF
+    "default": [],  # the default stack: 16 orthogonal Sylvester + 3 spline AR + 2 IAF
     # a neural spline flow: 6 rational-quadratic coupling layers, MLP 64-64, 8 bins on [−5, 5]
     "spline": ["family.kind=spline_coupling", "family.layers=6", "family.hidden=[64,64]"],
 }

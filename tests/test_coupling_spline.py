@@ -559,4 +559,5 @@ def test_mean_field_base_with_spline_flows_scores_samples_amortized():
     perturb(family, 0.2)
     context = torch.randn(B, C, dtype=DT)
     z, log_q = family.rsample_and_log_prob(5, context)
-    torch.testing.assert_close(family.log_prob(z, context), log_q, rtol=0, atol=1e-9)
+    # 1e-8: the inverse's quadratic root loses digits where its discriminant is small
+    torch.testing.assert_close(family.log_prob(z, context), log_q, rtol=0, atol=1e-8)

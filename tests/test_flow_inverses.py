@@ -5,7 +5,7 @@
 * planar at the edge of its constraint (wᵀû = −1 + 1e-6, points on the flat ridge);
 * the scalar root solver against known roots, its tolerance and its refusals;
 * ``FlowFamily.log_prob(rsample) = log q`` for every kind and for the default mixed stack
-  (24 Sylvester-O + 4 IAF) built from the config, free and amortized;
+  (16 Sylvester-O + 3 spline AR + 2 IAF) built from the config, free and amortized;
 * densities integrate to one on a 2-D box through ``log_prob`` on a grid;
 * gradients through the inverse reach every parameter and agree with finite differences
   (``gradcheck``), so sticking-the-landing works for these families.
@@ -307,7 +307,7 @@ def perturb(module: nn.Module, scale: float) -> nn.Module:
 
 @AMORTIZED
 def test_default_stack_log_prob_equals_sample_log_q(amortized):
-    """vilab's default family (24 Sylvester-O + 4 IAF) built from the config, and the same
+    """vilab's default family (16 Sylvester-O + 3 spline AR + 2 IAF) built from the config, and the same
     stack amortized through ``build_family``, score their own samples exactly."""
     ctx = C if amortized else None
     if amortized:
@@ -317,7 +317,7 @@ def test_default_stack_log_prob_equals_sample_log_q(amortized):
     else:
         family = family_from_config(FamilyConfig(), 2)
     family = perturb(family.double(), 0.1)
-    assert [f.num_layers for f in family.flows] == [24, 1, 1, 1, 1]
+    assert [f.num_layers for f in family.flows] == [16, 1, 1, 1, 1, 1]
     assert family.has_log_prob
     context = torch.randn(B, C, dtype=DT) if amortized else None
     z, log_q = family.rsample_and_log_prob(50, context)

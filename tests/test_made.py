@@ -142,3 +142,31 @@ def test_context_mismatch_raises():
         MADE(3, (8,), context_dim=C)(x)
     with pytest.raises(ValueError, match="takes no context"):
         MADE(3, (8,))(x, torch.randn(N, C))
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_a_relu_made_is_autoregressive_and_differs_from_elu(dim):
+    """ReLU (the spline flows' choice, zuko's) keeps the masks' property; it is another
+    network than ELU's on the same weights."""
+    torch.manual_seed(0)
+    relu = MADE(dim, (16, 12), n_out=2, activation="relu")
+    elu = MADE(dim, (16, 12), n_out=2)
+    elu.load_state_dict(relu.state_dict())
+    x = torch.randn(64, dim)
+    assert not torch.allclose(relu(x), elu(x))
+    for (_, i), (on_x, _) in dependencies(relu, x, None).items():
+        assert not on_x[i:].any(), f"output {i} sees itself or a later input: {on_x}"
+        assert on_x[:i].all(), f"output {i} misses an earlier input: {on_x}"
+
+
+def test_an_unknown_activation_is_refused_naming_the_accepted():
+    with pytest.raises(ValueError, match=r"activation 'tanh': accepted elu, relu"):
+        MADE(3, (8,), activation="tanh")
+
+
+def test_the_spline_autoregressive_made_uses_relu_and_iaf_elu():
+    from vilab.flows.iaf import IAF
+    from vilab.flows.spline import SplineAutoregressive
+
+    assert SplineAutoregressive(3).made.activation is torch.nn.functional.relu
+    assert IAF(3).made.activation is torch.nn.functional.elu

@@ -1,8 +1,9 @@
 """``vilab demo``: fit U1–U4 and the banana with the default family, side by side.
 
 The defaults of :class:`vilab.config.FitConfig` are vilab's strong 2-D recipe: a stack of
-24 orthogonal Sylvester layers and 4 IAF steps, 8000 steps of 1000 samples, Adam 2e-3 with
-cosine decay, β-annealed over the first 40% of the steps.
+16 orthogonal Sylvester layers, 3 autoregressive spline layers and 2 IAF steps
+(:func:`vilab.config.default_stack`), 8000 steps of 1000 samples, Adam 2e-3 with cosine
+decay, β-annealed over the first 40% of the steps.
 
 Each target is one ordinary ``fit`` run (its own run directory); the runs share the two
 CPU cores as separate processes. The demo then writes ``demo.png`` (one row per target:

@@ -238,6 +238,8 @@ class Autoregressive(Flow):
     """
 
     n_params: int
+    #: The MADE's activation (see :class:`~vilab.flows.made.MADE`).
+    activation = "elu"
 
     def __init__(
         self,
@@ -251,7 +253,7 @@ class Autoregressive(Flow):
         hidden = check_hidden(hidden)
         self.dim, p = dim, self.n_params
         self.order = list(range(dim))[::-1] if reverse else list(range(dim))
-        self.made = MADE(dim, hidden, n_out=p, context_dim=context_dim, order=self.order)
+        self.made = MADE(dim, hidden, p, context_dim, order=self.order, activation=self.activation)
         with torch.no_grad():
             self.made.out.weight.mul_(0.1)
             self.made.out.bias.zero_()
