@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_vae import TINY_VAE
+from tiny_vae import SMALL_RUN
 
 import vilab.core.io as io_module
 import vilab.train.run as run_module
@@ -30,15 +30,7 @@ from vilab.train.vae import VAETrainer, train_vae
 
 REPO = Path(__file__).resolve().parents[1]
 
-SMALL = [
-    *TINY_VAE,
-    "eval.valid_images=40",
-    "eval.valid_samples=4",
-    "eval.chunk=4",
-    "final_eval=false",
-    "eval_every=100000",
-    "log_every=1",
-]
+SMALL = [*SMALL_RUN, "log_every=1"]
 
 
 pytestmark = pytest.mark.usefixtures("keep_threads")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_vae import TINY_VAE
+from tiny_vae import SMALL_RUN
 
 import vilab.core.device as device_module
 import vilab.train.vae as loop_module
@@ -23,14 +23,7 @@ from vilab.train.guard import ema_update_if_finite, step_if_finite
 from vilab.train.rundir import config_changes
 from vilab.train.vae import VAETrainer, _for_device, train_vae
 
-SMALL = [
-    *TINY_VAE,
-    "eval.valid_images=40",
-    "eval.valid_samples=4",
-    "eval.chunk=4",
-    "final_eval=false",
-    "eval_every=100000",
-]
+SMALL = SMALL_RUN
 
 pytestmark = pytest.mark.usefixtures("keep_threads")
 
@@ -414,3 +407,12 @@ def test_the_process_group_adds_nccl_for_cuda_tensors_where_there_is_cuda(
     world = world_from_env()
     assert seen == {"backend": backend}
     assert (world.rank, world.size, world.local_rank) == (3, 4, 1)
+
+
+@pytest.mark.parametrize("bad", [{"chunk": 0}, {"batch": 0}, {"chunk": -3}])
+def test_a_bad_chunk_or_batch_is_refused_even_though_none_means_sized_for_the_device(bad):
+    trainer = VAETrainer(load_train_config(overrides=SMALL))
+    sizes = {"chunk": None, "batch": None, **bad}
+    name, value = next(iter(bad.items()))
+    with pytest.raises(ValueError, match=rf"{name}={value}; accepted: a positive integer"):
+        evaluate(trainer.vae, trainer.data.valid[:4], 10, sizes["chunk"], sizes["batch"])

@@ -10,3 +10,13 @@ TINY_VAE = [
     "encoder.hidden=[32]",
     "decoder.hidden=[32]",
 ]
+
+# A short VAE run of it: quick validation, no final evaluation.
+SMALL_RUN = [
+    *TINY_VAE,
+    "eval.valid_images=40",
+    "eval.valid_samples=4",
+    "eval.chunk=4",
+    "final_eval=false",
+    "eval_every=100000",
+]

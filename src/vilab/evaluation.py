@@ -148,7 +148,8 @@ def evaluate(
     under ``"khat"``. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
     sized for the device (:func:`eval_sizes`).
     """
-    check_positive(samples=samples, chunk=chunk or 1, batch=batch or 1)
+    given = {"chunk": chunk, "batch": batch}
+    check_positive(samples=samples, **{k: v for k, v in given.items() if v is not None})
     if khat and samples < KHAT_MIN_SAMPLES:
         raise ValueError(
             f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "

@@ -12,8 +12,9 @@ to the CPU: a run that was meant for a GPU should not take a hundred times longe
 
 The random state of a run covers every device it draws on: :func:`rng_state` holds the
 CPU generator and, on a CUDA device, that device's generator; :func:`set_rng_state`
-restores what it can (a state saved on a GPU restores the CPU stream on a CPU and says
-the run is then not bit-exact; a run resumes exactly on the same kind of device).
+restores what it can and returns whether that was every stream the run draws from (a
+state saved on a GPU restores the CPU stream on a CPU; a run resumes with the same
+streams on the same kind of device).
 """
 
 from __future__ import annotations
