@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 from vilab.config import load_train_config
 from vilab.distributed import World, shutdown, world_from_env
 from vilab.evaluation import evaluate, evaluate_ais
-from vilab.train.vae import VAETrainer, train_vae
+from vilab.commands.train import train_vae
+from vilab.train.vae import VAETrainer
 
 
 def free_port() -> int:
@@ -51,7 +52,7 @@ def train_and_evaluate(world: World, overrides: list[str], steps: int, out: Path
     """``steps`` updates, then sharded IS and AIS on the first test images; rank 0 saves
     the bounds, the final model, every rank's RNG state and the estimates to ``out``."""
     trainer = VAETrainer(load_train_config(overrides=overrides), world=world)
-    bounds = [trainer.train_step()["bound"] for _ in range(steps)]
+    bounds = [trainer.train_step().values["bound"] for _ in range(steps)]
     state = trainer.state_dict()
     test = trainer.data.test[:30]
     is_ = evaluate(trainer.vae, test, 20, 10, 7, iwae_k=5, seed=11, world=world)

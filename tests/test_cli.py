@@ -107,11 +107,11 @@ def test_demo_runs_every_target_and_writes_figure_and_table(tmp_path, capsys) ->
 
 
 def test_ctrl_c_outside_training_exits_130_without_a_traceback(monkeypatch, capsys) -> None:
-    import vilab.demo
+    import vilab.commands.demo
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vilab.demo, "run_demo", interrupted)
+    monkeypatch.setattr(vilab.commands.demo, "run_demo", interrupted)
     assert main(["demo"]) == 130
     assert capsys.readouterr().err == "vilab: interrupted\n"

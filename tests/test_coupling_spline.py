@@ -1,5 +1,5 @@
 """Coupling, neural spline and neural autoregressive flows (src/vilab/flows/coupling.py,
-spline.py, naf.py), in float64.
+autoregressive.py, spline.py, naf.py), in float64.
 
 * the rational-quadratic spline alone: knots, interpolation of the knot values and
   derivatives, monotone, inverse(forward(x)) = x, the log-derivative against autograd,
@@ -437,7 +437,7 @@ def test_sticking_the_landing_runs_for_spline_flows(kind):
         "samples=32",
     ]
     fitter = Fitter(load_fit_config(overrides=over))
-    assert math.isfinite(fitter.train_step()["bound"])
+    assert math.isfinite(fitter.train_step().values["bound"])
 
 
 # ------------------------------------------------------------- 4. options and errors
@@ -525,7 +525,7 @@ def test_a_short_fit_on_u1_improves_the_bound(kind):
         ]
     )
     fitter = Fitter(cfg)
-    bounds = [fitter.train_step()["bound"] for _ in range(60)]
+    bounds = [fitter.train_step().values["bound"] for _ in range(60)]
     first, last = sum(bounds[:5]) / 5, sum(bounds[-5:]) / 5
     assert all(math.isfinite(b) for b in bounds)
     assert last > first + 0.5, (first, last)
@@ -537,7 +537,7 @@ def test_fit_preset_loads_and_runs_a_few_steps():
     assert any(k.startswith("spline_") for k in kinds)
     fitter = Fitter(cfg)
     for _ in range(3):
-        assert math.isfinite(fitter.train_step()["bound"])
+        assert math.isfinite(fitter.train_step().values["bound"])
 
 
 def test_vae_preset_builds_and_trains_a_step_on_the_tiny_data():
@@ -545,7 +545,7 @@ def test_vae_preset_builds_and_trains_a_step_on_the_tiny_data():
     assert any(f.kind.startswith("spline_") for f in cfg.posterior.stack)
     trainer = VAETrainer(cfg)
     out = trainer.train_step()
-    assert math.isfinite(out["bound"])
+    assert math.isfinite(out.values["bound"])
     flows = trainer.vae.posterior.family.flows
     assert any(isinstance(f, SplineAutoregressive | SplineCoupling) for f in flows)
     assert all(f.bins == 8 and f.tail_bound == 5.0 for f in flows)

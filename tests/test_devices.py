@@ -55,17 +55,17 @@ from vilab.config import (
 from vilab.estimators.ais import ais
 from vilab.estimators.elbo import annealed_elbo_surrogate, elbo, iwae
 from vilab.estimators.importance import effective_sample_size, kl_estimate, log_mean_exp_stderr
+from vilab.estimators.kl import exact_kl
 from vilab.estimators.loglik import importance_log_likelihood
 from vilab.estimators.objectives import dreg_objective, elbo_objective, iwae_objective
 from vilab.families.base import AtContext, Family
 from vilab.families.distribution import FullRankGaussianDistribution, MeanFieldGaussianDistribution
-from vilab.families.gaussian import MeanFieldGaussian, std_normal_log_prob
+from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, std_normal_log_prob
 from vilab.flows.base import Flow
 from vilab.flows.flow import FlowFamily
 from vilab.flows.spline import _ramp
 from vilab.samplers.hmc import DualAveraging, hmc, hmc_step, log_prob_and_grad
 from vilab.targets.energies import BUILTIN_TARGETS, Banana
-from vilab.targets.grid import exact_kl
 from vilab.targets.latent import LinearGaussianModel
 from vilab.targets.suite import SUITE_TARGETS
 from vilab.vae import build_vae, vae_objective
@@ -576,7 +576,7 @@ def test_linear_gaussian_model_off_cpu(off) -> None:
     with off.place(model), no_validation:  # torch's argument checks read the host
         x = off.randn(B, 6)
         off.check(model.log_marginal(x), *model.posterior())
-        q = model.exact_posterior_family()
+        q = FullRankGaussian.from_linear_gaussian(*model.posterior())
         off.check(*q.parameters())
         z, log_q = q.rsample_and_log_prob(S, x)
         off.check(z, log_q, model.log_joint(x, z))
@@ -705,7 +705,7 @@ def test_exact_kl_and_linear_gaussian_model_match_cpu(device) -> None:
     runs, kls = {}, {}
     for where in ("cpu", device):
         m = on(where, model)
-        q = m.exact_posterior_family()
+        q = FullRankGaussian.from_linear_gaussian(*m.posterior())
         assert all(p.device.type == torch.device(where).type for p in q.parameters())
         with same_noise(4):
             z, log_q = q.rsample_and_log_prob(S, x.to(where))

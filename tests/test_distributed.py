@@ -19,7 +19,8 @@ from vilab.core.checkpoint import load_checkpoint
 from vilab.data import Batches, load_dataset
 from vilab.data.binarize import derive_seed
 from vilab.evaluation import evaluate, evaluate_ais
-from vilab.train.vae import VAETrainer, train_vae
+from vilab.commands.train import train_vae
+from vilab.train.vae import VAETrainer
 
 SMALL = [
     *TINY_VAE,

@@ -24,9 +24,11 @@ import vilab.train.vae as loop_module
 from vilab.config import load_fit_config, load_train_config
 from vilab.core.checkpoint import load_checkpoint, save_checkpoint
 from vilab.estimators.objectives import Objective
-from vilab.train.fit import build_target, fit
+from vilab.build import target_from_config
+from vilab.commands.fit import run_fit
 from vilab.train.guard import GoodCheckpoints
-from vilab.train.vae import VAETrainer, train_vae
+from vilab.commands.train import train_vae
+from vilab.train.vae import VAETrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +130,7 @@ def test_a_non_finite_step_changes_nothing_but_the_step(monkeypatch) -> None:
     }
     nan_on_calls(monkeypatch, None)
     out = trainer.train_step()
-    assert out["finite"] == 0.0 and trainer.step == 2
+    assert out.finite == 0.0 and trainer.step == 2
     for k, v in trainer.vae.state_dict().items():
         assert torch.equal(v, before[k]), k
     for k, v in trainer.optimizer.state[next(trainer.vae.parameters())].items():
@@ -142,9 +144,9 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_skipped() -> None:
     hook = p.register_hook(lambda g: g * math.inf)
     out = trainer.train_step()
     hook.remove()
-    assert math.isfinite(out["bound"]) and out["finite"] == 0.0
+    assert math.isfinite(out.values["bound"]) and out.finite == 0.0
     assert torch.equal(p.detach(), before)
-    assert trainer.train_step()["finite"] == 1.0 and not torch.equal(p.detach(), before)
+    assert trainer.train_step().finite == 1.0 and not torch.equal(p.detach(), before)
 
 
 def test_isolated_non_finite_steps_are_skipped_and_counted(monkeypatch, tmp_path) -> None:
@@ -242,7 +244,7 @@ def test_the_2d_fit_rolls_back_too(monkeypatch, tmp_path) -> None:
             "figures=false",
         ]
     )
-    target = build_target(cfg)
+    target = target_from_config(cfg.target)
     original, calls = target.log_prob, [0]
 
     def log_prob(z, context=None):
@@ -251,7 +253,7 @@ def test_the_2d_fit_rolls_back_too(monkeypatch, tmp_path) -> None:
         return out * math.nan if calls[0] in (12, 13) else out
 
     monkeypatch.setattr(target, "log_prob", log_prob)
-    m = fit(cfg, tmp_path, progress=False, target=target, tensorboard=False)
+    m = run_fit(cfg, tmp_path, progress=False, target=target, tensorboard=False).metrics
     assert (m["steps"], m["skipped_steps"], m["rollbacks"], m["lr_scale"]) == (30, 2, 1, 0.5)
     assert math.isfinite(m["kl"])
 

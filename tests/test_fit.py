@@ -11,10 +11,12 @@ import torch
 
 from vilab.config import load_fit_config
 from vilab.core.checkpoint import load_checkpoint
+from vilab.estimators.kl import exact_kl
 from vilab.families import FullRankGaussian
 from vilab.targets.base import CallableTarget, TargetError
-from vilab.targets.grid import exact_kl
-from vilab.train.fit import Fitter, build_target, fit
+from vilab.build import target_from_config
+from vilab.commands.fit import run_fit
+from vilab.train.fit import Fitter
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)
@@ -86,7 +88,7 @@ def test_stl_runs_for_every_flow_and_is_refused_for_uivi(kind) -> None:
     """Planar, radial and Sylvester flows score any z through their inverses."""
     over = [f"family.kind={kind}", "family.layers=2", "objective.stl=true", "samples=64"]
     fitter = Fitter(load_fit_config(overrides=over))
-    assert math.isfinite(fitter.train_step()["bound"])
+    assert math.isfinite(fitter.train_step().values["bound"])
     with pytest.raises(ValueError, match="stl=true needs a family"):
         Fitter(load_fit_config(overrides=["family.kind=uivi", "objective.stl=true"]))
 
@@ -105,7 +107,7 @@ def small(*extra: str) -> list[str]:
 
 def test_fit_writes_a_complete_run_directory(tmp_path) -> None:
     cfg = load_fit_config(overrides=small("target.name=banana", "family.kind=planar"))
-    metrics = fit(cfg, tmp_path, progress=False)
+    metrics = run_fit(cfg, tmp_path, progress=False).metrics
     for name in [
         "config.yaml",
         "metrics.json",
@@ -137,7 +139,7 @@ def final_params(run_dir) -> dict[str, torch.Tensor]:
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> None:
     overrides = small("target.name=U1", "family.kind=sylvester_orthogonal", "figures=false")
     cfg = load_fit_config(overrides=overrides)
-    fit(cfg, tmp_path / "straight", progress=False, tensorboard=False)
+    run_fit(cfg, tmp_path / "straight", progress=False, tensorboard=False).metrics
 
     original = Fitter.train_step
 
@@ -147,11 +149,11 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> No
         return original(self, **kwargs)
 
     monkeypatch.setattr(Fitter, "train_step", interrupt_at_23)
-    m1 = fit(cfg, tmp_path / "resumed", progress=False, tensorboard=False)
+    m1 = run_fit(cfg, tmp_path / "resumed", progress=False, tensorboard=False).metrics
     assert m1["interrupted"] is True and m1["steps"] == 24
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 24
     monkeypatch.setattr(Fitter, "train_step", original)
-    m2 = fit(cfg, tmp_path / "resumed", progress=False, resume=True, tensorboard=False)
+    m2 = run_fit(cfg, tmp_path / "resumed", progress=False, resume=True, tensorboard=False).metrics
     assert m2["steps"] == 40 and m2["interrupted"] is False
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     for k in a:
@@ -162,17 +164,17 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> No
 
 def test_a_target_that_is_always_nan_stops_with_a_clear_error(monkeypatch, tmp_path) -> None:
     cfg = load_fit_config(overrides=small("target.name=U1", "family.kind=mean_field"))
-    target = build_target(cfg)
+    target = target_from_config(cfg.target)
     monkeypatch.setattr(target, "log_prob", lambda z, c=None: z.sum(-1) * math.nan)
     with pytest.raises(TargetError, match="target 'U1'"):
-        fit(cfg, tmp_path, progress=False, target=target, tensorboard=False)
+        run_fit(cfg, tmp_path, progress=False, target=target, tensorboard=False).metrics
 
 
 def test_amortized_fit_on_the_banana_family_reports_unseen_contexts(tmp_path) -> None:
     cfg = load_fit_config(
         overrides=small("target.name=banana_family", "family.kind=iaf", "family.hidden=[16]")
     )
-    metrics = fit(cfg, tmp_path, progress=False, tensorboard=False)
+    metrics = run_fit(cfg, tmp_path, progress=False, tensorboard=False).metrics
     per = metrics["kl_by_context"]
     assert len(per) == 4
     for row in per:
@@ -191,11 +193,11 @@ def test_user_target_in_five_dimensions(tmp_path) -> None:
         return -0.5 * (z**2).sum(-1)
 
     cfg = load_fit_config(overrides=small("family.kind=full_rank", "figures=true"))
-    unknown = fit(cfg, tmp_path / "a", False, target=CallableTarget(logp, 5), tensorboard=False)
+    unknown = run_fit(cfg, tmp_path / "a", progress=False, target=CallableTarget(logp, 5), tensorboard=False).metrics
     assert unknown["kl"] is None and math.isfinite(unknown["elbo"])
     known_z = 2.5 * math.log(2 * math.pi)
-    known = fit(
-        cfg, tmp_path / "b", False, target=CallableTarget(logp, 5, log_z=known_z), tensorboard=False
-    )
+    known = run_fit(
+        cfg, tmp_path / "b", progress=False, target=CallableTarget(logp, 5, log_z=known_z), tensorboard=False
+    ).metrics
     assert known["kl"] > -3 * known["kl_stderr"] and known["log_z"] == known_z
     assert (tmp_path / "b" / "training.png").is_file()

@@ -13,6 +13,7 @@ import torch
 from tiny_vae import SMALL_RUN
 
 import vilab.core.device as device_module
+import vilab.train.optim as optim_module
 import vilab.train.vae as loop_module
 from vilab.config import ConfigError, load_fit_config, load_train_config
 from vilab.core.checkpoint import load_checkpoint
@@ -21,7 +22,9 @@ from vilab.estimators.objectives import Objective
 from vilab.evaluation import eval_sizes, evaluate
 from vilab.train.guard import ema_update_if_finite, step_if_finite
 from vilab.train.rundir import config_changes
-from vilab.train.vae import VAETrainer, _for_device, train_vae
+from vilab.commands.train import train_vae
+from vilab.train.optim import load_optimizer_state
+from vilab.train.vae import VAETrainer
 
 SMALL = SMALL_RUN
 
@@ -113,7 +116,7 @@ def test_bf16_runs_the_networks_in_bfloat16_and_the_densities_in_float32():
     assert seen == {"encoder": torch.bfloat16, "decoder": torch.bfloat16}
     assert h.dtype == log_w.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in trainer.vae.parameters())
-    assert trainer.train_step()["finite"] is True
+    assert trainer.train_step().finite is True
     seen.clear()
     trainer.vae.eval()  # evaluation is float32: the reported log p(x) is the model's
     trainer.vae.log_weights(x, 3)
@@ -133,7 +136,7 @@ def test_bf16_stays_close_to_float32_on_the_same_run():
     bounds = {}
     for precision in ("float32", "bf16"):
         trainer = VAETrainer(load_train_config(overrides=[*SMALL, f"precision={precision}"]))
-        bounds[precision] = [trainer.train_step()["bound"] for _ in range(60)]
+        bounds[precision] = [trainer.train_step().values["bound"] for _ in range(60)]
     gap = max(abs(a - b) for a, b in zip(bounds["float32"], bounds["bf16"]))
     assert gap < 1.0, gap
     assert bounds["bf16"] != bounds["float32"]  # it did run in another precision
@@ -208,7 +211,7 @@ def gpu_options(name: str, device: torch.device) -> dict[str, bool]:
 def gpu_like_steps(monkeypatch):
     """The trainer's GPU behaviour on the CPU: fused Adam and the sync-free step."""
     monkeypatch.setattr(loop_module, "sync_free", lambda device: True)
-    monkeypatch.setattr(loop_module, "optimizer_options", gpu_options)
+    monkeypatch.setattr(optim_module, "optimizer_options", gpu_options)
 
 
 def nan_on_calls(monkeypatch, bad: set[int]) -> None:
@@ -229,10 +232,10 @@ def records(run: Path) -> list[dict]:
 def test_a_sync_free_step_returns_its_flag_on_the_device(gpu_like_steps, monkeypatch):
     trainer = VAETrainer(load_train_config(overrides=SMALL))
     assert trainer.sync_free and trainer.optimizer.param_groups[0]["fused"]
-    assert trainer.train_step()["finite"] is True  # the first step is checked
+    assert trainer.train_step().finite is True  # the first step is checked
     before = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
     nan_on_calls(monkeypatch, {1})
-    flag = trainer.train_step(log_value=False)["finite"]
+    flag = trainer.train_step(log_value=False).finite
     assert isinstance(flag, torch.Tensor) and flag.shape == () and not bool(flag)
     for k, v in trainer.vae.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -264,7 +267,7 @@ def test_sync_free_training_is_the_same_run_as_checked_training(
         with monkeypatch.context() as m:
             if mode == "sync_free":
                 m.setattr(loop_module, "sync_free", lambda device: True)
-                m.setattr(loop_module, "optimizer_options", gpu_options)
+                m.setattr(optim_module, "optimizer_options", gpu_options)
             nan_on_calls(m, bad)
             out = tmp_path / mode
             metrics = train_vae(cfg, out, False, tensorboard=False)
@@ -328,14 +331,15 @@ def test_a_checkpoint_of_a_gpu_run_resumes_on_the_cpu(tmp_path, monkeypatch):
     trainer.load_state_dict(state)
     group = trainer.optimizer.param_groups[0]
     assert not group.get("fused") and not group.get("capturable")
-    assert trainer.train_step()["finite"] is True and trainer.step == 5
+    assert trainer.train_step().finite is True and trainer.step == 5
 
 
 def test_optimizer_groups_take_this_optimizer_s_device_flags():
     w = torch.nn.Parameter(torch.ones(2))
     opt = torch.optim.Adam([w], fused=True)
     saved = {"state": {}, "param_groups": [{"params": [0], "fused": None, "capturable": False}]}
-    assert _for_device(saved, opt)["param_groups"][0]["fused"] is True
+    load_optimizer_state(opt, saved)
+    assert opt.param_groups[0]["fused"] is True
     assert saved["param_groups"][0]["fused"] is None  # the saved state is not changed
 
 
@@ -375,7 +379,7 @@ def test_a_compiled_step_trains_like_the_eager_one():
     for compiled in (False, True):
         cfg = load_train_config(overrides=[*SMALL, f"compile={str(compiled).lower()}"])
         trainer = VAETrainer(cfg)
-        bounds[compiled] = [trainer.train_step()["bound"] for _ in range(4)]
+        bounds[compiled] = [trainer.train_step().values["bound"] for _ in range(4)]
     assert bounds[True] == pytest.approx(bounds[False], rel=3e-3)
     assert bounds[True][-1] > bounds[True][0]
 

@@ -11,7 +11,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from vilab.cli import main
-from vilab.compare import compare
+from vilab.commands.compare import compare
 from vilab.families.base import Family
 from vilab.families.gaussian import StandardNormal
 from vilab.report import KL_EXACT, KL_IS, format_card, report_card

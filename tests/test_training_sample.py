@@ -242,7 +242,7 @@ def test_fitter_logs_the_scheduled_beta() -> None:
         overrides=["steps=10", "samples=8", "family.kind=mean_field", "objective.beta_steps=4"]
     )
     fitter = Fitter(cfg, target=CallableTarget(lambda z: -0.5 * (z * z).sum(-1), 2))
-    betas = [fitter.train_step()["beta"] for _ in range(6)]
+    betas = [fitter.train_step().values["beta"] for _ in range(6)]
     assert betas == pytest.approx([0.01, 0.26, 0.51, 0.76, 1.0, 1.0])
 
 

@@ -10,7 +10,8 @@ import torch
 
 from vilab.config import load_fit_config, load_train_config
 from vilab.families.semi_implicit import SemiImplicit
-from vilab.train.fit import Fitter, fit
+from vilab.commands.fit import run_fit
+from vilab.train.fit import Fitter
 from vilab.vae import build_vae, vae_objective
 
 
@@ -78,7 +79,7 @@ def test_fit_banana_with_uivi_reports_both_kl_estimates(tmp_path) -> None:
             "figures=false",
         ]
     )
-    m = fit(cfg, tmp_path, progress=False, tensorboard=False)
+    m = run_fit(cfg, tmp_path, progress=False, tensorboard=False).metrics
     assert m["kl_lower"] <= m["kl"] + 3 * m["kl_stderr"]
     assert "importance sampling over ε" in m["kl_note"]
     assert math.isfinite(m["hmc_step_size"])
@@ -98,9 +99,9 @@ def test_no_nan_in_10000_uivi_steps_on_the_banana() -> None:
     fitter = Fitter(cfg)
     for step in range(10_000):
         out = fitter.train_step(log_value=step % 500 == 0)
-        assert out["finite"] == 1.0, step  # no step had a NaN loss or gradient to skip
+        assert out.finite == 1.0, step  # no step had a NaN loss or gradient to skip
         if step % 500 == 0:
-            assert math.isfinite(out["bound"]), step
+            assert math.isfinite(out.values["bound"]), step
     for p in fitter.family.parameters():
         assert torch.isfinite(p).all()
 

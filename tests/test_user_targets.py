@@ -15,6 +15,7 @@ import vilab
 from vilab.build import family_from_config, target_from_config
 from vilab.cli import _fit_overrides, build_parser, main
 from vilab.config import ConfigError, load_fit_config
+from vilab.estimators.kl import exact_kl
 from vilab.families.gaussian import MeanFieldGaussian
 from vilab.flows import FlowFamily, SupportTransform, parse_support
 from vilab.flows.support import support_flow
@@ -24,8 +25,9 @@ from vilab.targets.base import (
     TargetError,
     with_support,
 )
-from vilab.targets.grid import exact_kl
 from vilab.targets.resolve import resolve_target
+from vilab.evaluation.fit import eval_context_rows, evaluate_fit
+from vilab.train.faults import check_target
 from vilab.train.fit import Fitter
 
 DETACHED = "does not depend on z through autograd"
@@ -255,7 +257,7 @@ def test_a_gamma_target_fits_through_a_positive_support() -> None:
     target = CallableTarget(gamma2, 2, "gamma2", log_z=LOG_Z, support="positive")
     fitter = Fitter(load_fit_config(overrides=fast_fit()), target=target)
     for _ in range(150):
-        assert fitter.train_step(log_value=False)["finite"] == 1.0
+        assert fitter.train_step(log_value=False).finite == 1.0
     est = exact_kl(fitter.family, fitter.target, LOG_Z, 20_000)
     # softplus(mean-field Gaussian) has no exact Gamma in it: its best KL is ≈ 0.06 nats
     assert 0.0 < est.kl < 0.1 and est.kl_stderr < 0.01
@@ -316,11 +318,11 @@ def test_the_float64_recheck_leaves_an_overflow_of_the_family_to_the_guard() -> 
     huge = torch.tensor([[3e19, 0.0], [1.0, 0.0]])
     log_p = fitter.target.log_prob(huge)  # z² overflows float32: −inf, but not the target's
     assert bool(torch.isneginf(log_p[0]))
-    fitter.check_target(log_p, huge, None)  # no error: a blown-up family, for the guard
+    assert check_target(fitter.target, log_p, huge, None, 0) is None  # the guard's: a blown-up family
     gamma = Fitter(cfg, target=CallableTarget(gamma2, 2, "gamma2", support="positive"))
     outside = torch.tensor([[-1.0, 2.0], [1.0, 1.0]])
     with pytest.raises(TargetError, match=r"1 of 2 samples.*z = \[-1, 2\].*inside its stated"):
-        gamma.check_target(gamma2(outside), outside, None)
+        check_target(gamma.target, gamma2(outside), outside, None, 0)
 
 
 def test_nan_from_the_target_that_outlasts_the_rollbacks_names_the_target(tmp_path) -> None:
@@ -356,10 +358,11 @@ def test_an_amortized_target_without_log_z_is_evaluated_by_the_report_card() -> 
         ]
     )
     fitter = Fitter(cfg, target=resolve_target(shifted, 3, context_dim=2))
-    assert fitter.eval_context_rows == [[0.2, 0.2], [0.7, 0.7]]  # checked before any step
+    rows = eval_context_rows(fitter.target, cfg.eval_contexts)
+    assert rows == [[0.2, 0.2], [0.7, 0.7]]
     for _ in range(5):
         fitter.train_step()
-    out = fitter.evaluate()
+    out = evaluate_fit(fitter.family, fitter.target, cfg.eval_samples, cfg.report_samples, rows)
     assert out["kl"] is None and "log Z unknown" in out["kl_note"]
     assert [row["context"] for row in out["kl_by_context"]] == [[0.2, 0.2], [0.7, 0.7]]
     assert out["report"]["kl_kind"].startswith("importance-sampled")

@@ -13,7 +13,8 @@ from vilab.cli import main
 from vilab.config import load_train_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.evaluation import evaluate
-from vilab.train.vae import VAETrainer, train_vae
+from vilab.commands.train import train_vae
+from vilab.train.vae import VAETrainer
 from vilab.vae import build_vae, vae_objective
 
 SMALL = [
@@ -92,9 +93,9 @@ def test_bad_objective_combinations_are_refused() -> None:
 def test_training_improves_the_bound_on_tiny() -> None:
     cfg = load_train_config(overrides=[*SMALL, "steps=150"])
     trainer = VAETrainer(cfg)
-    first = trainer.train_step()["bound"]
+    first = trainer.train_step().values["bound"]
     for _ in range(149):
-        last = trainer.train_step()["bound"]
+        last = trainer.train_step().values["bound"]
     assert last > first + 100
 
 

@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``vilab.fit`` (:func:`vilab.api.fit`), imported on first use so that ``import vilab``
+    """``vilab.fit`` (:func:`vilab.commands.fit.fit`), imported on first use so that ``import vilab``
     stays light."""
     if name == "fit":
-        from vilab.api import fit
+        from vilab.commands.fit import fit
 
         return fit
     raise AttributeError(f"module 'vilab' has no attribute {name!r}")

@@ -1,21 +1,26 @@
-"""Build what a config describes: a family from a short spec (one function, every family,
-free or amortized), a family or a target from their config sections.
+"""Build what a config describes, through registries: a flow kind, a family kind and a
+target kind each map to one builder that takes its typed section
+(:class:`~vilab.config.FlowConfig`, :class:`~vilab.config.FamilyConfig`,
+:class:`~vilab.config.TargetConfig`). Adding an option or a kind touches its section and
+its builder, nothing else.
 
 This module sits above :mod:`vilab.families`, :mod:`vilab.flows` and :mod:`vilab.targets`
 and below the trainers: the config describes, this module builds."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
-from vilab.config import FAMILY_KINDS, FLOW_KINDS, FamilyConfig, TargetConfig
+from torch import Tensor
+
+from vilab.config import FAMILY_KINDS, FLOW_KINDS, FamilyConfig, FlowConfig, TargetConfig
 from vilab.families.base import Family
 from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
 from vilab.families.semi_implicit import SemiImplicit
 from vilab.flows.base import Flow
 from vilab.flows.coupling import AffineCoupling
-from vilab.flows.flow import FlowFamily
+from vilab.flows.flow import FlowFamily, followed_by
 from vilab.flows.iaf import IAF
 from vilab.flows.naf import NeuralAutoregressive
 from vilab.flows.planar import Planar
@@ -24,200 +29,192 @@ from vilab.flows.spline import SplineAutoregressive, SplineCoupling
 from vilab.flows.support import describe_support, support_flow
 from vilab.flows.sylvester import Sylvester
 from vilab.targets.base import Target, with_support
-from vilab.targets.resolve import resolve_target
+from vilab.targets.resolve import BUILTIN_TARGETS, resolve_target
 
 __all__ = [
+    "BASES",
+    "FAMILIES",
     "FAMILY_KINDS",
+    "FLOWS",
     "FLOW_KINDS",
+    "TARGETS",
     "build_family",
     "build_flows",
     "family_from_config",
     "target_from_config",
 ]
 
-BaseKind = Literal["standard", "mean_field", "full_rank"]
+FlowBuilder = Callable[[FlowConfig, int, "int | None"], list[Flow]]
 
 
-def build_base(kind: BaseKind, dim: int, context_dim: int | None) -> Family:
-    if kind == "standard":
-        return StandardNormal(dim, context_dim)
-    if kind == "mean_field":
-        return MeanFieldGaussian(dim, context_dim)
-    if kind == "full_rank":
-        return FullRankGaussian(dim, context_dim)
-    raise ValueError(f"base must be 'standard', 'mean_field' or 'full_rank', got {kind!r}")
+def _alternating(make: Callable[[FlowConfig, int, int | None, bool], Flow]) -> FlowBuilder:
+    """``layers`` modules, every other one with the autoregressive order reversed (IAF,
+    spline_autoregressive, naf) or the transformed half swapped (the couplings: the last
+    ⌈D/2⌉ coordinates, then the first ⌊D/2⌋)."""
+    return lambda cfg, dim, c: [make(cfg, dim, c, k % 2 == 1) for k in range(cfg.layers)]
 
 
-def build_flows(
-    kind: str,
-    dim: int,
-    context_dim: int | None = None,
-    layers: int = 8,
-    hidden: Sequence[int] = (64, 64),
-    num_ortho: int | None = None,
-    num_householder: int = 2,
-    bins: int = 8,
-    tail_bound: float = 5.0,
-    units: int = 8,
-) -> list[Flow]:
-    """The flow modules of one kind: ``layers`` planar/radial/Sylvester layers in one
-    module, or ``layers`` modules of the other kinds, alternating between layers: the
-    autoregressive order reversed (IAF, ``spline_autoregressive``, ``naf``) or the
-    transformed half swapped (``affine_coupling``, ``spline_coupling``: the last ⌈D/2⌉
-    coordinates, then the first ⌊D/2⌋; they need D ≥ 2). ``hidden`` are the MADE's or the
-    coupling conditioner's widths; ``bins`` K and ``tail_bound`` B shape the
-    rational-quadratic splines, ``units`` M the naf's deep sigmoidal transform."""
-    if not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be a positive integer, got {layers!r}")
-    if kind == "planar":
-        return [Planar(dim, layers, context_dim)]
-    if kind == "radial":
-        return [Radial(dim, layers, context_dim)]
-    if kind == "iaf":
-        return [IAF(dim, hidden, context_dim, reverse=k % 2 == 1) for k in range(layers)]
-    if kind == "affine_coupling":
-        return [AffineCoupling(dim, hidden, context_dim, flip=k % 2 == 1) for k in range(layers)]
-    if kind == "spline_coupling":
-        return [
-            SplineCoupling(dim, hidden, context_dim, k % 2 == 1, bins, tail_bound)
-            for k in range(layers)
-        ]
-    if kind == "spline_autoregressive":
-        return [
-            SplineAutoregressive(dim, hidden, context_dim, k % 2 == 1, bins, tail_bound)
-            for k in range(layers)
-        ]
-    if kind == "naf":
-        return [
-            NeuralAutoregressive(dim, hidden, context_dim, k % 2 == 1, units) for k in range(layers)
-        ]
-    if kind in FLOW_KINDS:
-        q_kind = kind.removeprefix("sylvester_")
-        return [Sylvester(dim, layers, q_kind, num_ortho, num_householder, context_dim)]  # type: ignore[arg-type]
-    raise ValueError(f"unknown flow {kind!r}; choose one of {', '.join(FLOW_KINDS)}")
+def _sylvester(q_kind: str) -> FlowBuilder:
+    """``layers`` Sylvester layers of one kind of Q in one module."""
+    return lambda cfg, dim, c: [
+        Sylvester(dim, cfg.layers, q_kind, cfg.num_ortho, cfg.num_householder, c)  # type: ignore[arg-type]
+    ]
 
 
-def build_family(
-    kind: str,
-    dim: int,
-    context_dim: int | None = None,
-    layers: int = 8,
-    base: BaseKind = "mean_field",
-    hidden: Sequence[int] = (64, 64),
-    num_ortho: int | None = None,
-    num_householder: int = 2,
-    stack: Sequence[Mapping[str, Any]] = (),
-    noise_dim: int = 10,
-    log_q_samples: int = 1000,
-    train_log_q_samples: int = 100,
-    bins: int = 8,
-    tail_bound: float = 5.0,
-    units: int = 8,
-) -> Family:
-    """A variational family by name.
-
-    Args:
-        kind: one of ``FAMILY_KINDS``; ``"stack"`` chains the flows listed in ``stack``.
-        dim: D.
-        context_dim: None for a free family; C for q(z | c) amortized from a context.
-        layers: flow depth K (planar/radial/Sylvester layers, IAF steps).
-        base: base distribution of a flow.
-        hidden: MADE hidden widths (IAF).
-        num_ortho: M for orthogonal Sylvester flows (default D).
-        num_householder: reflections per Householder Sylvester layer.
-        bins, tail_bound, units: the spline flows' K bins on [−B, B] and the naf's M
-            units (:func:`build_flows`).
-        noise_dim: dimension of ε for the semi-implicit ``uivi`` family (whose network
-            μ(ε [, h]) has the ``hidden`` widths), and ``log_q_samples`` its K draws of ε
-            for estimating log q(z) (``train_log_q_samples`` for the logged training bound).
-        stack: for ``kind="stack"``: dicts of :func:`build_flows` arguments (``kind``,
-            ``layers``, ``hidden``, ...), applied in order, e.g.
-            ``[{"kind": "sylvester_orthogonal", "layers": 16}, {"kind": "iaf", "layers": 4}]``.
-    """
-    if kind == "mean_field":
-        return MeanFieldGaussian(dim, context_dim)
-    if kind == "full_rank":
-        return FullRankGaussian(dim, context_dim)
-    if kind == "uivi":
-        return SemiImplicit(
-            dim,
-            noise_dim,
-            hidden,
-            context_dim,
-            log_q_samples=log_q_samples,
-            train_log_q_samples=train_log_q_samples,
+#: ``flow kind`` -> builder(section, D, context size C or None) -> flow modules. ``hidden``
+#: are the MADE's or the coupling conditioner's widths; ``bins`` K and ``tail_bound`` B
+#: shape the rational-quadratic splines, ``units`` M the naf's deep sigmoidal transform.
+FLOWS: dict[str, FlowBuilder] = {
+    "planar": lambda cfg, dim, c: [Planar(dim, cfg.layers, c)],
+    "radial": lambda cfg, dim, c: [Radial(dim, cfg.layers, c)],
+    **{f"sylvester_{q}": _sylvester(q) for q in ("orthogonal", "householder", "triangular")},
+    "iaf": _alternating(lambda cfg, dim, c, odd: IAF(dim, cfg.hidden, c, reverse=odd)),
+    "affine_coupling": _alternating(
+        lambda cfg, dim, c, odd: AffineCoupling(dim, cfg.hidden, c, flip=odd)
+    ),
+    "spline_coupling": _alternating(
+        lambda cfg, dim, c, odd: SplineCoupling(dim, cfg.hidden, c, odd, cfg.bins, cfg.tail_bound)
+    ),
+    "spline_autoregressive": _alternating(
+        lambda cfg, dim, c, odd: SplineAutoregressive(
+            dim, cfg.hidden, c, odd, cfg.bins, cfg.tail_bound
         )
-    if kind == "stack":
-        if not stack:
-            raise ValueError("family 'stack' needs a non-empty list of flows in 'stack'")
-        flows = [f for spec in stack for f in build_flows(dim=dim, context_dim=context_dim, **spec)]
-    elif kind in FLOW_KINDS:
-        flows = build_flows(
-            kind,
-            dim,
-            context_dim,
-            layers,
-            hidden,
-            num_ortho,
-            num_householder,
-            bins,
-            tail_bound,
-            units,
-        )
-    else:
-        raise ValueError(f"unknown family {kind!r}; choose one of {', '.join(FAMILY_KINDS)}")
-    return FlowFamily(build_base(base, dim, context_dim), flows)
+    ),
+    "naf": _alternating(
+        lambda cfg, dim, c, odd: NeuralAutoregressive(dim, cfg.hidden, c, odd, cfg.units)
+    ),
+}
+
+#: ``base`` of a flow family -> its builder(D, C or None).
+BASES: dict[str, Callable[[int, int | None], Family]] = {
+    "standard": StandardNormal,
+    "mean_field": MeanFieldGaussian,
+    "full_rank": FullRankGaussian,
+}
+
+
+def _flow_family(cfg: FamilyConfig, dim: int, c: int | None) -> Family:
+    """The flows of ``cfg.stack`` (``kind: stack``) or of ``cfg`` itself on ``cfg.base``
+    (the flows are built first, then the base: the order of the random initialisations)."""
+    specs = cfg.stack if cfg.kind == "stack" else [cfg]
+    flows = [f for spec in specs for f in FLOWS[spec.kind](spec, dim, c)]
+    return FlowFamily(BASES[cfg.base](dim, c), flows)
+
+
+def _semi_implicit(cfg: FamilyConfig, dim: int, c: int | None) -> Family:
+    return SemiImplicit(
+        dim,
+        cfg.noise_dim,
+        cfg.hidden,
+        c,
+        log_q_samples=cfg.log_q_samples,
+        train_log_q_samples=cfg.train_log_q_samples,
+    )
+
+
+#: ``family kind`` -> builder(section, D, C or None) -> family.
+FAMILIES: dict[str, Callable[[FamilyConfig, int, int | None], Family]] = {
+    "mean_field": lambda cfg, dim, c: MeanFieldGaussian(dim, c),
+    "full_rank": lambda cfg, dim, c: FullRankGaussian(dim, c),
+    "uivi": _semi_implicit,
+    "stack": _flow_family,
+    **{kind: _flow_family for kind in FLOWS},
+}
 
 
 def family_from_config(
     cfg: FamilyConfig, dim: int, context_dim: int | None = None, support: object = None
 ) -> Family:
-    """The family a :class:`~vilab.config.FamilyConfig` describes, free or amortized.
+    """The family a :class:`~vilab.config.FamilyConfig` describes, free (``context_dim``
+    None) or amortized from a context of that size.
 
     With a ``support`` (a target's: ``"positive"``, one ``(lo, hi)`` per coordinate, …;
     :func:`vilab.flows.support.parse_support`) the family is built on R^D and followed by
-    the bijection T onto it (:class:`~vilab.flows.support.SupportTransform`): a flow
-    family gets T as its last flow, a Gaussian becomes the base of a flow family with T.
+    the bijection T onto it (:class:`~vilab.flows.support.SupportTransform`).
 
     Raises:
-        ValueError: a support with the semi-implicit family (``uivi``), whose log q has no
-            flow to extend.
+        ValueError: a support with a family whose log q is an estimate (``uivi``): it has
+            no flow to extend.
     """
-    family = build_family(
-        cfg.kind,
-        dim,
-        context_dim,
-        layers=cfg.layers,
-        base=cfg.base,  # type: ignore[arg-type]
-        hidden=cfg.hidden,
-        num_ortho=cfg.num_ortho,
-        num_householder=cfg.num_householder,
-        stack=[spec.model_dump() for spec in cfg.stack],
-        noise_dim=cfg.noise_dim,
-        log_q_samples=cfg.log_q_samples,
-        train_log_q_samples=cfg.train_log_q_samples,
-        bins=cfg.bins,
-        tail_bound=cfg.tail_bound,
-        units=cfg.units,
-    )
+    family = FAMILIES[cfg.kind](cfg, dim, context_dim)
     onto = support_flow(support, dim)
     if onto is None:
         return family
-    if isinstance(family, SemiImplicit):
+    if not family.exact_log_q:
         raise ValueError(
             f"family.kind={cfg.kind!r} cannot be mapped onto the target's support "
             f"{describe_support(onto.bounds)}: choose a flow or Gaussian family"
         )
-    if isinstance(family, FlowFamily):
-        return FlowFamily(family.base, [*family.flows, onto])
-    return FlowFamily(family, [onto])
+    return followed_by(family, [onto])
 
 
-def target_from_config(cfg: TargetConfig) -> Target:
-    """The target a :class:`~vilab.config.TargetConfig` describes, with its ``support``
-    stated (:func:`vilab.targets.base.with_support`); a user's function is probed inside
-    the support at load time."""
-    target = resolve_target(
-        cfg.name, cfg.dim, cfg.box, cfg.log_z, cfg.context_dim, cfg.context_range, cfg.support
+def build_flows(
+    kind: str, dim: int, context_dim: int | None = None, *, layers: int = 8, **options: Any
+) -> list[Flow]:
+    """The flow modules of one kind (:data:`FLOWS`), options as keywords of
+    :class:`~vilab.config.FlowConfig`."""
+    return FLOWS[kind](FlowConfig(kind=kind, layers=layers, **options), dim, context_dim)
+
+
+def build_family(
+    kind: str, dim: int, context_dim: int | None = None, *, layers: int = 8, **options: Any
+) -> Family:
+    """A family by kind (:data:`FAMILIES`), options as keywords of
+    :class:`~vilab.config.FamilyConfig` (``base``, ``hidden``, ``stack`` as a list of
+    dicts, ``bins``, ``noise_dim``, …)."""
+    cfg = FamilyConfig(kind=kind, layers=layers, **options)
+    return family_from_config(cfg, dim, context_dim)
+
+
+def _builtin(cfg: TargetConfig) -> Target:
+    return resolve_target(cfg.name, cfg.dim)
+
+
+def _python(cfg: TargetConfig, fn: Callable[..., Tensor] | str | None = None) -> Target:
+    """A user's log-density: ``module:function`` / ``file.py:function`` or the callable
+    ``fn``, described by the section's keys."""
+    spec = cfg.name if fn is None else fn
+    return resolve_target(
+        spec, cfg.dim, cfg.box, cfg.log_z, cfg.context_dim, cfg.context_range, cfg.support
     )
+
+
+#: ``target kind`` -> builder(section) -> target: the built-in and suite targets by name,
+#: and a Python log-density ``module:function`` / ``file.py:function``.
+TARGETS: dict[str, Callable[[TargetConfig], Target]] = {"builtin": _builtin, "python": _python}
+
+
+def target_kind(name: str) -> str:
+    """The kind of the target named ``name``: ``builtin``, a registered ``prefix:`` (the
+    text before the first colon), else ``python``.
+
+    Raises:
+        ValueError: a name that is none of them.
+    """
+    if name in BUILTIN_TARGETS:
+        return "builtin"
+    prefix = name.partition(":")[0]
+    if ":" in name and prefix in TARGETS and prefix not in ("builtin", "python"):
+        return prefix
+    if ":" in name:
+        return "python"
+    raise ValueError(
+        f"unknown target {name!r}: use one of {', '.join(BUILTIN_TARGETS)}, or a "
+        "log-density 'module:function' / 'path/file.py:function'"
+    )
+
+
+def target_from_config(
+    cfg: TargetConfig, given: Target | Callable[..., Tensor] | None = None
+) -> Target:
+    """The target a :class:`~vilab.config.TargetConfig` describes — or ``given`` (a
+    Target, or a callable described by the section's keys) — with its ``support`` stated
+    (:func:`vilab.targets.base.with_support`); a user's function is probed inside the
+    support at load time."""
+    if isinstance(given, Target):
+        target = given
+    elif given is not None:
+        target = _python(cfg, given)
+    else:
+        target = TARGETS[target_kind(cfg.name)](cfg)
     return with_support(target, cfg.support)

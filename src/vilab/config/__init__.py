@@ -29,6 +29,7 @@ from vilab.config.fit import (
 from vilab.config.train import (
     DataConfig,
     EvalConfig,
+    EvalRunConfig,
     NetConfig,
     ObjectiveConfig,
     PosteriorConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "EvalRunConfig",
     "FamilyConfig",
     "FaultConfig",
     "FitConfig",

@@ -150,9 +150,11 @@ class FamilyConfig(FlowConfig):
 
 
 class OptimConfig(_Strict):
-    """Adam with a learning-rate schedule: linear warm-up, then constant or cosine decay to
-    ``lr * min_lr_ratio``; optional gradient-norm clipping."""
+    """The optimizer (:mod:`vilab.train.optim`): ``adam``, ``adamax`` (Sylvester paper) or
+    ``rmsprop`` (centered, seed 004), with a learning-rate schedule: linear warm-up, then
+    constant or cosine decay to ``lr * min_lr_ratio``; optional gradient-norm clipping."""
 
+    name: Literal["adam", "adamax", "rmsprop"] = "adam"
     lr: float = Field(2e-3, gt=0, le=10)
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = Field(0, ge=0)

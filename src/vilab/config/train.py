@@ -81,12 +81,11 @@ class DataConfig(_Strict):
 
 
 class TrainOptimConfig(OptimConfig):
-    """Optimizer for VAEs: ``adam``, ``adamax`` (Sylvester paper) or ``rmsprop`` (centered,
-    seed 004). ``ema``: decay δ of an exponential moving average of the weights,
+    """The optimizer of a VAE (:class:`~vilab.config.fit.OptimConfig`, a constant 1e-3 by
+    default). ``ema``: decay δ of an exponential moving average of the weights,
     θ̄ ← δ θ̄ + (1 − δ) θ after every update (Polyak averaging, as in Kingma et al.'s IAF
     experiments); validation, ``best.pt`` and the test then use θ̄."""
 
-    name: Literal["adam", "adamax", "rmsprop"] = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
     schedule: Literal["constant", "cosine"] = "constant"
     ema: float | None = Field(None, gt=0, lt=1)
@@ -103,6 +102,29 @@ class EvalConfig(_Strict):
     batch: int | None = Field(None, ge=1)
     valid_images: int = Field(1000, ge=1)
     valid_samples: int = Field(100, ge=1)
+
+
+class EvalRunConfig(_Strict):
+    """``vilab eval RUN_DIR``: log p(x) of a trained VAE run on its ``split`` (``test`` or
+    ``valid``; the first ``images`` only, if set) by importance sampling (``method: is``,
+    ``samples`` per image drawn ``chunk`` at a time for ``batch`` images; unset: the run's
+    ``eval`` section) or annealed importance sampling (``method: ais``: ``chains`` per
+    image, ``num_dists`` distributions, ``leapfrog`` steps per HMC transition, starting at
+    the encoder's q(z | x) or the ``prior``). ``data_dir`` and ``device`` replace the
+    run's (``None``: the run's own)."""
+
+    split: Literal["test", "valid"] = "test"
+    method: Literal["is", "ais"] = "is"
+    samples: int | None = Field(None, ge=1)
+    chunk: int | None = Field(None, ge=1)
+    batch: int | None = Field(None, ge=1)
+    images: int | None = Field(None, ge=1)
+    chains: int = Field(16, ge=1)
+    num_dists: int = Field(500, ge=1)
+    leapfrog: int = Field(5, ge=1)
+    init: Literal["posterior", "prior"] = "posterior"
+    data_dir: str | None = None
+    device: DeviceSpec | None = None
 
 
 class TrainConfig(_Strict):

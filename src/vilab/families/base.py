@@ -22,16 +22,14 @@ The default serves every family whose ``rsample_and_log_prob`` is differentiable
 (Gaussians, flows); the semi-implicit family overrides it with its HMC entropy gradient
 and the mean-field Gaussian adds its analytic KL to N(0, I).
 
-Users' own PyTorch code asks :meth:`Family.distribution`: the family at an optional context
-as a ``torch.distributions.Distribution`` (``sample``, ``rsample``, ``log_prob``,
-``rsample_and_log_prob``, tuple sample shapes, batch shape ``(B,)`` at a context; the
-Gaussians also ``loc``/``scale``/``scale_tril`` and closed-form ``kl_divergence``), see
-:mod:`vilab.families.distribution`.
+:meth:`Family.distribution` is the ``torch.distributions`` view for users' own code; which
+API serves whom is stated in :mod:`vilab.families.distribution`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,13 +93,8 @@ class Family(nn.Module):
     def distribution(
         self, context: Tensor | None = None, *, validate_args: bool | None = None
     ) -> FamilyDistribution:
-        """q(z [| c]) as a ``torch.distributions.Distribution``: ``event_shape (D,)``,
-        ``batch_shape ()`` free or ``(B,)`` at a context ``(B, C)``.
-
-        A lazy view: each call on it evaluates the family's current parameters, so it stays
-        valid across optimizer steps. ``log_prob`` raises ``NotImplementedError`` where
-        :attr:`has_log_prob` is False. The Gaussians return subclasses with their parameters
-        (``loc``, ``scale`` / ``scale_tril``) and closed-form ``kl_divergence``.
+        """q(z [| c]) as a ``torch.distributions.Distribution`` (a lazy view, for users' own
+        torch code: :mod:`vilab.families.distribution`).
 
         Raises:
             ValueError: a context the family does not take (see :meth:`sample_shape`).
@@ -163,6 +156,35 @@ class Family(nn.Module):
         ctx = None if context is None else context.detach()
         return torch.func.functional_call(_LogProb(self), params, (z, ctx), strict=False)
 
+    #: Whether :meth:`rsample_and_log_prob` returns log q(z) exactly (False: an estimate,
+    #: as for a semi-implicit q, which then brackets it by :meth:`rsample_and_log_q_bounds`).
+    exact_log_q: bool = True
+
+    def rsample_and_log_q_bounds(
+        self, n: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """n samples with a lower and an upper estimate of their log q(z), each ``(n[, B])``,
+        E[lower] ≤ log q(z) ≤ E[upper]: what a KL bracket needs. An exact family returns
+        its log q twice (the same tensor)."""
+        z, log_q = self.rsample_and_log_prob(n, context)
+        return z, log_q, log_q
+
+    def estimate_notes(self) -> dict[str, float | str]:
+        """What an evaluation should report about how log q was estimated (the semi-implicit
+        family: its K draws of ε and its HMC statistics); empty for an exact family."""
+        return {}
+
+    def base_and_push(self) -> tuple[Family, Any]:
+        """``(q₀, T)`` with q = T#q₀ and ``T(ε, context) -> (z, log |det ∂T/∂ε|)``: the space
+        in which annealed importance sampling moves (a flow's base). A family without such
+        a decomposition returns ``(self, None)``."""
+        return self, None
+
+    def rsample_trace(self, n: int, context: Tensor | None = None) -> list[Tensor]:
+        """n samples after each of the family's layers, first the base's: ``[z₀, …, z_K]``,
+        each shaped as :meth:`rsample`'s; ``[z]`` for a family without layers (pictures)."""
+        return [self.rsample(n, context)]
+
     def sample_shape(self, n: int, context: Tensor | None) -> tuple[int, ...]:
         """``(n, D)`` without a context, ``(n, B, D)`` with one; validates both."""
         if not isinstance(n, int) or n < 1:
@@ -202,13 +224,8 @@ class AtContext(Family):
         self.inner, self.context = family, context
         self.dim, self.context_dim = family.dim, None
 
-    def rsample_and_log_prob(
-        self, n: int, context: Tensor | None = None, trace: list[Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        kwargs = {"trace": trace} if trace is not None else {}
-        z, lq = self.inner.rsample_and_log_prob(n, self.context, **kwargs)
-        if trace is not None:
-            trace[:] = [t[:, 0] for t in trace]
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, lq = self.inner.rsample_and_log_prob(n, self.context)
         return z[:, 0], lq[:, 0]
 
     @property
@@ -223,6 +240,22 @@ class AtContext(Family):
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         return self.inner.rsample(n, self.context)[:, 0]
+
+    @property
+    def exact_log_q(self) -> bool:  # type: ignore[override]
+        return self.inner.exact_log_q
+
+    def rsample_and_log_q_bounds(
+        self, n: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        z, lower, upper = self.inner.rsample_and_log_q_bounds(n, self.context)
+        return z[:, 0], lower[:, 0], upper if upper is lower else upper[:, 0]
+
+    def estimate_notes(self) -> dict[str, float | str]:
+        return self.inner.estimate_notes()
+
+    def rsample_trace(self, n: int, context: Tensor | None = None) -> list[Tensor]:
+        return [z[:, 0] for z in self.inner.rsample_trace(n, self.context)]
 
     def training_sample(
         self,

@@ -1,45 +1,37 @@
 """Families as ``torch.distributions.Distribution`` s: q(z [| c]) for users' own PyTorch code.
 
+**The rule of the two APIs.** vilab's trainers and estimators use the *Family* API only:
+``family.rsample_and_log_prob(n, context)`` and ``family.training_sample(n, context)``,
+samples ``(n, [B,] D)``, log-densities ``(n[, B])`` (:mod:`vilab.families.base`). The
+*Distribution* view, ``family.distribution(context)``, is for users' own torch code: tuple
+sample shapes, batch shapes, ``kl_divergence``. It is a lazy view with no state of its own
+(it holds the family and the context, never parameter values), so every call evaluates the
+family's current parameters: one view stays valid across optimizer steps and each call
+builds its own graph (zuko's ``flow(context)``). Nothing in vilab is written against it.
+
     d = family.distribution()            # free:      batch_shape (),   event_shape (D,)
     d = family.distribution(context)     # amortized: batch_shape (B,), event_shape (D,)
     z = d.rsample((3, 4))                # (3, 4, [B,] D), reparameterized
     z, log_q = d.rsample_and_log_prob((3, 4))   # one pass: the family's cheap path
-    log_q = d.log_prob(z)                # any z of shape sample_shape + batch + (D,)
+    log_q = d.log_prob(z)                # any z of shape sample_shape + batch + (D,), through
+                                         # family.log_prob (the flows' inverses, DESIGN.md §2)
 
-A :class:`FamilyDistribution` is a *view* of a family at an optional context (zuko's
-``flow(context)``): it holds no parameter values, and every call evaluates the family's
-current parameters, so one object stays valid across optimizer steps and each call builds
-its own graph. ``rsample`` draws prod(sample_shape) samples from
-``family.rsample_and_log_prob(n, context)`` (or ``family.rsample``) and reshapes them;
-``log_prob`` flattens the sample dimensions and calls ``family.log_prob`` (the flows'
-inverses, DESIGN.md §2). A family that cannot score an arbitrary z (semi-implicit) raises
-``NotImplementedError`` from ``log_prob`` and points to ``log_prob_estimate``.
-
-The Gaussians get subclasses with their parameters and closed forms:
-:class:`MeanFieldGaussianDistribution` behaves as ``Independent(Normal(loc, scale), 1)``
-(``loc``, ``scale``), :class:`FullRankGaussianDistribution` as
-``MultivariateNormal(loc, scale_tril=L)`` (``loc``, ``scale_tril``, ``covariance_matrix``);
-both have ``mean``, ``variance``, ``mode``, ``entropy`` and :meth:`as_torch`. Closed-form
-``torch.distributions.kl_divergence`` is registered between any two of them and against
-torch's ``Independent(Normal(·, ·), 1)`` and ``MultivariateNormal`` (so against the standard
-normal prior, either way round):
+The Gaussians' views behave as torch's own distribution (:meth:`~FamilyDistribution.
+as_torch`), from which they take ``mean``, ``mode``, ``variance``, ``stddev``, ``entropy``:
+:class:`MeanFieldGaussianDistribution` as ``Independent(Normal(loc, scale), 1)``,
+:class:`FullRankGaussianDistribution` as ``MultivariateNormal(loc, scale_tril=L)``.
+Closed-form ``kl_divergence`` is registered between any two of them and against torch's
+``Independent(Normal(·, ·), 1)`` and ``MultivariateNormal``, either way round:
 
     KL(N(μ₁, Σ₁) ‖ N(μ₂, Σ₂)) = ½ [tr(Σ₂⁻¹Σ₁) + (μ₂ − μ₁)ᵀ Σ₂⁻¹ (μ₂ − μ₁) − D + log |Σ₂|/|Σ₁|],
 
-computed by torch's own Normal (both diagonal) or MultivariateNormal formulas.
-
-``expand(batch_shape)`` accepts shapes that end with the family's own batch shape; the
-leading dimensions are then independent copies, drawn as extra samples.
-
-This module does not import :mod:`vilab.families.base` (``base`` imports it): the family is
-typed by the :class:`FamilyLike` protocol, which every :class:`~vilab.families.base.Family`
-satisfies.
+by torch's own Normal (both diagonal) or MultivariateNormal formulas.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -54,47 +46,37 @@ from torch.distributions import (
     register_kl,
 )
 
-__all__ = [
-    "FamilyDistribution",
-    "FamilyLike",
-    "FullRankGaussianDistribution",
-    "MeanFieldGaussianDistribution",
-]
+__all__ = ["FamilyDistribution", "FullRankGaussianDistribution", "MeanFieldGaussianDistribution"]
 
 _SampleShape = int | Sequence[int] | torch.Size
 
 
 class FamilyLike(Protocol):
-    """What :class:`FamilyDistribution` uses of a :class:`~vilab.families.base.Family`."""
+    """What the view uses of a :class:`~vilab.families.base.Family` (this module cannot
+    import ``base``, which imports it)."""
 
     dim: int
-    context_dim: int | None
 
     @property
     def has_log_prob(self) -> bool: ...
 
-    def rsample_and_log_prob(
-        self, n: int, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]: ...
+    def rsample_and_log_prob(self, n: int, context: Tensor | None) -> tuple[Tensor, Tensor]: ...
 
-    def rsample(self, n: int, context: Tensor | None = None) -> Tensor: ...
+    def rsample(self, n: int, context: Tensor | None) -> Tensor: ...
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor: ...
+    def log_prob(self, z: Tensor, context: Tensor | None) -> Tensor: ...
 
     def sample_shape(self, n: int, context: Tensor | None) -> tuple[int, ...]: ...
 
 
 def _as_size(sample_shape: _SampleShape) -> torch.Size:
     """``sample_shape`` as a ``torch.Size`` (an int n is ``(n,)``); refuses negative sizes."""
-    if isinstance(sample_shape, int):
-        sample_shape = (sample_shape,)
+    size = (sample_shape,) if isinstance(sample_shape, int) else sample_shape
     try:
-        size = torch.Size(sample_shape)
-    except TypeError as err:
-        raise ValueError(
-            f"sample_shape must be a tuple of non-negative ints, got {sample_shape!r}"
-        ) from err
-    if any(s < 0 for s in size):
+        size = torch.Size(size)
+    except TypeError:
+        size = None
+    if size is None or any(s < 0 for s in size):
         raise ValueError(f"sample_shape must be a tuple of non-negative ints, got {sample_shape!r}")
     return size
 
@@ -121,20 +103,12 @@ class FamilyDistribution(Distribution):
     has_rsample = True
 
     def __init__(
-        self,
-        family: FamilyLike,
-        context: Tensor | None = None,
-        validate_args: bool | None = None,
+        self, family: FamilyLike, context: Tensor | None = None, validate_args: bool | None = None
     ) -> None:
         shape = family.sample_shape(1, context)  # validates the context
         self.family, self.context = family, context
         self._native = torch.Size(shape[1:-1])  # () free, (B,) with a context
         super().__init__(self._native, torch.Size((family.dim,)), validate_args=validate_args)
-
-    @property
-    def _extra(self) -> torch.Size:
-        """Leading batch dimensions added by :meth:`expand` (independent copies)."""
-        return self.batch_shape[: len(self.batch_shape) - len(self._native)]
 
     def __repr__(self) -> str:
         return (
@@ -152,67 +126,37 @@ class FamilyDistribution(Distribution):
         """
         batch_shape = _as_size(batch_shape)
         k = len(self._native)
-        if len(batch_shape) < k or batch_shape[len(batch_shape) - k :] != self._native:
+        if batch_shape[len(batch_shape) - k :] != self._native:  # (a shorter one too)
             raise ValueError(
                 f"cannot expand {type(self).__name__} of batch_shape {tuple(self._native)} to "
                 f"{tuple(batch_shape)}: the new batch_shape must end with {tuple(self._native)}"
             )
         new = type(self).__new__(type(self)) if _instance is None else _instance
         new.family, new.context, new._native = self.family, self.context, self._native
-        Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
+        Distribution.__init__(new, batch_shape, self.event_shape, self._validate_args)
         return new
 
-    def _draw(self, sample_shape: _SampleShape, score: bool) -> tuple[Tensor, Tensor | None]:
+    def _count(self, sample_shape: _SampleShape) -> tuple[int, torch.Size]:
+        """How many samples the family draws (the sample and expanded dimensions) and the
+        output shape ``sample_shape + batch_shape``."""
         shape = _as_size(sample_shape) + self.batch_shape
-        n = math.prod(shape[: len(shape) - len(self._native)])
-        m = max(n, 1)  # a family draws at least one sample; slice to zero after
-        if score:
-            z, log_q = self.family.rsample_and_log_prob(m, self.context)
-            return z[:n].reshape(shape + self.event_shape), log_q[:n].reshape(shape)
-        z = self.family.rsample(m, self.context)
-        return z[:n].reshape(shape + self.event_shape), None
+        return math.prod(shape[: len(shape) - len(self._native)]), shape
 
     def rsample(self, sample_shape: _SampleShape = ()) -> Tensor:
         """Reparameterized samples, ``sample_shape + batch_shape + (D,)``: gradients reach
         the family's parameters (and the context)."""
-        return self._draw(sample_shape, score=False)[0]
-
-    def sample(self, sample_shape: _SampleShape = ()) -> Tensor:
-        """:meth:`rsample` without a graph."""
-        with torch.no_grad():
-            return self.rsample(sample_shape)
+        n, shape = self._count(sample_shape)
+        z = self.family.rsample(max(n, 1), self.context)  # at least one; sliced to n
+        return z[:n].reshape(shape + self.event_shape)
 
     def rsample_and_log_prob(self, sample_shape: _SampleShape = ()) -> tuple[Tensor, Tensor]:
         """Samples ``sample_shape + batch_shape + (D,)`` and their log q, ``sample_shape +
         batch_shape``, from one pass of ``family.rsample_and_log_prob`` (no inverse). For a
         semi-implicit family log q is its importance-sampled upper (SIVI) estimate, without
         gradient."""
-        z, log_q = self._draw(sample_shape, score=True)
-        assert log_q is not None
-        return z, log_q
-
-    def _flat_value(self, value: Tensor) -> tuple[Tensor, torch.Size]:
-        """``value`` broadcast to ``S + batch_shape + (D,)`` and flattened to the family's
-        ``(n, [B,] D)``, with the output shape ``S + batch_shape``."""
-        if not isinstance(value, Tensor):
-            raise ValueError(f"value must be a Tensor, got {type(value).__name__}")
-        expected = f"sample_shape + batch_shape {tuple(self.batch_shape)} + event_shape " + str(
-            tuple(self.event_shape)
-        )
-        if value.dim() < 1 or value.shape[-1] != self.event_shape[0]:
-            raise ValueError(f"value of shape {tuple(value.shape)} must have shape {expected}")
-        try:
-            out = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
-        except RuntimeError:
-            out = None
-        k = len(self.batch_shape)
-        if out is None or out[len(out) - k :] != self.batch_shape:
-            raise ValueError(
-                f"value of shape {tuple(value.shape)} does not broadcast to {expected}"
-            )
-        flat = value.expand(out + self.event_shape).reshape(-1, *self._native, *self.event_shape)
-        return flat, out
+        n, shape = self._count(sample_shape)
+        z, log_q = self.family.rsample_and_log_prob(max(n, 1), self.context)
+        return z[:n].reshape(shape + self.event_shape), log_q[:n].reshape(shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log q(value [| c]), ``sample_shape + batch_shape``, for a value of shape
@@ -222,7 +166,20 @@ class FamilyDistribution(Distribution):
             ValueError: a value of the wrong shape (or, with ``validate_args``, a NaN).
             NotImplementedError: a family that cannot score an arbitrary z.
         """
-        flat, out = self._flat_value(value)
+        if not isinstance(value, Tensor):
+            raise ValueError(f"value must be a Tensor, got {type(value).__name__}")
+        batch, event = self.batch_shape, self.event_shape
+        expected = f"sample_shape + batch_shape {tuple(batch)} + event_shape {tuple(event)}"
+        if value.dim() < 1 or value.shape[-1:] != event:
+            raise ValueError(f"value of shape {tuple(value.shape)} must have shape {expected}")
+        try:
+            out = torch.broadcast_shapes(value.shape[:-1], batch)
+        except RuntimeError:
+            out = None
+        if out is None or out[len(out) - len(batch) :] != batch:
+            raise ValueError(
+                f"value of shape {tuple(value.shape)} does not broadcast to {expected}"
+            )
         if self._validate_args:
             self._validate_sample(value)
         if not self.family.has_log_prob:
@@ -232,138 +189,114 @@ class FamilyDistribution(Distribution):
                 "family.log_prob_estimate(z, context) for an importance-sampled estimate, or "
                 "rsample_and_log_prob(sample_shape) for samples with their log q"
             )
+        flat = value.expand(out + event).reshape(-1, *self._native, *event)
         return self.family.log_prob(flat, self.context).reshape(out)
 
-    def _no_closed_form(self, what: str) -> NotImplementedError:
-        return NotImplementedError(
-            f"{type(self.family).__name__} has no closed-form {what}; estimate it from "
-            "samples (rsample / rsample_and_log_prob)"
-        )
+    def as_torch(self) -> Distribution:
+        """torch's own distribution at the family's current parameters, without argument
+        validation: the Gaussians' views have one (and take their moments and entropy from
+        it); other families raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self.family).__name__} has no torch equivalent")
+
+    def _closed_form(self, what: str) -> Tensor:
+        try:
+            return getattr(self.as_torch(), what)
+        except NotImplementedError:
+            raise NotImplementedError(
+                f"{type(self.family).__name__} has no closed-form {what}; estimate it from "
+                "samples (rsample / rsample_and_log_prob)"
+            ) from None
 
     @property
     def mean(self) -> Tensor:
-        raise self._no_closed_form("mean")
+        return self._closed_form("mean")
 
     @property
     def mode(self) -> Tensor:
-        raise self._no_closed_form("mode")
+        return self._closed_form("mode")
 
     @property
     def variance(self) -> Tensor:
-        raise self._no_closed_form("variance")
+        return self._closed_form("variance")
+
+    @property
+    def stddev(self) -> Tensor:
+        return self._closed_form("stddev")
 
     def entropy(self) -> Tensor:
-        raise self._no_closed_form("entropy")
+        """½ log |2πe Σ| for a Gaussian, ``batch_shape``."""
+        return self._closed_form("entropy")()  # type: ignore[operator]
 
 
 class _GaussianDistribution(FamilyDistribution):
-    """Shared closed forms of the Gaussian views, through :meth:`as_torch`."""
+    """A Gaussian view: the family's ``_params_of(context)`` gives ``(μ, σ or L)``, each
+    ``([B,] D…)``, and ``_torch`` torch's own distribution of them."""
 
-    def as_torch(self) -> Distribution:  # pragma: no cover - abstract
-        """torch's own distribution at the family's current parameters (same batch
-        shape), without argument validation."""
-        raise NotImplementedError
+    _params_of: str
+    _torch: Callable[[Tensor, Tensor], Distribution]
 
-    def _expanded(self, t: Tensor, event_dims: int = 1) -> Tensor:
-        """A parameter ``([B,] D…)`` broadcast to ``batch_shape + (D…)``."""
-        return t.expand(self.batch_shape + t.shape[t.dim() - event_dims :])
+    def _params(self) -> tuple[Tensor, Tensor]:
+        """``(μ, σ or L)`` broadcast to ``batch_shape + (D…)``."""
+        loc, other = getattr(self.family, self._params_of)(self.context)
+        k, batch = len(self._native), self.batch_shape
+        return loc.expand(batch + loc.shape[k:]), other.expand(batch + other.shape[k:])
+
+    def as_torch(self) -> Distribution:
+        return self._torch(*self._params())
 
     @property
     def loc(self) -> Tensor:
         """μ, ``batch_shape + (D,)``."""
-        raise NotImplementedError  # pragma: no cover - set by subclasses
-
-    @property
-    def mean(self) -> Tensor:
-        return self.loc
-
-    @property
-    def mode(self) -> Tensor:
-        return self.loc
-
-    @property
-    def variance(self) -> Tensor:
-        return self.as_torch().variance
-
-    def entropy(self) -> Tensor:
-        """½ log |2πe Σ|, ``batch_shape``."""
-        return self.as_torch().entropy()
+        return self._params()[0]
 
 
 class MeanFieldGaussianDistribution(_GaussianDistribution):
-    """N(μ, diag σ²) of a mean-field family (or the standard normal): as
-    ``Independent(Normal(loc, scale), 1)``. The family provides
-    ``loc_scale(context) -> (μ, σ)``, each ``([B,] D)``."""
+    """N(μ, diag σ²) of a mean-field family (or the standard normal), as
+    ``Independent(Normal(loc, scale), 1)``; the family gives ``loc_scale(context)``."""
 
-    def _loc_scale(self) -> tuple[Tensor, Tensor]:
-        loc, scale = self.family.loc_scale(self.context)  # type: ignore[attr-defined]
-        return self._expanded(loc), self._expanded(scale)
+    _params_of = "loc_scale"
 
-    @property
-    def loc(self) -> Tensor:
-        """μ, ``batch_shape + (D,)``."""
-        return self._loc_scale()[0]
+    @staticmethod
+    def _torch(loc: Tensor, scale: Tensor) -> Independent:
+        return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
     @property
     def scale(self) -> Tensor:
         """σ, ``batch_shape + (D,)``."""
-        return self._loc_scale()[1]
-
-    @property
-    def stddev(self) -> Tensor:
-        return self.scale
-
-    def as_torch(self) -> Independent:
-        base = Normal(*self._loc_scale(), validate_args=False)
-        return Independent(base, 1, validate_args=False)
+        return self._params()[1]
 
 
 class FullRankGaussianDistribution(_GaussianDistribution):
-    """N(μ, L Lᵀ) of a full-rank family: as ``MultivariateNormal(loc, scale_tril=L)``. The
-    family provides ``loc_tril(context) -> (μ ([B,] D), L ([B,] D, D))``."""
+    """N(μ, L Lᵀ) of a full-rank family, as ``MultivariateNormal(loc, scale_tril=L)``; the
+    family gives ``loc_tril(context)``."""
 
-    def _loc_tril(self) -> tuple[Tensor, Tensor]:
-        loc, tril = self.family.loc_tril(self.context)  # type: ignore[attr-defined]
-        return self._expanded(loc), self._expanded(tril, 2)
+    _params_of = "loc_tril"
 
-    @property
-    def loc(self) -> Tensor:
-        """μ, ``batch_shape + (D,)``."""
-        return self._loc_tril()[0]
+    @staticmethod
+    def _torch(loc: Tensor, tril: Tensor) -> MultivariateNormal:
+        return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
     @property
     def scale_tril(self) -> Tensor:
         """L, lower triangular with a positive diagonal, ``batch_shape + (D, D)``."""
-        return self._loc_tril()[1]
+        return self._params()[1]
 
     @property
     def covariance_matrix(self) -> Tensor:
         """Σ = L Lᵀ, ``batch_shape + (D, D)``."""
-        tril = self.scale_tril
-        return tril @ tril.mT
-
-    def as_torch(self) -> MultivariateNormal:
-        loc, tril = self._loc_tril()
-        return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+        return self.as_torch().covariance_matrix  # type: ignore[attr-defined]
 
 
 # --- closed-form KL divergences ------------------------------------------------------------
 
 
 def _is_diagonal(d: Distribution) -> bool:
-    return isinstance(d, MeanFieldGaussianDistribution) or (
-        isinstance(d, Independent)
-        and isinstance(d.base_dist, Normal)
-        and d.reinterpreted_batch_ndims == 1
-    )
-
-
-def _as_torch(d: Distribution) -> Distribution:
-    return d.as_torch() if isinstance(d, _GaussianDistribution) else d
+    """Whether ``d`` is ``Independent(Normal(loc, scale), 1)``."""
+    one = isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1
+    return one and isinstance(d.base_dist, Normal)  # type: ignore[attr-defined]
 
 
 def _as_mvn(d: Distribution) -> MultivariateNormal:
-    d = _as_torch(d)
     if isinstance(d, MultivariateNormal):
         return d
     if _is_diagonal(d):
@@ -386,25 +319,16 @@ def _kl_gaussian(p: Distribution, q: Distribution) -> Tensor:
             f"KL between Gaussians of event_shape {tuple(p.event_shape)} and "
             f"{tuple(q.event_shape)}: the event shapes must match"
         )
+    p, q = [d.as_torch() if isinstance(d, FamilyDistribution) else d for d in (p, q)]
     if _is_diagonal(p) and _is_diagonal(q):
-        return kl_divergence(_as_torch(p), _as_torch(q))
+        return kl_divergence(p, q)
     return kl_divergence(_as_mvn(p), _as_mvn(q))
 
 
-_MF, _FR = MeanFieldGaussianDistribution, FullRankGaussianDistribution
-for _p, _q in [
-    (_MF, _MF),
-    (_MF, _FR),
-    (_FR, _MF),
-    (_FR, _FR),
-    (_MF, Independent),
-    (Independent, _MF),
-    (_FR, Independent),
-    (Independent, _FR),
-    (_MF, MultivariateNormal),
-    (MultivariateNormal, _MF),
-    (_FR, MultivariateNormal),
-    (MultivariateNormal, _FR),
-]:
-    register_kl(_p, _q)(_kl_gaussian)
-del _p, _q
+for _view in (MeanFieldGaussianDistribution, FullRankGaussianDistribution):
+    for _other in (MeanFieldGaussianDistribution, FullRankGaussianDistribution):
+        register_kl(_view, _other)(_kl_gaussian)
+    for _other in (Independent, MultivariateNormal):
+        register_kl(_view, _other)(_kl_gaussian)
+        register_kl(_other, _view)(_kl_gaussian)
+del _view, _other

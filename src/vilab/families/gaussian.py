@@ -8,11 +8,8 @@ full-rank:   z = μ + L ε,    L lower triangular with diag softplus(ρ),
 Parameters at a context: ``loc(context)``, ``scale(context)`` (mean-field, standard
 normal), ``scale_tril(context)`` and ``covariance_matrix(context)`` (full-rank) return
 ``(D,)`` / ``(D, D)`` for a free family (the parameters themselves where they are stored as
-such) and ``(B, D)`` / ``(B, D, D)`` at a context ``(B, C)``. ``distribution(context)``
-returns :class:`~vilab.families.distribution.MeanFieldGaussianDistribution` (as torch's
-``Independent(Normal(loc, scale), 1)``) or
-:class:`~vilab.families.distribution.FullRankGaussianDistribution` (as
-``MultivariateNormal(loc, scale_tril=L)``), with closed-form ``kl_divergence``.
+such) and ``(B, D)`` / ``(B, D, D)`` at a context ``(B, C)``. Their ``distribution(context)``
+views: :mod:`vilab.families.distribution`.
 """
 
 from __future__ import annotations
@@ -64,7 +61,7 @@ class DiagonalGaussian(Family):
     def distribution(
         self, context: Tensor | None = None, *, validate_args: bool | None = None
     ) -> MeanFieldGaussianDistribution:
-        """q as ``Independent(Normal(loc, scale), 1)`` (see :meth:`Family.distribution`)."""
+        """q as ``Independent(Normal(loc, scale), 1)`` (:mod:`vilab.families.distribution`)."""
         return MeanFieldGaussianDistribution(self, context, validate_args=validate_args)
 
 
@@ -182,6 +179,33 @@ class FullRankGaussian(Family):
         self.params = make_params({"loc": torch.zeros(dim), "tril": tril}, context_dim)
         self.register_buffer("strict_lower", torch.ones(dim, dim).tril(-1), persistent=False)
 
+    @classmethod
+    def from_linear_gaussian(cls, weight: Tensor, bias: Tensor, cov: Tensor) -> FullRankGaussian:
+        """The amortized q(z | x) = N(A x + c, Σ), exactly: a linear-Gaussian posterior.
+
+        For z ~ N(0, I), x | z ~ N(W z + b, σ² I) (probabilistic PCA, Tipping & Bishop 1999)
+        the posterior is N(A x + c, Σ) with Σ = (I + WᵀW / σ²)⁻¹, A = Σ Wᵀ / σ², c = −A b:
+        :meth:`vilab.targets.latent.LinearGaussianModel.posterior` returns ``(A, c, Σ)``. The
+        head's weight is A (zero on the rows of L), its bias c and the raw L = chol(Σ) with
+        softplus⁻¹ on the diagonal; device and dtype are those of ``weight``.
+
+        Args:
+            weight: A, ``(D, C)`` (C = the context's size, x's dimension).
+            bias: c, ``(D,)``.
+            cov: Σ, ``(D, D)``, positive definite.
+        """
+        d, x_dim = weight.shape
+        q = cls(d, context_dim=x_dim).to(weight.device, weight.dtype)
+        tril = torch.linalg.cholesky(cov)
+        raw = tril.clone()
+        raw.diagonal().copy_(torch.log(torch.expm1(tril.diagonal())))
+        head = q.params.head
+        with torch.no_grad():
+            head.weight.zero_()
+            head.weight[:d].copy_(weight)
+            head.bias.copy_(torch.cat([bias, raw.reshape(-1)]))
+        return q
+
     def loc_tril(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``μ (…, D)`` and ``L (…, D, D)`` with a positive diagonal."""
         p = self.params(context)
@@ -205,7 +229,7 @@ class FullRankGaussian(Family):
     def distribution(
         self, context: Tensor | None = None, *, validate_args: bool | None = None
     ) -> FullRankGaussianDistribution:
-        """q as ``MultivariateNormal(loc, scale_tril=L)`` (see :meth:`Family.distribution`)."""
+        """q as ``MultivariateNormal(loc, scale_tril=L)`` (:mod:`vilab.families.distribution`)."""
         return FullRankGaussianDistribution(self, context, validate_args=validate_args)
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

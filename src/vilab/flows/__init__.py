@@ -1,5 +1,6 @@
 """Flows in the sampling direction (noise -> sample), free or amortized."""
 
+from vilab.flows.autoregressive import Autoregressive
 from vilab.flows.base import Flow
 from vilab.flows.coupling import AffineCoupling
 from vilab.flows.flow import FlowFamily
@@ -16,6 +17,7 @@ __all__ = [
     "IAF",
     "MADE",
     "AffineCoupling",
+    "Autoregressive",
     "Flow",
     "FlowFamily",
     "NeuralAutoregressive",

@@ -19,10 +19,8 @@ MADE). The conditioner's weights are always free parameters.
 
 :class:`AffineCoupling` is RealNVP's ``g(x) = x ⊙ exp(s) + t`` with a soft-clamped
 log-scale; the spline coupling (:class:`~vilab.flows.spline.SplineCoupling`) uses the same
-machinery with a rational-quadratic spline as ``g``.
-
-:class:`Autoregressive` is the other way to condition an elementwise bijection: θ from a
-MADE, in IAF's direction (the spline and NAF flows build on it).
+machinery with a rational-quadratic spline as ``g``. The other way to condition an
+elementwise bijection, θ from a MADE, is :class:`~vilab.flows.autoregressive.Autoregressive`.
 """
 
 from __future__ import annotations
@@ -35,15 +33,7 @@ from torch.nn import functional as F
 
 from vilab.core.params import check_dims
 from vilab.flows.base import Flow
-from vilab.flows.made import MADE
-
-
-def check_hidden(hidden: Sequence[int]) -> list[int]:
-    """Refuse an empty list or a non-positive width, naming the value."""
-    widths = list(hidden)
-    if not widths or any(not isinstance(h, int) or h < 1 for h in widths):
-        raise ValueError(f"hidden must be a non-empty list of positive widths, got {hidden!r}")
-    return widths
+from vilab.flows.made import check_hidden
 
 
 class Conditioner(nn.Module):
@@ -207,84 +197,3 @@ class AffineCoupling(Coupling):
         if inverse:
             return (x - t) * torch.exp(-s), -s
         return torch.addcmul(t, x, torch.exp(s)), s
-
-
-class Autoregressive(Flow):
-    """An elementwise bijection whose parameters come from a MADE, in IAF's direction
-    (Kingma et al. 2016):
-
-        θ = MADE(z [, h]) ∈ R^{D × n_params},   z'_i = g(z_i; θ_i(z_{<i} [, h])),
-        log |det ∂z'/∂z| = Σ_i log g'(z_i; θ_i),
-
-    the Jacobian being triangular in the MADE's order. Forward (drawing and scoring a
-    sample, what training needs) is one MADE pass; the inverse takes D passes (pass p fixes
-    the p-th coordinate in the order, and the last pass gives every coordinate and the
-    log-determinant exactly). MAF's direction would make training pay the D passes instead.
-
-    The context h enters the MADE's first hidden layer, as in IAF, and also the output
-    through a bias-free linear map (zero at first): the first coordinate in the order sees
-    no hidden unit, so without it its transform could not depend on the context. The
-    MADE's output layer starts at a tenth of its default weights and a zero bias, near
-    g(·; 0), the identity for vilab's transforms.
-
-    Subclasses set ``n_params`` before calling ``__init__`` and implement
-    :meth:`transform`.
-
-    Args:
-        dim: D.
-        hidden: MADE hidden widths.
-        context_dim: size of the context h (None for a free flow).
-        reverse: reversed autoregressive order (alternate it between layers).
-    """
-
-    n_params: int
-    #: The MADE's activation (see :class:`~vilab.flows.made.MADE`).
-    activation = "elu"
-
-    def __init__(
-        self,
-        dim: int,
-        hidden: Sequence[int] = (64, 64),
-        context_dim: int | None = None,
-        reverse: bool = False,
-    ) -> None:
-        super().__init__()
-        check_dims(dim)
-        hidden = check_hidden(hidden)
-        self.dim, p = dim, self.n_params
-        self.order = list(range(dim))[::-1] if reverse else list(range(dim))
-        self.made = MADE(dim, hidden, p, context_dim, order=self.order, activation=self.activation)
-        with torch.no_grad():
-            self.made.out.weight.mul_(0.1)
-            self.made.out.bias.zero_()
-        self.context_out = (
-            None if context_dim is None else nn.Linear(context_dim, dim * p, bias=False)
-        )
-        if self.context_out is not None:
-            nn.init.zeros_(self.context_out.weight)
-
-    def theta(self, z: Tensor, context: Tensor | None) -> Tensor:
-        """Parameters ``(..., D, n_params)`` of every coordinate's transform at ``z``."""
-        raw = self.made(z, context)  # (..., n_params, D)
-        if self.context_out is not None:
-            raw = raw + self.context_out(context).unflatten(-1, (self.n_params, self.dim))
-        return raw.transpose(-1, -2)
-
-    def transform(self, x: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        """``g(x; θ)`` (or ``g⁻¹``) and the log-derivative of the map applied, elementwise:
-        ``x`` is ``(..., D)``, ``θ`` is ``(..., D, n_params)``."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def forward(
-        self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        out, logdet = self.transform(z, self.theta(z, context), inverse=False)
-        if trace is not None:
-            trace.append(out)
-        return out, logdet.sum(-1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = torch.zeros_like(z)
-        for _ in range(self.dim):  # after pass p the first p coordinates in the order are exact
-            x, logdet = self.transform(z, self.theta(x, context), inverse=True)
-        return x, logdet.sum(-1)

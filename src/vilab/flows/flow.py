@@ -10,6 +10,7 @@ Scoring an arbitrary z (:meth:`FlowFamily.log_prob`) runs the inverses in revers
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -48,6 +49,16 @@ class FlowFamily(Family):
         z, logdet = self.push(z, context, trace)
         return z, log_q - logdet
 
+    def rsample_trace(self, n: int, context: Tensor | None = None) -> list[Tensor]:
+        """z₀ and every layer's z, ``[z₀, …, z_K]``."""
+        trace: list[Tensor] = []
+        self.rsample_and_log_prob(n, context, trace)
+        return trace
+
+    def base_and_push(self) -> tuple[Family, Any]:
+        """The base q₀ and :meth:`push` (AIS moves in the base space)."""
+        return self.base, self.push
+
     def push(
         self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -81,3 +92,11 @@ class FlowFamily(Family):
     @property
     def has_log_prob(self) -> bool:
         return self.base.has_log_prob and all(f.has_inverse for f in self.flows)
+
+
+def followed_by(family: Family, flows: Sequence[Flow]) -> FlowFamily:
+    """``family`` followed by ``flows``: a flow family's flows extended, any other family
+    made the base of a new flow family."""
+    if isinstance(family, FlowFamily):
+        return FlowFamily(family.base, [*family.flows, *flows])
+    return FlowFamily(family, list(flows))

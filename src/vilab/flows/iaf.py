@@ -1,13 +1,16 @@
-"""Inverse autoregressive flow with the gated update (Kingma et al., NeurIPS 2016).
+"""Inverse autoregressive flow with the gated update (Kingma et al., NeurIPS 2016), the
+gated affine map as the element-wise transform of :class:`~vilab.flows.autoregressive.
+Autoregressive`:
 
     (m, s) = MADE(z [, h]),   σ = sigmoid(s),
     f(z) = σ ⊙ z + (1 − σ) ⊙ m,
     log |det ∂f/∂z| = Σᵢ log σᵢ,
 
-because ∂fᵢ/∂zⱼ = 0 for j after i in the order and the diagonal is σᵢ. The bias of s
+because ∂fᵢ/∂zⱼ = 0 for j after i in the order and the diagonal is σᵢ; the inverse is
+x = (y − (1 − σ) ⊙ m) / σ, in D sequential passes (used for scoring only). The bias of s
 starts at +2 (σ ≈ 0.88): each step begins close to the identity. Free or amortized is the
-context h (the encoder's extra output): IAF's own weights are always free parameters.
-The inverse exists but needs D sequential passes; it is used for scoring only.
+context h (the encoder's extra output), which enters the MADE's first hidden layer only:
+IAF's own weights are always free parameters.
 """
 
 from __future__ import annotations
@@ -18,13 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vilab.core.params import check_dims
-from vilab.flows.base import Flow
-from vilab.flows.made import MADE
+from vilab.flows.autoregressive import Autoregressive
 
 
-class IAF(Flow):
-    """One IAF step.
+class IAF(Autoregressive):
+    """One IAF step: θ = (m, s) per coordinate, from a MADE with ELU.
 
     Args:
         dim: dimension D of z.
@@ -34,6 +35,9 @@ class IAF(Flow):
         gate_bias: initial bias of s.
     """
 
+    n_params = 2
+    context_to_output = False  # Kingma et al.'s IAF: the context reaches the MADE only
+
     def __init__(
         self,
         dim: int,
@@ -42,35 +46,13 @@ class IAF(Flow):
         reverse: bool = False,
         gate_bias: float = 2.0,
     ) -> None:
-        super().__init__()
-        check_dims(dim)
-        self.dim = dim
-        order = list(range(dim))[::-1] if reverse else list(range(dim))
-        self.made = MADE(dim, hidden, n_out=2, context_dim=context_dim, order=order)
+        super().__init__(dim, hidden, context_dim, reverse)
         with torch.no_grad():
-            self.made.out.weight.mul_(0.1)
-            self.made.out.bias.zero_()
-            self.made.out.bias[dim:].fill_(gate_bias)
-        self.order = order
+            self.made.out.bias[dim:].fill_(gate_bias)  # the s half (MADE's (n_params, D))
 
-    def forward(
-        self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        ms = self.made(z, context)
-        m, s = ms[..., 0, :], ms[..., 1, :]
+    def transform(self, x: Tensor, theta: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        m, s = theta.unbind(-1)
         gate = torch.sigmoid(s)
-        z = gate * z + (1.0 - gate) * m
-        if trace is not None:
-            trace.append(z)
-        return z, F.logsigmoid(s).sum(-1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = torch.zeros_like(z)
-        for i in self.order:  # position i is determined once all earlier ones are
-            ms = self.made(x, context)
-            m, s = ms[..., 0, i], ms[..., 1, i]
-            x = x.clone()
-            gate = torch.sigmoid(s)
-            x[..., i] = (z[..., i] - (1.0 - gate) * m) / gate
-        ms = self.made(x, context)
-        return x, -F.logsigmoid(ms[..., 1, :]).sum(-1)
+        if inverse:
+            return (x - (1.0 - gate) * m) / gate, -F.logsigmoid(s)
+        return gate * x + (1.0 - gate) * m, F.logsigmoid(s)

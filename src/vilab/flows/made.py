@@ -19,6 +19,14 @@ from vilab.core.params import check_dims
 ACTIVATIONS = {"elu": F.elu, "relu": F.relu}
 
 
+def check_hidden(hidden: Sequence[int]) -> list[int]:
+    """Refuse an empty list or a non-positive width, naming the value."""
+    widths = list(hidden)
+    if not widths or any(not isinstance(h, int) or h < 1 for h in widths):
+        raise ValueError(f"hidden must be a non-empty list of positive widths, got {hidden!r}")
+    return widths
+
+
 class MaskedLinear(nn.Linear):
     """``y = x (W ⊙ mask)ᵀ + b``; the mask has shape ``(out, in)``."""
 
@@ -58,8 +66,7 @@ class MADE(nn.Module):
             raise ValueError(f"activation {activation!r}: accepted {', '.join(ACTIVATIONS)}")
         self.activation = ACTIVATIONS[activation]
         check_dims(dim)
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {hidden}")
+        hidden = check_hidden(hidden)
         order_t = torch.arange(dim) if order is None else torch.as_tensor(list(order))
         if sorted(order_t.tolist()) != list(range(dim)):
             raise ValueError(f"order must be a permutation of range({dim}), got {order_t.tolist()}")

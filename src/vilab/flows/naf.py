@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from vilab.flows.coupling import Autoregressive
+from vilab.flows.autoregressive import Autoregressive
 
 
 def check_units(units: int) -> None:
@@ -148,7 +148,7 @@ def sigmoidal_inverse(y: Tensor, theta: Tensor, max_iter: int = 200) -> tuple[Te
 
 class NeuralAutoregressive(Autoregressive):
     """Neural autoregressive flow (deep sigmoidal, Huang et al. 2018) in IAF's direction
-    (:class:`~vilab.flows.coupling.Autoregressive`):
+    (:class:`~vilab.flows.autoregressive.Autoregressive`):
 
         θ = MADE(z [, h]) ∈ R^{D × 3M},   z'_i = DSF(z_i; θ_i(z_{<i} [, h])),
         log |det ∂z'/∂z| = Σ_i log DSF'(z_i; θ_i).
@@ -157,7 +157,7 @@ class NeuralAutoregressive(Autoregressive):
     ``inverse_tol`` raises ``RuntimeError`` (``last_inverse_residual`` keeps the last).
 
     Args:
-        dim, hidden, context_dim, reverse: see :class:`~vilab.flows.coupling.Autoregressive`.
+        dim, hidden, context_dim, reverse: see :class:`~vilab.flows.autoregressive.Autoregressive`.
         units: M sigmoid units per coordinate.
     """
 

@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from vilab.flows.coupling import Autoregressive, Coupling
+from vilab.flows.autoregressive import Autoregressive
+from vilab.flows.coupling import Coupling
 
 #: default minimum bin width and height, as a fraction of 2B, and minimum knot derivative
 #: (those of nflows and of Durkan et al.'s code)
@@ -247,7 +248,7 @@ class SplineCoupling(_Splined, Coupling):
 
 class SplineAutoregressive(_Splined, Autoregressive):
     """Autoregressive neural spline flow (Durkan et al. 2019, section 3.2) in IAF's
-    direction (:class:`~vilab.flows.coupling.Autoregressive`):
+    direction (:class:`~vilab.flows.autoregressive.Autoregressive`):
 
         θ = MADE(z [, h]) ∈ R^{D × (3K−1)},   z'_i = RQS(z_i; θ_i(z_{<i} [, h])),
         log |det ∂z'/∂z| = Σ_i log RQS'(z_i; θ_i).
@@ -256,7 +257,7 @@ class SplineAutoregressive(_Splined, Autoregressive):
     ReLU reaches 0.012 at equal steps (400 steps, 3 layers; 0.008 at 20 s, zuko 0.014).
 
     Args:
-        dim, hidden, context_dim, reverse: see :class:`~vilab.flows.coupling.Autoregressive`.
+        dim, hidden, context_dim, reverse: see :class:`~vilab.flows.autoregressive.Autoregressive`.
         bins: K ≥ 2.
         tail_bound: B > 0; the identity outside [−B, B].
     """

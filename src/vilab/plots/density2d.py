@@ -14,7 +14,6 @@ import torch
 from matplotlib.axes import Axes
 
 from vilab.families.base import AtContext, Family
-from vilab.flows.flow import FlowFamily
 from vilab.targets.base import Box, Target, default_eval_contexts
 from vilab.targets.grid import grid_points, log_density_grid
 
@@ -82,12 +81,7 @@ def plot_learned_density(
 @torch.no_grad()
 def plot_layers(fig_axes: list[Axes], family: Family, box: Box, n: int = 3000) -> None:
     """Samples after selected flow layers, coloured by distance from the base mean."""
-    trace: list[torch.Tensor] = []
-    inner = family.inner if isinstance(family, AtContext) else family
-    if isinstance(inner, FlowFamily):
-        family.rsample_and_log_prob(n, trace=trace)  # type: ignore[call-arg]
-    else:
-        trace = [family.rsample(n)]
+    trace = family.rsample_trace(n)
     z0 = trace[0]
     colour = (z0 - z0.mean(0)).norm(dim=-1).numpy()
     if len(fig_axes) == 1:

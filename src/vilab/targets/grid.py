@@ -1,27 +1,20 @@
-"""Quadrature on a 2-D grid: log-normalizers, density images, and the exact KL.
+"""Quadrature on a 2-D grid: log-normalizers and density images.
 
     log Z ≈ log Σ_ij exp(log p̃(z_ij)) + log(Δx Δy)         (midpoint rule)
 
 For a smooth density that has negligible mass outside the box the midpoint rule converges
 faster than any power of the spacing; the default 2000 × 2000 grid in float64 reproduces
-REFERENCE.md's values to < 1e-5.
-
-Given log Z, the exact gap left by the ELBO is
-
-    KL(q‖p) = E_q[log q(z) − log p̃(z)] + log Z ≥ 0,
-
-estimated by a Monte Carlo mean over n samples of q with its standard error.
+REFERENCE.md's values to < 1e-5. The exact KL(q‖p) that this log Z gives is measured in
+:func:`vilab.estimators.kl.exact_kl` (targets know no family).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from vilab.families.base import Family
 from vilab.targets.base import Box, Target
 
 
@@ -68,50 +61,3 @@ def grid_log_z(
         raise ValueError(f"target {target.name!r} has no finite log-density on the box {box}")
     cell = (x1 - x0) * (y1 - y0) / (n * n)
     return float(torch.logsumexp(log_p, 0)) + math.log(cell)
-
-
-@dataclass(frozen=True)
-class KLEstimate:
-    """Exact KL(q‖p) = log Z − ELBO, with its Monte Carlo standard error (nats)."""
-
-    kl: float
-    kl_stderr: float
-    elbo: float
-    log_z: float
-    samples: int
-
-
-@torch.no_grad()
-def exact_kl(
-    family: Family,
-    target: Target,
-    log_z: float,
-    n: int = 100_000,
-    chunk: int = 50_000,
-    context: Tensor | None = None,
-) -> KLEstimate:
-    """KL(q‖p) from n samples of q and the exact log Z.
-
-    Args:
-        family: q; with a context ``(1, C)`` the conditional q(z | c) is measured.
-        target: p̃ (with the same context when given).
-        log_z: log Z of the target (at that context).
-        n: number of samples of q (≥ 100,000 for the reported figure).
-        chunk: samples drawn at once.
-    """
-    if n < 2:
-        raise ValueError(f"need at least 2 samples for a standard error, got {n}")
-    gaps = []
-    remaining = n
-    while remaining > 0:
-        m = min(chunk, remaining)
-        z, log_q = family.rsample_and_log_prob(m, context)
-        gaps.append((log_q - target.log_prob(z, context)).reshape(-1).double())
-        remaining -= m
-    gap = torch.cat(gaps)
-    if not torch.isfinite(gap).all():
-        bad = int((~torch.isfinite(gap)).sum())
-        raise FloatingPointError(f"{bad} of {n} samples of q have a non-finite log q − log p")
-    mean = float(gap.mean())
-    stderr = float(gap.std() / math.sqrt(n))
-    return KLEstimate(mean + log_z, stderr, -mean, log_z, n)

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vilab.core.device import autocast
-from vilab.families.gaussian import FullRankGaussian, std_normal_log_prob
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -24,8 +23,8 @@ class LatentVariableModel(nn.Module):
     latent_dim: int
 
     def log_prior(self, z: Tensor) -> Tensor:
-        """log N(z; 0, I), ``(S, B, D) -> (S, B)``."""
-        return std_normal_log_prob(z)
+        """log N(z; 0, I) = −½‖z‖² − (D/2) log 2π, ``(S, B, D) -> (S, B)``."""
+        return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -107,25 +106,12 @@ class LinearGaussianModel(LatentVariableModel):
         return torch.distributions.MultivariateNormal(self.bias, cov).log_prob(x)
 
     def posterior(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(A, c, Σ)`` with posterior mean ``x @ Aᵀ + c`` and covariance Σ."""
+        """``(A, c, Σ)`` with posterior mean ``x @ Aᵀ + c`` and covariance Σ: A ``(D, x_dim)``,
+        c ``(D,)``, Σ ``(D, D)``. As a family q(z | x) = p(z | x):
+        :meth:`vilab.families.gaussian.FullRankGaussian.from_linear_gaussian`."""
         d = self.latent_dim
         w = self.weight
         prec = torch.eye(d, dtype=w.dtype, device=w.device) + w.T @ w / self.sigma**2
         cov = torch.linalg.inv(prec)
         a = cov @ self.weight.T / self.sigma**2
         return a, -a @ self.bias, cov
-
-    def exact_posterior_family(self) -> FullRankGaussian:
-        """An amortized full-rank Gaussian q(z | x) equal to p(z | x) (context = x)."""
-        a, c, cov = self.posterior()
-        d, x_dim = self.latent_dim, self.weight.shape[0]
-        q = FullRankGaussian(d, context_dim=x_dim).to(self.weight.device, self.weight.dtype)
-        tril = torch.linalg.cholesky(cov)
-        raw = tril.clone()
-        raw.diagonal().copy_(torch.log(torch.expm1(tril.diagonal())))
-        head = q.params.head
-        with torch.no_grad():
-            head.weight.zero_()
-            head.weight[:d].copy_(a)
-            head.bias.copy_(torch.cat([c, raw.reshape(-1)]))
-        return q

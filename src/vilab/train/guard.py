@@ -36,9 +36,17 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from vilab.targets.base import TargetError
+
 
 class Diverged(FloatingPointError):
     """Training kept producing non-finite losses or gradients after every rollback."""
+
+
+class TargetDiverged(TargetError, Diverged):
+    """Training stopped on non-finite steps that the target's log p̃ caused: a
+    :class:`~vilab.targets.base.TargetError` (ValueError) and a :class:`Diverged`
+    (FloatingPointError)."""
 
 
 class _Faults(Protocol):
@@ -157,31 +165,48 @@ class StepGuard:
         self.in_a_row = 0
         self.rollbacks = 0
         self.lr_scale = 1.0
+        self.fault: str | None = None  # the target's fault in the current bad steps
 
-    def record(self, finite: bool, step: int) -> bool:
-        """Record the step just done; True if the run must now roll back.
+    def record(self, finite: bool, step: int, fault: str | None = None) -> bool:
+        """Record the step just done; True if the run must now roll back. ``fault``: what
+        the target did wrong at a non-finite step (NaN or +inf of log p̃ at q's samples,
+        with the values; :func:`vilab.train.faults.check_target`).
 
         Raises:
-            Diverged: a rollback is due but ``max_rollbacks`` are used up.
+            Diverged: a rollback is due but ``max_rollbacks`` are used up;
+                :class:`TargetDiverged` if the target was at fault in this run of
+                non-finite steps (then no learning rate helps).
         """
         if finite:
-            self.in_a_row = 0
+            self.in_a_row, self.fault = 0, None
             return False
+        self.fault = fault or self.fault
         self.skipped += 1
         self.in_a_row += 1
         if self.in_a_row < self.faults.max_bad_steps:
             return False
         if self.rollbacks >= self.faults.max_rollbacks:
-            raise Diverged(
-                f"training diverged: {self.in_a_row} non-finite steps in a row up to step "
-                f"{step}, after {self.rollbacks} rollback(s) that lowered the learning rate "
-                f"to {self.lr_scale:g}× optim.lr; lower optim.lr, set optim.grad_clip, or "
-                "raise faults.max_rollbacks"
-            )
+            raise self._diverged(step)
         self.rollbacks += 1
         self.in_a_row = 0
         self.lr_scale *= self.faults.rollback_lr_factor
         return True
+
+    def _diverged(self, step: int) -> Diverged:
+        if self.fault is not None:
+            return TargetDiverged(
+                f"training stopped: {self.fault}; the steps stayed non-finite after "
+                f"{self.rollbacks} rollback(s) that lowered optim.lr to {self.lr_scale:g}×, "
+                "so the target is at fault, not the learning rate. A log-density must be a "
+                "number or −inf (zero density); if the target is defined only on part of "
+                "R^D, state target.support"
+            )
+        return Diverged(
+            f"training diverged: {self.in_a_row} non-finite steps in a row up to step "
+            f"{step}, after {self.rollbacks} rollback(s) that lowered the learning rate "
+            f"to {self.lr_scale:g}× optim.lr; lower optim.lr, set optim.grad_clip, or "
+            "raise faults.max_rollbacks"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

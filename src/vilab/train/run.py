@@ -1,7 +1,8 @@
 """The run lifecycle, written once for ``vilab fit``, ``vilab train`` and every command that
 trains (DESIGN.md §8): trainers only step.
 
-:func:`execute` takes a trainer and a run directory and does, in order:
+:func:`execute` takes a trainer, a job (the command's hooks, description and finish) and a
+run directory, and does, in order:
 
 1. refuse a directory that would lose work or cannot be written, and on resume a config
    that would change the run (:mod:`vilab.train.rundir`) — before any file is written;
@@ -11,7 +12,7 @@ trains (DESIGN.md §8): trainers only step.
 4. run the step loop (:func:`vilab.train.steps.run_steps`: skip/rollback of non-finite
    steps, checkpoints held until a later step is finite, budget, signals): SIGINT or
    SIGTERM stops at the step boundary with a checkpoint; a second one stops at once;
-5. finish: the trainer's final evaluation and figures (skipped after a second signal);
+5. finish: the job's final evaluation and figures (skipped after a second signal);
 6. write ``metrics.json`` (rank 0), with ``"interrupted"`` and the signal if one stopped it.
 
 In a multi-process world only rank 0 writes, and an error while it writes is raised on
@@ -43,13 +44,14 @@ from vilab.train.rundir import (
     check_resume_steps,
     clear_run,
 )
+from vilab.train.runs import read_json
 from vilab.train.steps import Hooks, Stepper, run_steps
 
 
 class Trainer(Stepper, Protocol):
-    """What the lifecycle drives: a :class:`~vilab.train.steps.Stepper` (one step, its
-    state) that also says how it logs, what it reports and how it finishes. The config's
-    ``threads``, if set, is applied when the trainer is built."""
+    """What the lifecycle steps: a :class:`~vilab.train.steps.Stepper` (one step, its
+    state; :class:`~vilab.train.state.TrainerState`). The config's ``threads``, if set, is
+    applied when the trainer is built."""
 
     config: Any  # a FitConfig or TrainConfig: steps, log_every, checkpoint_every, ...
     world: World
@@ -57,13 +59,20 @@ class Trainer(Stepper, Protocol):
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Continue from a checkpoint's state (on every rank)."""
 
-    def hooks(self, run_dir: Path, logger: RunLogger) -> Hooks:
+
+class Job(Protocol):
+    """What a command adds to a trainer's run: where the records go, what is reported and
+    how the run finishes (evaluation and figures). Its methods take the trainer."""
+
+    def hooks(self, trainer: Any, run_dir: Path, logger: RunLogger) -> Hooks:
         """Where the loop's records go, and what runs after each step."""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, trainer: Any) -> dict[str, Any]:
         """The first entries of ``metrics.json``: what was trained."""
 
-    def finish(self, run_dir: Path, interrupted: bool, progress: bool) -> dict[str, Any]:
+    def finish(
+        self, trainer: Any, run_dir: Path, interrupted: bool, progress: bool
+    ) -> dict[str, Any]:
         """Final evaluation and figures; the entries it adds to ``metrics.json``."""
 
 
@@ -81,6 +90,7 @@ def prepare_out_dir(run_dir: Path, resume: bool, overwrite: bool, world: World =
 
 def execute(
     make_trainer: Callable[[], Trainer],
+    job: Job,
     run_dir: str | Path,
     *,
     resume: bool = False,
@@ -95,6 +105,7 @@ def execute(
     Args:
         make_trainer: builds the trainer (after the directory checks, so a refused
             directory costs nothing).
+        job: the command's hooks, description and finish.
         resume: continue the checkpoint in ``run_dir`` (its config must match, see
             :func:`vilab.train.rundir.check_resume_config`).
         overwrite: replace the run in ``run_dir``.
@@ -105,28 +116,12 @@ def execute(
     run_dir = Path(run_dir)
     prepare_out_dir(run_dir, resume, overwrite, world)
     trainer = make_trainer()
-    config = trainer.config
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if trainer.config.threads:
+        torch.set_num_threads(trainer.config.threads)
     ckpt = run_dir / "checkpoint.pt"
     if resume:
-        on_main(world, check_resume_config, run_dir, config)
-        state = on_main(world, load_checkpoint, ckpt)
-        trainer.load_state_dict(state, f"checkpoint {str(ckpt)!r}")
-        on_main(world, check_resume_steps, run_dir, config.steps, trainer.step)
-
-    def prepare() -> RunLogger:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run_dir)
-        if not resume:
-            (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
-        atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        return RunLogger(run_dir, config.steps, trainer.step, progress, tensorboard)
-
-    try:
-        logger = main_only(world, prepare) or RunLogger(run_dir, 0, enabled=False)
-    except OSError as err:
-        raise ValueError(f"cannot write run directory {str(run_dir)!r}: {err}") from None
+        _resume(trainer, run_dir, ckpt, world)
+    logger = _open_run(trainer, run_dir, resume, progress, tensorboard, world)
     ckpts = GoodCheckpoints(ckpt, partial(main_only, world, atomic_write_bytes))
     at_once = False
     with stop_signals(at_step_boundary=not world.distributed) as stop:
@@ -134,19 +129,20 @@ def execute(
             if not resume:  # what a rollback before the first checkpoint finds
                 ckpts.write(trainer.encode())
             try:
-                run_steps(trainer, config, ckpts, trainer.hooks(run_dir, logger), stop)
+                hooks = job.hooks(trainer, run_dir, logger)
+                run_steps(trainer, trainer.config, ckpts, hooks, stop)
             except KeyboardInterrupt:  # a second signal: the last checkpoint written stands
                 at_once = True
         stop.at_once = True  # the checkpoint is whole: a signal now interrupts at once
         metrics: dict[str, Any] = {
-            **trainer.describe(),
+            **job.describe(trainer),
             "steps": trainer.step,
             "seconds": trainer.seconds,
             **trainer.guard.metrics(),
         }
         if not at_once:
             try:
-                metrics.update(trainer.finish(run_dir, stop.requested, progress))
+                metrics.update(job.finish(trainer, run_dir, stop.requested, progress))
             except KeyboardInterrupt:
                 at_once = True
     metrics["interrupted"] = stop.requested or at_once
@@ -155,6 +151,45 @@ def execute(
     if world.is_main:
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _resume(trainer: Trainer, run_dir: Path, ckpt: Path, world: World) -> None:
+    """Step 2: check the run's config, load its checkpoint, check the steps."""
+    on_main(world, check_resume_config, run_dir, trainer.config)
+    state = on_main(world, load_checkpoint, ckpt)
+    trainer.load_state_dict(state, f"checkpoint {str(ckpt)!r}")
+    on_main(world, check_resume_steps, run_dir, trainer.config.steps, trainer.step)
+
+
+def _open_run(
+    trainer: Trainer, run_dir: Path, resume: bool, progress: bool, tensorboard: bool, world: World
+) -> RunLogger:
+    """Step 3 on rank 0 (a disabled logger elsewhere): clean, write ``config.yaml``, open
+    the logs."""
+
+    def prepare() -> RunLogger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)
+        if not resume:
+            (run_dir / "best.pt").unlink(missing_ok=True)  # never evaluate an earlier run's
+        atomic_write_text(run_dir / "config.yaml", dump_config(trainer.config))
+        return RunLogger(run_dir, trainer.config.steps, trainer.step, progress, tensorboard)
+
+    try:
+        return main_only(world, prepare) or RunLogger(run_dir, 0, enabled=False)
+    except OSError as err:
+        raise ValueError(f"cannot write run directory {str(run_dir)!r}: {err}") from None
+
+
+def record(run_dir: Path, key: str, result: dict[str, Any], world: World = SINGLE) -> None:
+    """Merge ``result`` into the run's ``metrics.json`` under ``key`` (rank 0, atomically):
+    how a command that evaluates a finished run records what it found."""
+    if not world.is_main:
+        return
+    path = run_dir / "metrics.json"
+    metrics = read_json(path) if path.exists() else {}
+    metrics[key] = result
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
 
 
 def exit_code(metrics: dict[str, Any]) -> int:

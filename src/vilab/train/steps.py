@@ -27,6 +27,23 @@ from torch import Tensor
 from vilab.train.guard import GoodCheckpoints, StepGuard
 
 
+@dataclass
+class StepResult:
+    """What one training step returns.
+
+    Attributes:
+        values: what to log (``bound``, ``lr``, ``beta``, …).
+        finite: whether the update was applied; or, for a step applied conditionally on
+            its device, a 0-d bool tensor there (read back at the next sync point).
+        fault: what the target did wrong in a non-finite step, with its values
+            (:func:`vilab.train.faults.check_target`); None otherwise.
+    """
+
+    values: dict[str, float]
+    finite: bool | Tensor
+    fault: str | None = None
+
+
 class Stepper(Protocol):
     """What the loop drives: a :class:`~vilab.train.fit.Fitter` or a
     :class:`~vilab.train.vae.VAETrainer`."""
@@ -35,7 +52,7 @@ class Stepper(Protocol):
     seconds: float
     guard: StepGuard
 
-    def train_step(self, log_value: bool = True) -> dict[str, float]: ...
+    def train_step(self, log_value: bool = True) -> StepResult: ...
 
     def start_clock(self) -> None: ...
 
@@ -90,8 +107,8 @@ def run_steps(
     stepper.start_clock()
     while stepper.step < config.steps:
         logged = (stepper.step + 1) % config.log_every == 0 or stepper.step + 1 == config.steps
-        values = stepper.train_step(log_value=logged)
-        step, flag = stepper.step, values.pop("finite")
+        result = stepper.train_step(log_value=logged)
+        step, flag, values = stepper.step, result.finite, result.values
         over = config.max_seconds is not None and stepper.seconds >= config.max_seconds
         if isinstance(flag, Tensor):
             pending.append((step, flag))
@@ -99,7 +116,7 @@ def run_steps(
             rollback = settle() if sync or over or stop_requested() else False
         else:
             ckpts.step_done(bool(flag))
-            rollback = guard.record(bool(flag), step)
+            rollback = guard.record(bool(flag), step, result.fault)
         if rollback:
             ckpts.drop()
             stepper.rollback(ckpts.path)

@@ -8,7 +8,7 @@ decay, β-annealed over the first 40% of the steps.
 Each target is one ordinary ``fit`` run (its own run directory); the runs share the two
 CPU cores as separate processes. The demo then writes ``demo.png`` (one row per target:
 true density, learned density, final samples, training curves), and ``kl_table.md`` and
-``compare.png`` through :func:`vilab.compare.compare` (exact KL, ELBO, log Z, k̂, ESS).
+``compare.png`` through :func:`vilab.commands.compare.compare` (exact KL, ELBO, log Z, k̂, ESS).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from vilab.compare import compare
+from vilab.commands.compare import compare
+from vilab.commands.fit import run_fit
 from vilab.config import load_fit_config
 from vilab.core.io import atomic_write_text
 
@@ -31,11 +32,9 @@ DEMO_TARGETS = ("U1", "U2", "U3", "U4", "banana")
 
 
 def _run_one(args: tuple[str, list[str], str]) -> dict[str, Any]:
-    from vilab.train.fit import fit
-
     target, overrides, out = args
     cfg = load_fit_config(overrides=[f"target.name={target}", "threads=1", *overrides])
-    return fit(cfg, Path(out) / target, progress=False)
+    return run_fit(cfg, Path(out) / target, progress=False).metrics
 
 
 def run_demo(
