@@ -121,3 +121,83 @@ def test_plot_run_draws_a_family_and_a_target_without_a_trainer(tmp_path, monkey
     assert drawn and set(drawn) == {"banana_family[c=0.8]"}
     for name in ["true_density", "learned_density", "layers", "training", "summary"]:
         assert (tmp_path / f"{name}.png").is_file(), name
+
+
+# -- no type tests on families outside families/ and flows/ ------------------------------------
+def family_classes() -> set[str]:
+    """The names of the classes that :mod:`vilab.families` and :mod:`vilab.flows` define."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    names = set()
+    for package in ("vilab.families", "vilab.flows"):
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__, f"{package}."):
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if inspect.isclass(obj) and obj.__module__.startswith(package):
+                    names.add(name)
+    return names
+
+
+def family_type_tests(source: str, classes: set[str]) -> list[tuple[int, str]]:
+    """``(line, class)`` of every ``isinstance(x, C)`` / ``issubclass`` / ``type(x) is C`` in
+    ``source`` whose C (or a member of a tuple or ``A | B`` of them) is one of ``classes``."""
+    import ast
+
+    def names(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Name):
+            return [node.id]
+        if isinstance(node, ast.Attribute):
+            return [node.attr]
+        if isinstance(node, ast.Tuple):
+            return [n for e in node.elts for n in names(e)]
+        if isinstance(node, ast.BinOp):
+            return names(node.left) + names(node.right)
+        return []
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+            "isinstance",
+            "issubclass",
+        ):
+            hit = [n for n in names(node.args[1]) if n in classes] if len(node.args) > 1 else []
+        elif isinstance(node, ast.Compare) and isinstance(node.left, ast.Call):
+            is_type = getattr(node.left.func, "id", None) == "type"
+            hit = [n for c in node.comparators for n in names(c) if n in classes and is_type]
+        else:
+            continue
+        found += [(node.lineno, n) for n in hit]
+    return found
+
+
+def test_no_module_outside_families_and_flows_type_tests_a_family() -> None:
+    """What a trainer, an evaluation or a picture needs of a family is part of the Family
+    contract (DESIGN.md §8): no module outside families/ and flows/ branches on its type."""
+    classes = family_classes()
+    src = ROOT / "src" / "vilab"
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        if path.relative_to(src).parts[0] in ("families", "flows"):
+            continue
+        for line, name in family_type_tests(path.read_text(), classes):
+            offenders.append(f"{path.relative_to(src)}:{line} {name}")
+    assert not offenders, "family type tests outside families/ and flows/:\n" + "\n".join(offenders)
+
+
+def test_the_type_test_check_finds_a_planted_one() -> None:
+    classes = family_classes()
+    assert {"SemiImplicit", "FlowFamily", "AtContext", "IAF"} <= classes
+    planted = (
+        "def f(family, flow):\n"
+        "    if isinstance(family, SemiImplicit):\n"
+        "        return 1\n"
+        "    if isinstance(flow, (int, vilab.flows.iaf.IAF)) or isinstance(flow, Planar | str):\n"
+        "        return 2\n"
+        "    return type(family) is FlowFamily\n"
+    )
+    found = family_type_tests(planted, classes)
+    assert sorted(found) == [(2, "SemiImplicit"), (4, "IAF"), (4, "Planar"), (6, "FlowFamily")]
+    assert family_type_tests("isinstance(x, torch.Tensor)\n", classes) == []

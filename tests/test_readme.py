@@ -559,3 +559,15 @@ def test_blocks_and_file_convention() -> None:
     ]
     with pytest.raises(ValueError, match="unclosed"):
         blocks("```bash\nmake demo\n")
+
+
+def test_the_layout_paragraph_names_every_package_of_the_tree_once() -> None:
+    """README's **Layout** lists each top-level package and module of src/vilab in one line
+    (``name/`` or ``name.py``), and nothing that is not there."""
+    text = README.read_text().split("**Layout**", 1)[1].split("\n\n")[1]
+    listed = re.findall(r"^- (.*?):", text, flags=re.M)
+    names = [n.strip("`") for line in listed for n in line.split(", ")]
+    src = REPO / "src" / "vilab"
+    tree = {f"{p.name}/" for p in src.iterdir() if (p / "__init__.py").is_file()}
+    tree |= {p.name for p in src.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert sorted(names) == sorted(tree)

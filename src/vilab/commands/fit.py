@@ -190,16 +190,18 @@ def fit(
     section = {k: settings.pop(k) for k in TARGET_KEYS if k in settings}
     if isinstance(target, str):
         section["name"] = target
+    own = None
     if isinstance(family, str):
         settings = merge(settings, {"family": {"kind": family}})
     elif isinstance(family, Mapping):
         settings = merge(settings, {"family": dict(family)})
-    elif family is not None and not isinstance(family, Family):
-        raise ValueError(
-            f"family={family!r}: accepted None, a kind such as 'planar', the family "
-            "section as a dict, or a vilab Family"
-        )
+    elif family is not None:
+        if not callable(getattr(family, "training_sample", None)):  # the Family contract
+            raise ValueError(
+                f"family={family!r}: accepted None, a kind such as 'planar', the family "
+                "section as a dict, or a vilab Family"
+            )
+        own = family
     cfg = load_fit_config(base=merge(data, {**settings, "target": section}))
     given = None if isinstance(target, str) else target
-    own = family if isinstance(family, Family) else None
     return run_fit(cfg, run_dir, target=given, family=own, progress=progress)
