@@ -1,10 +1,16 @@
-"""What the benchmark scripts share: the command line, the header, fits, errors and goals.
+"""What the benchmark scripts share: the command line, the header, timing, fits, errors and goals.
 
-Every script (``density2d.py``, ``mnist.py``, ``uivi.py``, ``scaling.py``) prints the
+Every script (``density2d.py``, ``mnist.py``, ``uivi.py``, ``gpu.py``, …) prints the
 machine first (:func:`start`), parses the same preamble of options (:func:`base_parser`,
 :func:`fill_defaults`, :func:`require`), and the ones with goals end with a Goals section
-(:func:`goal_line`, :func:`report_goals`). The 2-D scripts fit many families in worker
-processes (:class:`FitFigures`, :func:`run_parallel`).
+(:func:`goal_line`, :func:`report_goals`). Every time they report is read by one clock
+(:func:`clock`: ``time.perf_counter`` once the device is idle), blocks of calls are timed
+by :func:`time_block`, and implementations alternate in rounds (:func:`alternate`; the
+median over rounds is reported). The 2-D scripts fit many families in worker processes
+(:class:`FitFigures`, :func:`run_parallel`); the MNIST scripts (``mnist.py``, ``gpu.py``)
+share seed 004's presets and their comparison tables (:func:`seed004_config`,
+:class:`Row`, :class:`Estimate`). The plain implementations they compare vilab against
+live in ``baselines.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -26,8 +33,11 @@ from typing import Any, TypeVar
 import torch
 
 import vilab
-from vilab.config import FitConfig
-from vilab.train.fit import fit
+from vilab.commands.fit import run_fit
+from vilab.config import FitConfig, TrainConfig, load_train_config
+from vilab.data.vae_data import VAEData, load_vae_data
+from vilab.train.vae import VAETrainer
+from vilab.vae import vae_objective
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_NOTE = "--quick: not a measurement"
@@ -101,6 +111,56 @@ def data_override(data_dir: str | None) -> list[str]:
 def plural(n: int, word: str) -> str:
     """``"1 thread"``, ``"2 threads"``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def threads() -> str:
+    """The torch thread count, e.g. ``"2 threads"``."""
+    return plural(torch.get_num_threads(), "thread")
+
+
+# -- the device --------------------------------------------------------------------------------
+def device_lines(device: torch.device) -> list[str]:
+    """The header line of the device a benchmark runs on: the GPU's name, memory, CUDA and
+    cuDNN, or why it is the CPU."""
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return [
+            f"- device: {device} = {p.name} (compute capability {p.major}.{p.minor}, "
+            f"{p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}"
+        ]
+    why = (
+        "this torch build has no CUDA"
+        if torch.version.cuda is None
+        else "no CUDA device is visible"
+        if not torch.cuda.is_available()
+        else "--device cpu"
+    )
+    return [
+        f"- device: **CPU** ({why}): every part runs on the CPU with the sizes given; "
+        "the speed goals are GPU goals and are only indicative here"
+    ]
+
+
+def set_tf32(on: bool) -> None:
+    """TF32 matmuls and convolutions or full float32, for every row alike (process-wide
+    torch settings, which a ``VAETrainer`` also sets from its ``tf32``)."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+def runtime(
+    device: torch.device, precision: str = "float32", tf32: bool = False, compile: bool = False
+) -> list[str]:
+    """The train-config overrides (DESIGN.md §9) that put a run on ``device`` at
+    ``precision``, with ``tf32`` and ``compile``."""
+    values = {"device": str(device), "precision": precision, "tf32": tf32, "compile": compile}
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -199,10 +259,42 @@ def rotated(names: Sequence[str], r: int) -> list[str]:
     return [*names[shift:], *names[:shift]]
 
 
+def eval_options(
+    group: argparse._ActionsContainer,
+    images: tuple[int, int],
+    rounds: tuple[int, int],
+    where: str,
+    batch: int | None = None,
+    chunk: int | None = None,
+    vilab: str = "",
+) -> dict[str, tuple[Any, Any]]:
+    """The options of a log p(x) comparison: ``--eval-samples`` K, ``--eval-images`` per
+    round and ``--eval-rounds`` (``images``, ``rounds``: (under ``--quick``, otherwise)),
+    and ``evaluate``'s images × samples at once, ``--eval-batch`` and ``--eval-chunk``, for
+    the parts ``where`` (defaults ``batch``, ``chunk``; None: vilab's sizing).
+
+    Returns:
+        The defaults of the first three for :func:`fill_defaults`.
+    """
+    defaults = {"eval_samples": (10, 1000), "eval_images": images, "eval_rounds": rounds}
+    helps = ("importance samples K", "test images per round", "alternating rounds")
+    for (name, (quick, full)), text in zip(defaults.items(), helps):
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, type=int, help=f"{text} [{full}; quick: {quick}]")
+    for flag, what, default in (
+        ("--eval-batch", "images", batch),
+        ("--eval-chunk", "samples", chunk),
+    ):
+        shown = "vilab's" if default is None else default
+        help = f"{vilab}`evaluate`: {what} at once, {where} [{shown}]"
+        group.add_argument(flag, type=int, default=default, help=help)
+    return defaults
+
+
 # -- fits of part (a) / (1), in worker processes ----------------------------------------------
 @dataclasses.dataclass(kw_only=True)
 class FitFigures:
-    """The figures of one ``vilab.train.fit.fit`` run: the exact KL ± its standard error,
+    """The figures of one ``vilab.commands.fit.run_fit`` run: the exact KL ± its standard error,
     the steps done in the seconds taken, or the error that stopped it."""
 
     kl: float | None = None
@@ -229,7 +321,7 @@ class FitFigures:
         """
         with tempfile.TemporaryDirectory(prefix="vilab-bench-") as run_dir:
             try:
-                metrics = fit(config, run_dir, progress=False, tensorboard=False)
+                metrics = run_fit(config, run_dir, progress=False, tensorboard=False).metrics
                 if then is not None:
                     metrics |= then(Path(run_dir), metrics)
             except (FloatingPointError, RuntimeError, ValueError) as err:
@@ -274,13 +366,213 @@ def run_parallel(fn: Callable[..., F], calls: Sequence[tuple[Any, ...]], jobs: i
         return [f.result() for f in futures]
 
 
-# -- timing ------------------------------------------------------------------------------------
-def time_steps(step: Callable[[], object], n: int) -> float:
-    """Steps per second over ``n`` consecutive calls of ``step``."""
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    return n / (time.perf_counter() - t0)
+# -- timing: one clock, blocks of calls, alternating rounds ------------------------------------
+def clock(device: torch.device | None = None) -> float:
+    """``time.perf_counter()`` once ``device`` has finished what was queued on it (a CUDA
+    device is synchronized first; the CPU and None need nothing): every benchmark's clock."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def time_block(
+    step: Callable[[], T], n: int = 1, device: torch.device | None = None
+) -> tuple[list[T], float]:
+    """Calls ``step`` ``n`` times in a row (a warm-up is such a block, its time unused).
+
+    Returns:
+        What each call returned, and the seconds the ``n`` calls took by :func:`clock`,
+        read on an idle ``device`` before the first call and after the last.
+    """
+    t0 = clock(device)
+    out = [step() for _ in range(n)]
+    return out, clock(device) - t0
+
+
+def alternate(
+    names: Sequence[str],
+    rounds: int,
+    run: Callable[[str, int], object],
+    progress: Callable[[int], str] | None = None,
+) -> None:
+    """``run(name, r)`` for every name in rounds r = 0, 1, …, the order rotated every round
+    (:func:`rotated`) so that no implementation always runs first; after each round the
+    line ``progress(r)`` on stderr. The caller reports the median over rounds."""
+    for r in range(rounds):
+        for name in rotated(names, r):
+            run(name, r)
+        if progress is not None:
+            print(progress(r), file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Row:
+    """One implementation in a throughput table: images/s and mean loss per round."""
+
+    label: str
+    rates: list[float] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+Step = Callable[[], tuple[int, float | None]]  # one optimizer step -> (images, loss or None)
+
+
+def race(
+    rows: Mapping[str, Row],
+    steps: Mapping[str, Step],
+    rounds: int,
+    n: int,
+    device: torch.device | None = None,
+    progress: Callable[[int], str] | None = None,
+) -> None:
+    """The timed rounds of a throughput table (after the caller's warm-up): each round, a
+    block of ``n`` steps of every row (:func:`time_block`, rows alternating); its images/s
+    and, where the steps return their loss, the mean loss go into ``rows``."""
+
+    def run(name: str, r: int) -> None:
+        out, seconds = time_block(steps[name], n, device)
+        rows[name].rates.append(sum(b for b, _ in out) / seconds)
+        losses = [loss for _, loss in out if loss is not None]
+        if losses:
+            rows[name].losses.append(sum(losses) / n)
+
+    alternate(list(steps), rounds, run, progress)
+
+
+@dataclasses.dataclass
+class Estimate:
+    """Per-round mean log p̂(x) over the round's images and its MC standard error."""
+
+    label: str
+    means: list[float] = dataclasses.field(default_factory=list)
+    stderrs: list[float | None] = dataclasses.field(default_factory=list)
+    seconds_per_1000: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.means)
+
+    @property
+    def stderr(self) -> float | None:
+        if any(s is None for s in self.stderrs):
+            return None
+        return combined_stderr([s for s in self.stderrs if s is not None])
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds_per_1000)
+
+
+Estimator = Callable[[torch.Tensor, int], tuple[float, float | None]]  # (x, seed) -> (mean, se)
+
+
+def race_estimates(
+    estimates: Mapping[str, Estimate],
+    runners: Mapping[str, Estimator],
+    rounds: int,
+    images: Callable[[int], torch.Tensor],
+    seed: int,
+    device: torch.device | None = None,
+    progress: Callable[[int], str] | None = None,
+) -> None:
+    """The timed rounds of a log p(x) table: round r gives every estimator of
+    ``estimates`` the images ``images(r)`` and the seed ``seed + 1000 r`` (also set by
+    ``torch.manual_seed`` before it runs), estimators alternating; each call is timed by
+    :func:`time_block` and recorded in seconds per 1000 images."""
+    batch: dict[int, torch.Tensor] = {}
+
+    def run(name: str, r: int) -> None:
+        if r not in batch:
+            batch.clear()
+            batch[r] = images(r)
+        x = batch[r]
+        torch.manual_seed(seed + 1000 * r)
+        ((mean, se),), seconds = time_block(lambda: runners[name](x, seed + 1000 * r), 1, device)
+        e = estimates[name]
+        e.means.append(mean)
+        e.stderrs.append(se)
+        e.seconds_per_1000.append(1e3 * seconds / len(x))
+
+    alternate(list(estimates), rounds, run, progress)
+
+
+# -- seed 004's VAEs: what mnist.py and gpu.py share -----------------------------------------
+SEED004 = {
+    "mean_field": REPO / "configs" / "vae_seed004_mean_field.yaml",
+    "iaf": REPO / "configs" / "vae_seed004_iaf.yaml",
+}
+
+
+def seed004_config(
+    name: str, threads: int, seed: int, data_dir: str | None, extra: Sequence[str] = ()
+) -> TrainConfig:
+    """Seed 004's preset (``configs/vae_seed004_<name>.yaml``) with the run's threads, seed
+    and data directory, and ``extra`` overrides (``key.sub=value``)."""
+    overrides = [f"threads={threads}", f"seed={seed}", *data_override(data_dir)]
+    return load_train_config(SEED004[name], [*overrides, *extra])
+
+
+class Seed004:
+    """Seed 004's presets with a run's ``--threads``, ``--seed`` and ``--data-dir``, their
+    data loaded once (the presets share it), and trainers on it: with a ``device``, on
+    that device (``--tf32`` with it), else where the preset puts them."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device | None = None) -> None:
+        self.args, self.device = args, device
+        self.data_dir = default_data_dir(args.data_dir)
+        self._data: VAEData | None = None
+
+    def config(self, name: str, extra: Sequence[str] = ()) -> TrainConfig:
+        a = self.args
+        return seed004_config(name, a.threads, a.seed, self.data_dir, extra)
+
+    @property
+    def data(self) -> VAEData:
+        if self._data is None:
+            self._data = load_vae_data(self.config("mean_field").data, self.args.seed)
+        return self._data
+
+    def trainer(self, name: str, precision: str = "float32", compile: bool = False) -> VAETrainer:
+        on = self.device
+        extra = [] if on is None else runtime(on, precision, self.args.tf32, compile)
+        return VAETrainer(self.config(name, extra), self.data)
+
+    def test(self, start: int, n: int) -> torch.Tensor:
+        """Test images ``start`` to ``start + n`` (on the device, if any)."""
+        x = self.data.test[start : start + n]
+        return x if self.device is None else x.to(self.device)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def vilab_step(trainer: VAETrainer, log_value: bool = True) -> Step:
+    """vilab's training step as its users drive it, ``trainer.train_step(log_value)``:
+    (images, −bound) — with ``log_value=False`` (no host read), (images, None)."""
+
+    def step() -> tuple[int, float | None]:
+        images = trainer.data.train.global_size(trainer.step)
+        bound = trainer.train_step(log_value=log_value)["bound"]
+        return images, -bound if log_value else None
+
+    return step
+
+
+@torch.no_grad()
+def neg_elbo(model: VAETrainer | torch.nn.Module, x: torch.Tensor, seed: int) -> float:
+    """−ELBO of ``x`` by vilab's trainer or a plain model (its ``loss``), the noise drawn
+    right after ``torch.manual_seed(seed)``: the same for two models (to float32
+    rounding) iff they compute the same thing."""
+    torch.manual_seed(seed)
+    if isinstance(model, VAETrainer):
+        obj = vae_objective(model.vae, x, model.config.objective)
+        return -float(obj.value.mean())
+    return float(model.loss(x))  # type: ignore[operator]
 
 
 # -- Monte Carlo errors -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ What it measures, in one process on one machine:
     depths K = 2, 8, 32 (the paper's Figure 3 as a table); every other family
     (mean-field, full-rank, IAF, the three Sylvester flows) at the depth / width whose
     parameter count is closest to that of planar K = 32. The KL uses the target's known
-    log Z (``vilab.targets.grid.exact_kl`` via the ``kl`` of ``vilab.train.fit.fit``).
+    log Z (``vilab.estimators.kl.exact_kl`` via the ``kl`` of ``vilab.commands.fit.run_fit``).
 
 (b) **Training steps per second** of vilab and normflows for the same flow (a trainable
     diagonal Gaussian followed by 32 planar layers) on U1, 1000 samples per step, the

@@ -68,40 +68,25 @@ Timings are only comparable within one run on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import baselines
 import common
 import torch
-import torch.nn.functional as F
-from common import REPO, goal_line, join_notes
-from mnist import (
-    CONFIGS,
-    HIDDEN,
-    LATENT,
-    PIXELS,
-    PlainVAE,
-    Row,
-    mlp,
-    parameter_count,
-    plain_log_px,
-    seed004_config,
-)
+from common import REPO, SEED004, Estimate, Row, clock, goal_line, join_notes
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from vilab.commands.train import validate as validate_vae
 from vilab.config import TrainConfig, load_train_config
-from vilab.data.vae_data import VAEData, load_vae_data
 from vilab.evaluation import evaluate
 from vilab.train.vae import VAETrainer
-from vilab.vae import VAE, vae_objective
+from vilab.vae import VAE
 
 SEED002 = REPO / "configs" / "vae_seed002_resnet_iaf.yaml"
 SEED002_NLL = 78.74  # REFERENCE.md §3: test, 1000 IS, after 2500 epochs
@@ -123,7 +108,7 @@ SEED002_QUICK = [
 ]
 
 
-# -- devices, clocks ---------------------------------------------------------------------------
+# -- the device ----------------------------------------------------------------------------------
 def resolve(spec: str) -> torch.device:
     """``--device`` as a ``torch.device`` (vilab's rule: ``auto`` is the current GPU, else
     the CPU; a GPU that is not there is an error)."""
@@ -132,238 +117,15 @@ def resolve(spec: str) -> torch.device:
     return resolve_device(spec)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def clock(device: torch.device) -> float:
-    """``time.perf_counter()`` once the device has finished what was queued."""
-    sync(device)
-    return time.perf_counter()
-
-
-def device_lines(device: torch.device) -> list[str]:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return [
-            f"- device: {device} = {p.name} (compute capability {p.major}.{p.minor}, "
-            f"{p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
-            f"cuDNN {torch.backends.cudnn.version()}"
-        ]
-    why = (
-        "this torch build has no CUDA"
-        if torch.version.cuda is None
-        else "no CUDA device is visible"
-        if not torch.cuda.is_available()
-        else "--device cpu"
-    )
-    return [
-        f"- device: **CPU** ({why}): every part runs on the CPU with the sizes given; "
-        "the speed goals are GPU goals and are only indicative here"
-    ]
-
-
-def set_tf32(on: bool) -> None:
-    """TF32 matmuls and convolutions or full float32, for every row alike (process-wide
-    torch settings, which a ``VAETrainer`` also sets from its ``tf32``)."""
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-    torch.set_float32_matmul_precision("high" if on else "highest")
-
-
-def runtime(
-    device: torch.device, precision: str = "float32", tf32: bool = False, compile: bool = False
-) -> list[str]:
-    """The train-config overrides (DESIGN.md §9) that put a run on ``device`` at
-    ``precision``, with ``tf32`` and ``compile``."""
-    values = {"device": str(device), "precision": precision, "tf32": tf32, "compile": compile}
-    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
-
-
-def model_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-# -- the plain PyTorch models (no vilab code) --------------------------------------------------
-class PlainMADE(nn.Module):
-    """A MADE ``z (..., D) -> (m, s)``, each ``(..., D)``, with the context ``h`` added to
-    the first hidden layer: hidden unit degrees cycle through 1..D−1; output i sees only
-    inputs earlier than i in ``order``. Gated IAF initialization: small output weights,
-    the bias of s at +2."""
-
-    def __init__(self, dim: int, hidden: Sequence[int], context: int, reverse: bool) -> None:
-        super().__init__()
-        order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
-        degrees = [order + 1, *(torch.arange(h) % max(1, dim - 1) + 1 for h in hidden)]
-        self.layers = nn.ModuleList(nn.Linear(len(a), len(b)) for a, b in zip(degrees, degrees[1:]))
-        self.out = nn.Linear(hidden[-1], 2 * dim)
-        self.context = nn.Linear(context, hidden[0], bias=False)
-        for i, (a, b) in enumerate(zip(degrees, degrees[1:])):
-            self.register_buffer(f"mask{i}", (b[:, None] >= a[None, :]).float())
-        out_degrees = (order + 1).repeat(2)
-        self.register_buffer("mask_out", (out_degrees[:, None] > degrees[-1][None, :]).float())
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
-            self.out.bias.zero_()
-            self.out.bias[dim:].fill_(2.0)
-
-    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        a = z
-        for i, layer in enumerate(self.layers):
-            a = F.linear(a, layer.weight * getattr(self, f"mask{i}"), layer.bias)
-            a = F.elu(a + self.context(h) if i == 0 else a)
-        m, s = F.linear(a, self.out.weight * self.mask_out, self.out.bias).chunk(2, dim=-1)
-        return m, s
-
-
-class PlainIAF(nn.Module):
-    """Seed 004's IAF VAE as one writes it without a library: the encoder's 256 features
-    give (loc, softplus scale) of z₀ and the context of every IAF step."""
-
-    def __init__(self, latent: int = LATENT, hidden: int = HIDDEN, steps: int = 2) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(PIXELS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
-        )
-        self.head = nn.Linear(hidden, 2 * latent)
-        self.flows = nn.ModuleList(
-            PlainMADE(latent, [hidden, hidden], hidden, reverse=k % 2 == 1) for k in range(steps)
-        )
-        self.decoder = mlp(latent, hidden, PIXELS)
-        self.latent = latent
-
-    def _log_w(self, x: Tensor, eps_shape: Sequence[int]) -> Tensor:
-        """log p(x, z) − log q(z | x) at z = IAF(loc + scale ε); the (D/2) log 2π of the
-        prior and of q₀ cancel."""
-        h = self.encoder(x)
-        loc, rho = self.head(h).chunk(2, dim=-1)
-        scale = F.softplus(rho)
-        eps = torch.randn(*eps_shape, device=x.device)
-        z = loc + scale * eps
-        log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1)
-        for made in self.flows:
-            m, s = made(z, h)
-            gate = torch.sigmoid(s)
-            z = gate * z + (1.0 - gate) * m
-            log_q = log_q - F.logsigmoid(s).sum(-1)
-        logits = self.decoder(z)
-        log_lik = -F.binary_cross_entropy_with_logits(
-            logits, x.expand_as(logits), reduction="none"
-        ).sum(-1)
-        return log_lik - 0.5 * z.pow(2).sum(-1) - log_q
-
-    def loss(self, x: Tensor) -> Tensor:
-        """−ELBO averaged over the batch, one z per image."""
-        return -self._log_w(x, (x.shape[0], self.latent)).mean()
-
-    @torch.no_grad()
-    def log_weights(self, x: Tensor, samples: int) -> Tensor:
-        """The K = ``samples`` log-weights of one image ``(784,)``."""
-        return self._log_w(x[None], (samples, self.latent))
-
-
-PLAIN = {"mean_field": PlainVAE, "iaf": PlainIAF}
-
-
-@torch.no_grad()
-def copy_parameters(source: nn.Module, target: nn.Module) -> None:
-    """vilab's weights into the plain model: the same parameters in the same order."""
-    a, b = list(source.parameters()), list(target.parameters())
-    if len(a) != len(b) or any(p.shape != q.shape for p, q in zip(a, b)):
-        raise ValueError(
-            f"not the same model: {[tuple(p.shape) for p in a]} vs {[tuple(q.shape) for q in b]}"
-        )
-    for p, q in zip(a, b):
-        q.copy_(p)
-
-
-def plain_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The preset's optimizer, straight from torch."""
-    o = config.optim
-    if o.name == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), lr=o.lr, centered=True)
-    if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=o.lr)
-    raise ValueError(f"seed 004's presets use rmsprop or adam, not {o.name!r}")
-
-
-def device_batches(data: Tensor, batch: int) -> Iterator[Tensor]:
-    """Full shuffled batches of ``data`` cut on its device, epoch after epoch."""
-    while True:
-        perm = torch.randperm(len(data), device=data.device)
-        for i in range(0, len(data) - batch + 1, batch):
-            yield data[perm[i : i + batch]]
-
-
-def plain_step(model: nn.Module, config: TrainConfig, data: Tensor) -> Callable[[], int]:
-    """One eager step of the plain loop (no host read: the loss stays on the device)."""
-    optimizer = plain_optimizer(model, config)
-    ema = None
-    if config.optim.ema is not None:
-        avg = get_ema_multi_avg_fn(config.optim.ema)
-        ema = AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
-    batches = device_batches(data, config.data.batch_size)
-
-    def step() -> int:
-        x = next(batches)
-        loss = model.loss(x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        return x.shape[0]
-
-    return step
-
-
-def vilab_step(trainer: VAETrainer) -> Callable[[], int]:
-    def step() -> int:
-        n = trainer.data.train.global_size(trainer.step)
-        trainer.train_step(log_value=False)
-        return n
-
-    return step
-
-
-@torch.no_grad()
-def neg_elbo(model: VAETrainer | nn.Module, x: Tensor, seed: int) -> float:
-    """−ELBO of ``x`` with the noise drawn right after ``torch.manual_seed(seed)``."""
-    torch.manual_seed(seed)
-    if isinstance(model, VAETrainer):
-        obj = vae_objective(model.vae, x, model.config.objective)
-        return -float(obj.value.mean())
-    return float(model.loss(x))
-
-
 # -- the shared set-up -------------------------------------------------------------------------
-class Setup:
+class Setup(common.Seed004):
     """The command line, the device, the data of seed 004 (loaded once) and the trainers
     that later parts reuse."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        self.args, self.device = args, device
-        self.data_dir = common.default_data_dir(args.data_dir)
-        self._data: VAEData | None = None
+        super().__init__(args, device)
+        self.device: torch.device = device
         self.trained: dict[str, VAETrainer] = {}  # (train)'s vilab models, for (eval)
-
-    def config(self, name: str, extra: Sequence[str] = ()) -> TrainConfig:
-        a = self.args
-        return seed004_config(name, a.threads, a.seed, self.data_dir, extra)
-
-    @property
-    def data(self) -> VAEData:
-        if self._data is None:
-            self._data = load_vae_data(self.config("mean_field").data, self.args.seed)
-        return self._data
-
-    def trainer(self, name: str, precision: str = "float32", compile: bool = False) -> VAETrainer:
-        extra = runtime(self.device, precision, self.args.tf32, compile)
-        return VAETrainer(self.config(name, extra), self.data)
-
-    def test(self, start: int, n: int) -> Tensor:
-        return self.data.test[start : start + n].to(self.device)
 
 
 # -- (devices) ---------------------------------------------------------------------------------
@@ -384,7 +146,7 @@ def part_devices(s: Setup) -> dict[str, Any]:
         env["CUDA_VISIBLE_DEVICES"] = str(s.device.index)  # the tests' cuda is --device's
     shown = " ".join(["python", *cmd[1:]]).replace(str(REPO) + "/", "")
     print(f"`{shown}` on {s.device} ({'CUDA present' if torch.cuda.is_available() else 'no GPU'})")
-    t0 = time.perf_counter()
+    t0 = clock()
     try:
         r = subprocess.run(
             cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.devices_timeout
@@ -393,7 +155,7 @@ def part_devices(s: Setup) -> dict[str, Any]:
     except subprocess.TimeoutExpired as err:
         rc = None
         text = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else err.stdout or ""
-    seconds = time.perf_counter() - t0
+    seconds = clock() - t0
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     summary = lines[-1] if lines else "(no output)"
     if rc is None:
@@ -406,19 +168,19 @@ def part_devices(s: Setup) -> dict[str, Any]:
 
 
 # -- (train) -----------------------------------------------------------------------------------
-def time_block(step: Callable[[], int], n: int, device: torch.device) -> tuple[int, float]:
-    """(images, seconds) of ``n`` steps, the clock read on an idle device."""
-    images = 0
-    t0 = clock(device)
-    for _ in range(n):
-        images += step()
-    return images, clock(device) - t0
+def plain_step(model: nn.Module, config: TrainConfig, data: Tensor) -> common.Step:
+    """One eager step of the plain loop: the preset's optimizer and EMA from torch, full
+    shuffled batches cut on the data's device, no host read (the loss stays there)."""
+    o = config.optim
+    optimizer = baselines.plain_optimizer(model, o.name, o.lr)
+    batches = baselines.shuffled_batches(data, config.data.batch_size, full_only=True)
+    step = baselines.vae_step(model, optimizer, batches, o.ema)
+    return lambda: (step()[0], None)
 
 
 def train_model(s: Setup, name: str) -> dict[str, Any]:
     """The rows of one seed 004 model: plain eager, vilab eager, vilab compiled."""
     args, device = s.args, s.device
-    rows: dict[str, tuple[str, Callable[[], int]]] = {}
     models: dict[str, VAETrainer | nn.Module] = {}
     errors: dict[str, str] = {}
     eager = s.trainer(name)
@@ -426,8 +188,8 @@ def train_model(s: Setup, name: str) -> dict[str, Any]:
     models["vilab"] = eager
     if args.compile:
         models["vilab_compiled"] = s.trainer(name, compile=True)
-    plain = PLAIN[name]().to(device)
-    copy_parameters(eager.vae, plain)
+    plain = baselines.PLAIN[name]().to(device)
+    baselines.copy_parameters(eager.vae, plain)
     models["plain"] = plain
     train = s.data.train.dataset.tensor().to(device)
     labels = {
@@ -435,44 +197,49 @@ def train_model(s: Setup, name: str) -> dict[str, Any]:
         "vilab": "vilab `train_step`, eager",
         "vilab_compiled": "vilab `train_step`, `compile=true`",
     }
-    for key, m in models.items():
-        step = plain_step(m, config, train) if isinstance(m, nn.Module) else vilab_step(m)
-        rows[key] = (labels[key], step)
+    steps = {
+        key: plain_step(m, config, train)
+        if isinstance(m, nn.Module)
+        else common.vilab_step(m, log_value=False)
+        for key, m in models.items()
+    }
     where = {
-        k: str(model_device(m.vae if isinstance(m, VAETrainer) else m)) for k, m in models.items()
+        k: str(common.model_device(m.vae if isinstance(m, VAETrainer) else m))
+        for k, m in models.items()
     }
     x0 = train[: config.data.batch_size]
-    check = {k: neg_elbo(m, x0, args.seed) for k, m in models.items()}
+    check = {k: common.neg_elbo(m, x0, args.seed) for k, m in models.items()}
 
-    set_tf32(args.tf32)
+    common.set_tf32(args.tf32)
     # A compiled step recompiles once for the epoch's last, smaller batch: its warm-up
     # runs past that batch, so that the recompilation is reported with the compilation.
     batch = config.data.batch_size
-    warm_steps = {k: args.train_warmup for k in rows}
-    if "vilab_compiled" in rows and len(train) % batch:
+    warm_steps = {k: args.train_warmup for k in steps}
+    if "vilab_compiled" in steps and len(train) % batch:
         warm_steps["vilab_compiled"] = max(args.train_warmup, len(train) // batch + 2)
     warm: dict[str, float] = {}
-    for key, (_, step) in list(rows.items()):
+    for key, step in list(steps.items()):
         try:
-            warm[key] = time_block(step, warm_steps[key], device)[1]
+            warm[key] = common.time_block(step, warm_steps[key], device)[1]
         except Exception as err:  # a failed compile is reported, the others go on
             errors[key] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-            rows.pop(key)
-    table = {key: Row(label) for key, (label, _) in rows.items()}
-    names = list(rows)
-    for r in range(args.train_rounds):
-        for key in common.rotated(names, r):
-            images, seconds = time_block(rows[key][1], args.train_steps, device)
-            table[key].rates.append(images / seconds)
-        print(
+            steps.pop(key)
+    table = {key: Row(labels[key]) for key in steps}
+    names = list(steps)
+    common.race(
+        table,
+        steps,
+        args.train_rounds,
+        args.train_steps,
+        device,
+        lambda r: (
             f"  {name} round {r + 1}/{args.train_rounds}: "
             + ", ".join(f"{k} {table[k].rates[-1]:,.0f}" for k in names)
-            + " images/s",
-            file=sys.stderr,
-            flush=True,
-        )
+            + " images/s"
+        ),
+    )
     after_x = s.test(0, min(1000, len(s.data.test)))
-    after = {k: neg_elbo(models[k], after_x, args.seed) for k in names}
+    after = {k: common.neg_elbo(models[k], after_x, args.seed) for k in names}
     goal_key = "vilab_compiled" if "vilab_compiled" in table else "vilab"
     plain_rate = table["plain"].median if "plain" in table else math.nan
     ratios = {k: table[k].median / plain_rate for k in names if k != "plain"}
@@ -495,7 +262,10 @@ def train_model(s: Setup, name: str) -> dict[str, Any]:
         "ratios": ratios,
         "goal_row": goal_key,
         "goal_ratio": ratios.get(goal_key, math.nan),
-        "parameters": {"vilab": parameter_count(eager.vae), "plain": parameter_count(plain)},
+        "parameters": {
+            "vilab": common.parameter_count(eager.vae),
+            "plain": common.parameter_count(plain),
+        },
         "batch": config.data.batch_size,
         "optimizer": config.optim.name + (f" + EMA {config.optim.ema}" if config.optim.ema else ""),
         "steps_trained": warm_steps[goal_key] + args.train_rounds * args.train_steps,
@@ -520,7 +290,7 @@ def part_train(s: Setup) -> dict[str, Any]:
         "images/s.\n",
         flush=True,
     )
-    out = {name: train_model(s, name) for name in CONFIGS}
+    out = {name: train_model(s, name) for name in SEED004}
     print(
         "| model | implementation | images/s (median) | ms/step | min–max | warm-up | "
         "−ELBO, test, after |"
@@ -587,8 +357,8 @@ def eval_model(s: Setup, name: str) -> dict[str, Any]:
         for _ in range(args.pretrain_steps):
             trainer.train_step(log_value=False)
     vae: VAE = trainer.vae
-    plain = PLAIN[name]().to(model_device(vae))
-    copy_parameters(vae, plain)
+    plain = baselines.PLAIN[name]().to(common.model_device(vae))
+    baselines.copy_parameters(vae, plain)
     k, n = args.eval_samples, args.eval_images
     x0 = s.test(0, n)
     chunk, batch = eval_sizes(vae, x0, k, args.eval_chunk, args.eval_batch)
@@ -600,32 +370,25 @@ def eval_model(s: Setup, name: str) -> dict[str, Any]:
 
     def run_plain(x: Tensor, seed: int) -> tuple[float, float]:
         torch.manual_seed(seed)
-        values, errors = plain_log_px(plain, x, k)  # type: ignore[arg-type]
+        values, errors = baselines.plain_log_px(plain, x, k)
         return float(values.mean()), common.combined_stderr(errors.tolist())
 
     runners = {"vilab": run_vilab, "plain": run_plain}
     for run in runners.values():  # lazy initialization (cuBLAS, allocator) is not timed
         run(s.test(0, 2), args.seed)
-    est: dict[str, dict[str, list[float]]] = {
-        m: {"mean": [], "se": [], "s1000": []} for m in runners
-    }
-    for r in range(args.eval_rounds):
-        x = s.test(r * n, n)
-        for m in common.rotated(list(runners), r):
-            t0 = clock(device)
-            mean, se = runners[m](x, args.seed + 1000 * r)
-            seconds = clock(device) - t0
-            est[m]["mean"].append(mean)
-            est[m]["se"].append(se)
-            est[m]["s1000"].append(1e3 * seconds / len(x))
-    summary = {}
-    for m, e in est.items():
-        summary[m] = {
-            "log_px": statistics.fmean(e["mean"]),
-            "stderr": common.combined_stderr(e["se"]),
-            "seconds_per_1000": statistics.median(e["s1000"]),
-            "rounds": e["s1000"],
+    est = {m: Estimate(m) for m in runners}
+    common.race_estimates(
+        est, runners, args.eval_rounds, lambda r: s.test(r * n, n), args.seed, device
+    )
+    summary = {
+        m: {
+            "log_px": e.mean,
+            "stderr": e.stderr,
+            "seconds_per_1000": e.median_seconds,
+            "rounds": e.seconds_per_1000,
         }
+        for m, e in est.items()
+    }
     diff = summary["vilab"]["log_px"] - summary["plain"]["log_px"]
     bound = AGREE_SIGMAS * math.hypot(summary["vilab"]["stderr"], summary["plain"]["stderr"])
     return {
@@ -647,7 +410,7 @@ def eval_model(s: Setup, name: str) -> dict[str, Any]:
 def part_eval(s: Setup) -> dict[str, Any]:
     args = s.args
     print("## (eval) Importance-sampled log p(x): seconds per 1000 test images\n")
-    out = {name: eval_model(s, name) for name in CONFIGS}
+    out = {name: eval_model(s, name) for name in SEED004}
     any_r = next(iter(out.values()))
     sized = "given" if args.eval_chunk and args.eval_batch else "vilab's sizing for the device"
     print(
@@ -694,23 +457,21 @@ def part_precision(s: Setup) -> dict[str, Any]:
     n, k = args.precision_images, args.precision_samples
     runs: dict[str, dict[str, Any]] = {}
     x = s.test(0, n)
+
+    def train_and_test(t: VAETrainer) -> dict[str, Any]:
+        steps = args.precision_steps
+        bounds, seconds = common.time_block(lambda: t.train_step()["bound"], steps, device)
+        seed, chunk, batch = args.seed + 5, args.eval_chunk, args.eval_batch
+        (r,), eval_seconds = common.time_block(
+            lambda: evaluate(t.eval_vae, x, k, chunk, batch, seed=seed), 1, device
+        )
+        return {"bounds": bounds, "seconds": seconds, "test": r, "eval_seconds": eval_seconds}
+
     for precision in ("float32", "bf16"):
-        trainer = s.trainer(name, precision=precision)
-        t0 = clock(device)
-        bounds = [trainer.train_step(log_value=True)["bound"] for _ in range(args.precision_steps)]
-        seconds = clock(device) - t0
-        t0 = clock(device)
-        r = evaluate(trainer.eval_vae, x, k, args.eval_chunk, args.eval_batch, seed=args.seed + 5)
-        eval_seconds = clock(device) - t0
-        runs[precision] = {
-            "bounds": bounds,
-            "seconds": seconds,
-            "test": r,
-            "eval_seconds": eval_seconds,
-        }
+        runs[precision] = run = train_and_test(s.trainer(name, precision=precision))
         print(
-            f"  {precision}: {args.precision_steps} steps in {seconds:.1f} s, "
-            f"test NLL {r['nll']:.3f}",
+            f"  {precision}: {args.precision_steps} steps in {run['seconds']:.1f} s, "
+            f"test NLL {run['test']['nll']:.3f}",
             file=sys.stderr,
             flush=True,
         )
@@ -767,9 +528,9 @@ def part_seed002(s: Setup, budget: float, note: str) -> dict[str, Any]:
             flush=True,
         )
         return {"skipped": f"{budget:.0f} s left"}
-    t_start = time.perf_counter()
+    t_start = clock()
     extra = [f"threads={args.threads}", f"seed={args.seed}", *common.data_override(s.data_dir)]
-    extra += runtime(device, args.seed002_precision, args.tf32, args.compile)
+    extra += common.runtime(device, args.seed002_precision, args.tf32, args.compile)
     extra += [f"eval.valid_images={args.seed002_valid_images}"]
     extra += [f"eval.valid_samples={args.seed002_valid_samples}"]
     if args.quick:
@@ -784,7 +545,7 @@ def part_seed002(s: Setup, budget: float, note: str) -> dict[str, Any]:
 
     def validate() -> None:
         t0 = clock(device)
-        v = trainer.validate()
+        v = validate_vae(trainer)
         now = clock(device)
         points.append(
             {
@@ -808,10 +569,10 @@ def part_seed002(s: Setup, budget: float, note: str) -> dict[str, Any]:
 
     validate()
     reserve = 1.5 * points[0]["validation_seconds"] + 2.0  # the last validation
-    next_eval = time.perf_counter() - t_start + args.seed002_every
+    next_eval = clock() - t_start + args.seed002_every
     max_steps = args.seed002_steps or config.steps
     while trainer.step < max_steps:
-        wall = time.perf_counter() - t_start
+        wall = clock() - t_start
         if wall >= budget - reserve:
             break
         log = trainer.step % 50 == 0
@@ -820,7 +581,7 @@ def part_seed002(s: Setup, budget: float, note: str) -> dict[str, Any]:
             bounds.append(r["bound"])
         if wall >= next_eval:
             validate()
-            next_eval = time.perf_counter() - t_start + args.seed002_every
+            next_eval = clock() - t_start + args.seed002_every
     if points[-1]["step"] != trainer.step:
         validate()
     params = sum(p.numel() for p in trainer.vae.parameters())
@@ -944,24 +705,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     t.add_argument("--train-steps", type=int, help="steps per timed block [200; quick: 3]")
     t.add_argument("--train-rounds", type=int, help="alternating rounds [5; quick: 2]")
     e = p.add_argument_group("part (eval)")
-    e.add_argument("--eval-samples", type=int, help="importance samples K [1000; quick: 10]")
-    e.add_argument("--eval-images", type=int, help="test images per round [1000; quick: 10]")
-    e.add_argument("--eval-rounds", type=int, help="alternating rounds [2; quick: 1]")
-    e.add_argument(
-        "--eval-batch",
-        type=int,
-        help="`evaluate`: images at once, (eval) and (precision) [vilab's]",
-    )
-    e.add_argument(
-        "--eval-chunk",
-        type=int,
-        help="`evaluate`: samples at once, (eval) and (precision) [vilab's]",
-    )
+    evals = common.eval_options(e, (10, 1000), (1, 2), "(eval) and (precision)")
     e.add_argument(
         "--pretrain-steps", type=int, help="without (train): vilab steps first [500; quick: 3]"
     )
     q = p.add_argument_group("part (precision)")
-    q.add_argument("--precision-model", choices=tuple(CONFIGS), default="mean_field")
+    q.add_argument("--precision-model", choices=tuple(SEED004), default="mean_field")
     q.add_argument("--precision-steps", type=int, help="steps per run [2000; quick: 10]")
     q.add_argument("--precision-images", type=int, help="test images [1000; quick: 10]")
     q.add_argument("--precision-samples", type=int, help="importance samples [1000; quick: 10]")
@@ -985,9 +734,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "train_warmup": (2, 50),
         "train_steps": (3, 200),
         "train_rounds": (2, 5),
-        "eval_samples": (10, 1000),
-        "eval_images": (10, 1000),
-        "eval_rounds": (1, 2),
+        **evals,
         "pretrain_steps": (3, 500),
         "precision_steps": (10, 2000),
         "precision_images": (10, 1000),
@@ -1017,11 +764,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    t_start = time.perf_counter()
+    t_start = clock()
     args = parse_args(argv)
     device: torch.device = args.resolved_device
     deadline = t_start + 60.0 * args.minutes
-    extra = [*device_lines(device), f"- budget: {args.minutes:g} min for the whole run"]
+    extra = [*common.device_lines(device), f"- budget: {args.minutes:g} min for the whole run"]
     out = common.start("vilab GPU benchmark", args, extra=extra)
     out["device"] = str(device)
     if device.type == "cuda":
@@ -1037,12 +784,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "precision" in parts:
         out["precision"] = part_precision(s)
     if "seed002" in parts:
-        left = deadline - time.perf_counter()
+        left = deadline - clock()
         note = f"{left:.0f} s left of the {args.minutes:g} min budget" + (
             f", at most {args.seed002_steps} steps" if args.seed002_steps else ""
         )
         out["seed002"] = part_seed002(s, max(left, 60.0) if args.quick else left, note)
-    out["seconds"] = time.perf_counter() - t_start
+    out["seconds"] = clock() - t_start
     print(f"Whole run: {out['seconds'] / 60:.1f} min.\n")
     common.report_goals(out, goals(out, args, device), args.json)
 

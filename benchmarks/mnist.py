@@ -31,7 +31,7 @@ measures, in one process on one machine:
 (c) **Test NLL** (K = 5000) of seed 004's mean-field and IAF configurations
     (``configs/vae_seed004_mean_field.yaml``, ``configs/vae_seed004_iaf.yaml``) after
     30,000 steps of batch 128, and the training wall time, via
-    ``vilab.train.vae.train_vae`` into ``--runs-dir``/<config> (overwritten). Only the
+    ``vilab.commands.train.train_vae`` into ``--runs-dir``/<config> (overwritten). Only the
     presets' ``eval.batch``/``eval.chunk`` (500 × 500) are replaced, by ``--eval-batch`` ×
     ``--eval-chunk``: the same estimate, several times faster on a CPU.
 
@@ -55,10 +55,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import statistics
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -66,15 +65,27 @@ from typing import Any
 import common
 import torch
 import torch.nn.functional as F
-from common import REPO, goal_line, join_notes, plural
+from baselines import (
+    HIDDEN,
+    LATENT,
+    PIXELS,
+    PlainVAE,
+    cycle,
+    mlp,
+    plain_log_px,
+    plain_optimizer,
+    shuffled_batches,
+    vae_step,
+)
+from common import SEED004, Estimate, Row, Step, goal_line, join_notes, neg_elbo, threads
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vilab.config import TrainConfig, load_train_config
-from vilab.data.vae_data import VAEData, load_vae_data
+from vilab.commands.train import train_vae
+from vilab.data.vae_data import load_vae_data
 from vilab.evaluation import evaluate
-from vilab.train.vae import VAETrainer, train_vae
-from vilab.vae import VAE, vae_objective
+from vilab.train.vae import VAETrainer
+from vilab.vae import VAE
 
 try:  # pythae is optional: without it the pythae rows say why
     from pythae.data.datasets import BaseDataset, DatasetOutput, collate_dataset_output
@@ -87,13 +98,7 @@ try:  # pythae is optional: without it the pythae rows say why
 except Exception as err:  # any failure (missing, broken dependency) means unavailable
     PYTHAE_ERROR = f"{type(err).__name__}: {err}"
 
-CONFIGS = {
-    "mean_field": REPO / "configs" / "vae_seed004_mean_field.yaml",
-    "iaf": REPO / "configs" / "vae_seed004_iaf.yaml",
-}
-PIXELS = 784
 IMAGE_SHAPE = (1, 28, 28)
-LATENT, HIDDEN = 128, 256  # seed 004
 
 # The goals of the issue.
 TRAIN_SPEEDUP_GOAL = 2.0  # (a) vilab images/s ≥ 2 × the plain loop's (DataLoader)
@@ -103,12 +108,6 @@ TRAIN_SECONDS_GOAL = 600.0  # (c) each trained in under 10 minutes
 AGREE_SIGMAS = 3.0  # (b) estimates agree within this many combined MC standard errors
 
 
-# -- machine ----------------------------------------------------------------------------------
-def threads() -> str:
-    """The torch thread count, e.g. ``"2 threads"``."""
-    return plural(torch.get_num_threads(), "thread")
-
-
 def pythae_version() -> str:
     if PYTHAE_ERROR is not None:
         return f"unavailable ({PYTHAE_ERROR})"
@@ -116,80 +115,6 @@ def pythae_version() -> str:
         return metadata.version("pythae")
     except metadata.PackageNotFoundError:
         return "installed"
-
-
-def seed004_config(
-    name: str, threads: int, seed: int, data_dir: str | None, extra: Sequence[str] = ()
-) -> TrainConfig:
-    """Seed 004's preset (``configs/vae_seed004_<name>.yaml``) with the run's threads, seed
-    and data directory, and ``extra`` overrides (``key.sub=value``)."""
-    overrides = [f"threads={threads}", f"seed={seed}", *common.data_override(data_dir)]
-    return load_train_config(CONFIGS[name], [*overrides, *extra])
-
-
-# -- the plain PyTorch loop: the floor --------------------------------------------------------
-def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    """Seed 004's network shape: ``n_in``-``hidden``-``hidden``-``n_out``, ReLU between."""
-    return nn.Sequential(
-        nn.Linear(n_in, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, n_out),
-    )
-
-
-class PlainVAE(nn.Module):
-    """Seed 004's mean-field VAE as one writes it without a library."""
-
-    def __init__(self, latent: int = LATENT, hidden: int = HIDDEN) -> None:
-        super().__init__()
-        self.encoder = mlp(PIXELS, hidden, 2 * latent)
-        self.decoder = mlp(latent, hidden, PIXELS)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """−ELBO averaged over the batch: BCE-with-logits + analytic KL, one z per image."""
-        loc, rho = self.encoder(x).chunk(2, dim=-1)
-        scale = F.softplus(rho)
-        z = loc + scale * torch.randn_like(loc)
-        logits = self.decoder(z)
-        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        kl = (0.5 * (loc.pow(2) + scale.pow(2) - 1.0) - scale.log()).sum(-1)
-        return (rec + kl).mean()
-
-    @torch.no_grad()
-    def log_weights(self, x: Tensor, samples: int) -> Tensor:
-        """log p(x, z_k) − log q(z_k | x) for K = ``samples`` draws, one image ``(784,)``."""
-        loc, rho = self.encoder(x).chunk(2, dim=-1)
-        scale = F.softplus(rho)
-        eps = torch.randn(samples, loc.shape[-1], device=loc.device)
-        z = loc + scale * eps
-        logits = self.decoder(z)
-        log_lik = -F.binary_cross_entropy_with_logits(
-            logits, x.expand_as(logits), reduction="none"
-        ).sum(-1)
-        # log N(z; 0, I) − log N(z; loc, scale²); the (D/2) log 2π terms cancel
-        return log_lik - 0.5 * z.pow(2).sum(-1) + 0.5 * eps.pow(2).sum(-1) + scale.log().sum()
-
-
-def log_mean_exp_with_stderr(log_w: Tensor) -> tuple[float, float]:
-    """log (1/K) Σ w_k and its delta-method standard error sqrt((mean w² / mean(w)² − 1) / K)."""
-    log_w = log_w.double()
-    k = log_w.numel()
-    a, b = torch.logsumexp(log_w, 0), torch.logsumexp(2.0 * log_w, 0)
-    rel_var = torch.expm1((b - 2.0 * a + math.log(k)).clamp_min(0.0))
-    return float(a) - math.log(k), math.sqrt(float(rel_var) / k)
-
-
-def plain_log_px(model: PlainVAE, images: Tensor, samples: int) -> tuple[Tensor, Tensor]:
-    """The plain evaluation: a loop over images, K samples of each; per-image log p̂(x) and
-    its Monte Carlo standard error, ``(N,)`` each."""
-    model.eval()
-    values, errors = torch.empty(len(images), dtype=torch.float64), torch.empty(len(images))
-    for i, x in enumerate(images):
-        values[i], errors[i] = log_mean_exp_with_stderr(model.log_weights(x, samples))
-    model.train()
-    return values, errors.double()
 
 
 # -- pythae ------------------------------------------------------------------------------------
@@ -228,6 +153,27 @@ def pythae_samples(samples: int, batch: int) -> tuple[int, int]:
     return batch, (samples // batch) * batch
 
 
+def pythae_step(model: Any, batches: Iterator[Any], dataset_size: int, lr: float) -> Step:
+    """The body of pythae's ``BaseTrainer.train_step`` loop (its ``_optimizers_step`` and
+    NaN check), without the trainer's callbacks."""
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, centered=True)
+
+    def step() -> tuple[int, float]:
+        inputs = next(batches)
+        if isinstance(inputs, Tensor):  # a batch cut by indexing
+            inputs = DatasetOutput(data=inputs.view(-1, *IMAGE_SHAPE))
+        output = model(inputs, epoch=1, dataset_size=dataset_size, uses_ddp=False)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        loss = output.loss.item()
+        if loss != loss:
+            raise ArithmeticError("NaN detected in train loss")
+        return inputs["data"].shape[0], loss
+
+    return step
+
+
 # -- weights shared between the implementations ---------------------------------------------
 def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
@@ -254,21 +200,13 @@ def copy_weights(source: nn.Module, target: nn.Module) -> None:
             b.bias.copy_(a.bias)
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def same_noise_losses(
     trainer: VAETrainer, plain: PlainVAE, pythae: Any | None, x: Tensor, seed: int
 ) -> dict[str, float]:
     """−ELBO of the batch ``x`` for each implementation, every one drawing its noise right
     after ``torch.manual_seed(seed)``: equal (to float32 rounding) iff the models are."""
-    out: dict[str, float] = {}
-    torch.manual_seed(seed)
-    out["vilab"] = -float(vae_objective(trainer.vae, x, trainer.config.objective).value.mean())
-    torch.manual_seed(seed)
-    out["plain"] = float(plain.loss(x))
+    out = {"vilab": neg_elbo(trainer, x, seed), "plain": neg_elbo(plain, x, seed)}
     if pythae is not None:
         torch.manual_seed(seed)
         out["pythae"] = float(pythae(DatasetOutput(data=x.view(-1, *IMAGE_SHAPE))).loss)
@@ -282,21 +220,6 @@ def describe_losses(losses: dict[str, float]) -> str:
 
 
 # -- part (a): training throughput -----------------------------------------------------------
-def cycle(loader: Iterable[Any]) -> Iterator[Any]:
-    """Batches of ``loader`` without end, a new shuffled epoch each pass."""
-    while True:
-        yield from loader
-
-
-def indexed_batches(data: Tensor, batch: int) -> Iterator[Tensor]:
-    """Shuffled batches cut by plain tensor indexing, epoch after epoch."""
-    while True:
-        perm = torch.randperm(len(data))
-        for i in range(0, len(data), batch):
-            yield data[perm[i : i + batch]]
-
-
-Step = Callable[[], tuple[int, float]]  # one optimizer step -> (images, loss)
 SHORT = {
     "pythae": "pythae",
     "pythae_indexed": "pythae (indexing)",
@@ -305,73 +228,15 @@ SHORT = {
 }
 
 
-def time_block(step: Step, n: int) -> tuple[float, float]:
-    """Images per second over ``n`` consecutive steps, and their mean loss."""
-    images, loss = 0, 0.0
-    t0 = time.perf_counter()
-    for _ in range(n):
-        b, value = step()
-        images += b
-        loss += value
-    return images / (time.perf_counter() - t0), loss / n
-
-
-@dataclasses.dataclass
-class Row:
-    """One implementation in a timing table."""
-
-    label: str
-    rates: list[float] = dataclasses.field(default_factory=list)
-    losses: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
-
-
-def vilab_step(trainer: VAETrainer) -> Step:
-    def step() -> tuple[int, float]:
-        images = trainer.data.train.indices(trainer.step).numel()
-        return images, -trainer.train_step()["bound"]
-
-    return step
-
-
 def plain_step(model: PlainVAE, batches: Iterator[Any], lr: float) -> Step:
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, centered=True)
+    """The plain loop's step, its loss read back (``loss.item()``) as a loop that logs it."""
+    step = vae_step(model, plain_optimizer(model, "rmsprop", lr), batches)
 
-    def step() -> tuple[int, float]:
-        x = next(batches)
-        if isinstance(x, list | tuple):  # a TensorDataset yields (x,)
-            (x,) = x
-        loss = model.loss(x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return x.shape[0], loss.item()
+    def read() -> tuple[int, float]:
+        images, loss = step()
+        return images, loss.item()
 
-    return step
-
-
-def pythae_step(model: Any, batches: Iterator[Any], dataset_size: int, lr: float) -> Step:
-    """The body of pythae's ``BaseTrainer.train_step`` loop (its ``_optimizers_step`` and
-    NaN check), without the trainer's callbacks."""
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, centered=True)
-
-    def step() -> tuple[int, float]:
-        inputs = next(batches)
-        if isinstance(inputs, Tensor):  # a batch cut by indexing
-            inputs = DatasetOutput(data=inputs.view(-1, *IMAGE_SHAPE))
-        output = model(inputs, epoch=1, dataset_size=dataset_size, uses_ddp=False)
-        optimizer.zero_grad()
-        output.loss.backward()
-        optimizer.step()
-        loss = output.loss.item()
-        if loss != loss:
-            raise ArithmeticError("NaN detected in train loss")
-        return inputs["data"].shape[0], loss
-
-    return step
+    return read
 
 
 @dataclasses.dataclass
@@ -385,34 +250,34 @@ class Models:
     test: Tensor
 
 
-def build_models(config: TrainConfig, data: VAEData) -> Models:
-    trainer = VAETrainer(config, data)
+def build_models(s: common.Seed004) -> Models:
+    trainer = s.trainer("mean_field")
     plain = PlainVAE()
     copy_weights(trainer.vae, plain)
     pythae = None
     if PYTHAE_ERROR is None:
         pythae = build_pythae()
         copy_weights(trainer.vae, pythae)
-    train = data.train.dataset.tensor()
-    return Models(trainer, plain, pythae, train, data.test)
+    train = s.data.train.dataset.tensor()
+    return Models(trainer, plain, pythae, train, s.data.test)
 
 
-def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dict[str, Any]:
+def part_a(models: Models, args: argparse.Namespace) -> dict[str, Any]:
     """Times one training step of each implementation, rows alternating; prints the table."""
+    config = models.trainer.config
     batch, lr = config.data.batch_size, config.optim.lr
     if config.optim.name != "rmsprop":
         raise ValueError(f"seed 004 uses RMSprop; the preset says {config.optim.name!r}")
     train = models.train
     x0 = train[:batch]
     check = same_noise_losses(models.trainer, models.plain, models.pythae, x0, args.seed)
-    counts = {"vilab": parameter_count(models.trainer.vae), "plain": parameter_count(models.plain)}
-    if models.pythae is not None:
-        counts["pythae"] = parameter_count(models.pythae)
+    named = {"vilab": models.trainer.vae, "plain": models.plain, "pythae": models.pythae}
+    counts = {k: common.parameter_count(m) for k, m in named.items() if m is not None}
 
     plain_indexed = PlainVAE()
     copy_weights(models.trainer.vae, plain_indexed)
     steps: dict[str, tuple[Row, Step]] = {
-        "vilab": (Row("vilab: `VAETrainer.train_step()`"), vilab_step(models.trainer)),
+        "vilab": (Row("vilab: `VAETrainer.train_step()`"), common.vilab_step(models.trainer)),
     }
     if models.pythae is not None:
         dataset = BaseDataset(train.view(-1, *IMAGE_SHAPE), torch.zeros(len(train)))
@@ -427,7 +292,7 @@ def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dic
         copy_weights(models.trainer.vae, pythae_indexed)
         steps["pythae_indexed"] = (
             Row("pythae model, batches by tensor indexing (reference)"),
-            pythae_step(pythae_indexed, indexed_batches(train, batch), len(train), lr),
+            pythae_step(pythae_indexed, shuffled_batches(train, batch), len(train), lr),
         )
     loader = DataLoader(TensorDataset(train), batch_size=batch, shuffle=True)
     steps["plain"] = (
@@ -436,7 +301,7 @@ def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dic
     )
     steps["plain_indexed"] = (
         Row("plain loop, batches by tensor indexing"),
-        plain_step(plain_indexed, indexed_batches(train, batch), lr),
+        plain_step(plain_indexed, shuffled_batches(train, batch), lr),
     )
 
     print("## (a) Training throughput, seed 004's mean-field VAE\n")
@@ -459,23 +324,19 @@ def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dic
     print(flush=True)
 
     for _, step in steps.values():
-        time_block(step, args.speed_warmup)
-    names = list(steps)
-    for r in range(args.speed_rounds):
-        for name in common.rotated(names, r):
-            row, step = steps[name]
-            rate, loss = time_block(step, args.speed_steps)
-            row.rates.append(rate)
-            row.losses.append(loss)
-        print(
-            f"  round {r + 1}/{args.speed_rounds}: "
-            + ", ".join(f"{n} {steps[n][0].rates[-1]:.0f}" for n in names)
-            + " images/s",
-            file=sys.stderr,
-            flush=True,
-        )
-
+        common.time_block(step, args.speed_warmup)
     rows = {name: row for name, (row, _) in steps.items()}
+    common.race(
+        rows,
+        {name: step for name, (_, step) in steps.items()},
+        args.speed_rounds,
+        args.speed_steps,
+        progress=lambda r: (
+            f"  round {r + 1}/{args.speed_rounds}: "
+            + ", ".join(f"{n} {row.rates[-1]:.0f}" for n, row in rows.items())
+            + " images/s"
+        ),
+    )
     print("| implementation | images/s (median) | ms/step | min–max images/s | −ELBO, last round |")
     print("|---|---:|---:|---:|---:|")
     for row in rows.values():
@@ -509,30 +370,6 @@ def part_a(models: Models, args: argparse.Namespace, config: TrainConfig) -> dic
 
 
 # -- part (b): importance-sampled log p(x) ---------------------------------------------------
-@dataclasses.dataclass
-class Estimate:
-    """Per-round mean log p̂(x) over the round's images and its MC standard error."""
-
-    label: str
-    means: list[float] = dataclasses.field(default_factory=list)
-    stderrs: list[float | None] = dataclasses.field(default_factory=list)
-    seconds_per_1000: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.means)
-
-    @property
-    def stderr(self) -> float | None:
-        if any(s is None for s in self.stderrs):
-            return None
-        return common.combined_stderr([s for s in self.stderrs if s is not None])
-
-    @property
-    def median_seconds(self) -> float:
-        return statistics.median(self.seconds_per_1000)
-
-
 def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
     """Times and compares the three log p(x) estimators on the same weights."""
     vae, plain, pythae = models.trainer.vae, models.plain, models.pythae
@@ -556,15 +393,16 @@ def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
             + (f"; draws {p_samples} samples" if p_samples != k else "")
         )
 
-    def run_vilab(images: Tensor) -> tuple[float, float | None]:
+    # each runs after torch.manual_seed(seed), the seed of the round
+    def run_vilab(images: Tensor, seed: int) -> tuple[float, float | None]:
         r = evaluate(vae, images, k, chunk, batch)
         return r["log_px"], r["log_px_stderr"]
 
-    def run_plain(images: Tensor) -> tuple[float, float | None]:
+    def run_plain(images: Tensor, seed: int) -> tuple[float, float | None]:
         values, errors = plain_log_px(plain, images, k)
         return float(values.mean()), common.combined_stderr(errors.tolist())
 
-    def run_pythae(images: Tensor) -> tuple[float, float | None]:
+    def run_pythae(images: Tensor, seed: int) -> tuple[float, float | None]:
         pythae.eval()
         with torch.no_grad():
             value = pythae.get_nll(images.view(-1, *IMAGE_SHAPE), n_samples=k, batch_size=p_batch)
@@ -585,26 +423,20 @@ def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
     if pythae is None:
         print(f"pythae unavailable: {PYTHAE_ERROR}")
     print(flush=True)
-    for r in range(rounds):
-        images = models.test[r * n : (r + 1) * n]
-        for name in common.rotated(names, r):
-            torch.manual_seed(args.seed + 1000 * r)
-            t0 = time.perf_counter()
-            mean, se = runners[name](images)
-            seconds = time.perf_counter() - t0
-            est = estimates[name]
-            est.means.append(mean)
-            est.stderrs.append(se)
-            est.seconds_per_1000.append(1e3 * seconds / n)
-        print(
+    common.race_estimates(
+        estimates,
+        runners,
+        rounds,
+        lambda r: models.test[r * n : (r + 1) * n],
+        args.seed,
+        progress=lambda r: (
             f"  round {r + 1}/{rounds}: "
             + ", ".join(
                 f"{m} {estimates[m].means[-1]:.3f} ({estimates[m].seconds_per_1000[-1]:.2f} s/1000)"
                 for m in names
-            ),
-            file=sys.stderr,
-            flush=True,
-        )
+            )
+        ),
+    )
 
     # pythae gives no error: its draws have the variance of vilab's (same q, same K).
     def stderr_of(name: str) -> float:
@@ -676,9 +508,9 @@ def part_b(models: Models, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- part (c): test NLL of seed 004's configurations -----------------------------------------
-def part_c(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
+def part_c(setup: common.Seed004) -> dict[str, Any]:
     """Trains seed 004's mean-field and IAF presets with ``train_vae``; prints the table."""
-    results: dict[str, Any] = {}
+    args, results = setup.args, {}
     s = args.test_samples
     extra = [f"eval.samples={s}", f"eval.chunk={min(args.eval_chunk, s)}"]
     extra.append(f"eval.batch={args.eval_batch}")
@@ -688,8 +520,8 @@ def part_c(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
         extra += ["eval.valid_images=100", f"eval.valid_samples={s}"]
         extra += [f"eval_every={args.steps}", f"checkpoint_every={args.steps}"]
     print("## (c) Test NLL of seed 004's presets, static binarized MNIST\n", flush=True)
-    for name in CONFIGS:
-        config = seed004_config(name, args.threads, args.seed, data_dir, extra)
+    for name in SEED004:
+        config = setup.config(name, extra)
         data = load_vae_data(config.data, config.seed)
         if args.quick:
             data = dataclasses.replace(data, valid=data.valid[:100], test=data.test[:100])
@@ -700,9 +532,8 @@ def part_c(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
-        t0 = time.perf_counter()
-        metrics = train_vae(config, run_dir, progress=sys.stderr.isatty(), data=data)
-        metrics["wall_seconds"] = time.perf_counter() - t0
+        train = partial(train_vae, config, run_dir, progress=sys.stderr.isatty(), data=data)
+        (metrics,), metrics["wall_seconds"] = common.time_block(train)
         results[name] = metrics
     print(
         f"Each preset as `vilab train --config configs/vae_seed004_<name>.yaml` runs it "
@@ -791,21 +622,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.add_argument("--speed-steps", type=int, help="steps per timed block [300; quick: 5]")
     a.add_argument("--speed-rounds", type=int, help="alternating rounds [5; quick: 2]")
     b = p.add_argument_group("part (b): log p(x)")
-    b.add_argument("--eval-samples", type=int, help="importance samples K [1000; quick: 10]")
-    b.add_argument("--eval-images", type=int, help="test images per round [200; quick: 50]")
-    b.add_argument("--eval-rounds", type=int, help="alternating rounds [5; quick: 2]")
-    b.add_argument(
-        "--eval-batch",
-        type=int,
-        default=10,
-        help="vilab `evaluate`: images at once, (b) and (c) [10]",
-    )
-    b.add_argument(
-        "--eval-chunk",
-        type=int,
-        default=100,
-        help="vilab `evaluate`: samples at once, (b) and (c) [100]",
-    )
+    evals = common.eval_options(b, (50, 200), (2, 5), "(b) and (c)", 10, 100, "vilab ")
     b.add_argument("--pythae-batch", type=int, default=100, help="get_nll batch_size [100]")
     b.add_argument(
         "--pretrain-steps",
@@ -822,9 +639,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "speed_warmup": (2, 50),
         "speed_steps": (5, 300),
         "speed_rounds": (2, 5),
-        "eval_samples": (10, 1000),
-        "eval_images": (50, 200),
-        "eval_rounds": (2, 5),
+        **evals,
         "pretrain_steps": (12, 1550),
         "steps": (5, None),
         "test_samples": (10, 5000),
@@ -840,22 +655,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     parts = PARTS[args.part]
-    data_dir = common.default_data_dir(args.data_dir)
+    setup = common.Seed004(args)
     out = common.start("vilab MNIST benchmark", args, f"pythae {pythae_version()}")
     out["pythae_error"] = PYTHAE_ERROR
     torch.manual_seed(args.seed)
     if "a" in parts or "b" in parts:
-        config = seed004_config("mean_field", args.threads, args.seed, data_dir)
-        data = load_vae_data(config.data, config.seed)
-        n_train, n_test = len(data.train.dataset), len(data.test)
+        n_train, n_test = len(setup.data.train.dataset), len(setup.data.test)
         print(
-            f"Data: static binarized MNIST from {data_dir or 'the vilab cache'}: "
+            f"Data: static binarized MNIST from {setup.data_dir or 'the vilab cache'}: "
             f"{n_train:,} training / {n_test:,} test images.\n",
             flush=True,
         )
-        models = build_models(config, data)
+        models = build_models(setup)
         if "a" in parts:
-            out["a"] = part_a(models, args, config)
+            out["a"] = part_a(models, args)
         elif args.pretrain_steps:
             print(f"Training vilab for {args.pretrain_steps} steps first …\n", flush=True)
             for _ in range(args.pretrain_steps):
@@ -863,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if "b" in parts:
             out["b"] = part_b(models, args)
     if "c" in parts:
-        out["c"] = part_c(args, data_dir)
+        out["c"] = part_c(setup)
     common.report_goals(out, goals(out, args), args.json)
 
 

@@ -84,13 +84,14 @@ from common import REPO, data_override, goal_line, join_notes, plural
 from torch import Tensor
 
 from vilab.build import build_family
+from vilab.commands.train import train_vae
 from vilab.config import FitConfig, TrainConfig, load_fit_config, load_train_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.data.vae_data import load_vae_data
 from vilab.evaluation import evaluate, evaluate_ais
+from vilab.evaluation.fit import kl_bracket
 from vilab.families.semi_implicit import SemiImplicit
-from vilab.train.fit import Fitter, semi_implicit_kl
-from vilab.train.vae import train_vae
+from vilab.train.fit import Fitter
 from vilab.vae import VAE, build_vae
 
 IAF_CONFIG = REPO / "configs" / "vae_seed004_iaf.yaml"
@@ -189,7 +190,7 @@ def reevaluate_uivi(config: FitConfig, run_dir: Path, log_z: float, k: int) -> d
         raise TypeError(f"expected a SemiImplicit family, got {type(family).__name__}")
     family.log_q_samples = k
     torch.manual_seed(config.seed + 1)
-    return semi_implicit_kl(family, fitter.target, log_z, config)
+    return kl_bracket(family, fitter.target, log_z, config.eval_samples)
 
 
 def run_kl_fit(kind: str, target: str, recipe: KLRecipe) -> KLResult:

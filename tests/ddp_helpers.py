@@ -11,10 +11,10 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from vilab.commands.train import train_vae
 from vilab.config import load_train_config
 from vilab.distributed import World, shutdown, world_from_env
 from vilab.evaluation import evaluate, evaluate_ais
-from vilab.commands.train import train_vae
 from vilab.train.vae import VAETrainer
 
 

@@ -14,12 +14,12 @@ from ddp_helpers import run_ranks, train_and_evaluate, train_runs
 from tiny_vae import TINY_VAE
 
 from vilab.cli import _without_nproc
+from vilab.commands.train import train_vae
 from vilab.config import load_train_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.data import Batches, load_dataset
 from vilab.data.binarize import derive_seed
 from vilab.evaluation import evaluate, evaluate_ais
-from vilab.commands.train import train_vae
 from vilab.train.vae import VAETrainer
 
 SMALL = [

@@ -11,10 +11,10 @@ import yaml
 from tiny_vae import TINY_VAE
 
 from vilab.cli import main
+from vilab.commands.train import train_vae
 from vilab.config import load_train_config
 from vilab.core.progress import Progress, duration
 from vilab.evaluation import FINAL_EVAL_HINT, evaluate, evaluate_ais
-from vilab.commands.train import train_vae
 from vilab.vae import build_vae
 
 SMALL = [*TINY_VAE, "posterior.hidden=[16]", "eval.valid_images=50", "eval.valid_samples=5"]

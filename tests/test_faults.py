@@ -21,13 +21,13 @@ from tiny_vae import SMALL_RUN
 import vilab.core.io as io_module
 import vilab.train.run as run_module
 import vilab.train.vae as loop_module
+from vilab.build import target_from_config
+from vilab.commands.fit import run_fit
+from vilab.commands.train import train_vae
 from vilab.config import load_fit_config, load_train_config
 from vilab.core.checkpoint import load_checkpoint, save_checkpoint
 from vilab.estimators.objectives import Objective
-from vilab.build import target_from_config
-from vilab.commands.fit import run_fit
 from vilab.train.guard import GoodCheckpoints
-from vilab.commands.train import train_vae
 from vilab.train.vae import VAETrainer
 
 REPO = Path(__file__).resolve().parents[1]

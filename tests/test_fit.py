@@ -9,13 +9,13 @@ import signal
 import pytest
 import torch
 
+from vilab.build import target_from_config
+from vilab.commands.fit import run_fit
 from vilab.config import load_fit_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.estimators.kl import exact_kl
 from vilab.families import FullRankGaussian
 from vilab.targets.base import CallableTarget, TargetError
-from vilab.build import target_from_config
-from vilab.commands.fit import run_fit
 from vilab.train.fit import Fitter
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
@@ -139,7 +139,7 @@ def final_params(run_dir) -> dict[str, torch.Tensor]:
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch) -> None:
     overrides = small("target.name=U1", "family.kind=sylvester_orthogonal", "figures=false")
     cfg = load_fit_config(overrides=overrides)
-    run_fit(cfg, tmp_path / "straight", progress=False, tensorboard=False).metrics
+    run_fit(cfg, tmp_path / "straight", progress=False, tensorboard=False)
 
     original = Fitter.train_step
 
@@ -167,7 +167,7 @@ def test_a_target_that_is_always_nan_stops_with_a_clear_error(monkeypatch, tmp_p
     target = target_from_config(cfg.target)
     monkeypatch.setattr(target, "log_prob", lambda z, c=None: z.sum(-1) * math.nan)
     with pytest.raises(TargetError, match="target 'U1'"):
-        run_fit(cfg, tmp_path, progress=False, target=target, tensorboard=False).metrics
+        run_fit(cfg, tmp_path, progress=False, target=target, tensorboard=False)
 
 
 def test_amortized_fit_on_the_banana_family_reports_unseen_contexts(tmp_path) -> None:
@@ -193,11 +193,17 @@ def test_user_target_in_five_dimensions(tmp_path) -> None:
         return -0.5 * (z**2).sum(-1)
 
     cfg = load_fit_config(overrides=small("family.kind=full_rank", "figures=true"))
-    unknown = run_fit(cfg, tmp_path / "a", progress=False, target=CallableTarget(logp, 5), tensorboard=False).metrics
+    unknown = run_fit(
+        cfg, tmp_path / "a", progress=False, target=CallableTarget(logp, 5), tensorboard=False
+    ).metrics
     assert unknown["kl"] is None and math.isfinite(unknown["elbo"])
     known_z = 2.5 * math.log(2 * math.pi)
     known = run_fit(
-        cfg, tmp_path / "b", progress=False, target=CallableTarget(logp, 5, log_z=known_z), tensorboard=False
+        cfg,
+        tmp_path / "b",
+        progress=False,
+        target=CallableTarget(logp, 5, log_z=known_z),
+        tensorboard=False,
     ).metrics
     assert known["kl"] > -3 * known["kl_stderr"] and known["log_z"] == known_z
     assert (tmp_path / "b" / "training.png").is_file()

@@ -15,15 +15,15 @@ from tiny_vae import SMALL_RUN
 import vilab.core.device as device_module
 import vilab.train.optim as optim_module
 import vilab.train.vae as loop_module
+from vilab.commands.train import train_vae
 from vilab.config import ConfigError, load_fit_config, load_train_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.core.device import fork_rng, resolve_device, rng_state, set_rng_state
 from vilab.estimators.objectives import Objective
 from vilab.evaluation import eval_sizes, evaluate
 from vilab.train.guard import ema_update_if_finite, step_if_finite
-from vilab.train.rundir import config_changes
-from vilab.commands.train import train_vae
 from vilab.train.optim import load_optimizer_state
+from vilab.train.rundir import config_changes
 from vilab.train.vae import VAETrainer
 
 SMALL = SMALL_RUN

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from vilab.commands.fit import run_fit
 from vilab.config import load_fit_config, load_train_config
 from vilab.families.semi_implicit import SemiImplicit
-from vilab.commands.fit import run_fit
 from vilab.train.fit import Fitter
 from vilab.vae import build_vae, vae_objective
 

@@ -16,6 +16,7 @@ from vilab.build import family_from_config, target_from_config
 from vilab.cli import _fit_overrides, build_parser, main
 from vilab.config import ConfigError, load_fit_config
 from vilab.estimators.kl import exact_kl
+from vilab.evaluation.fit import eval_context_rows, evaluate_fit
 from vilab.families.gaussian import MeanFieldGaussian
 from vilab.flows import FlowFamily, SupportTransform, parse_support
 from vilab.flows.support import support_flow
@@ -26,7 +27,6 @@ from vilab.targets.base import (
     with_support,
 )
 from vilab.targets.resolve import resolve_target
-from vilab.evaluation.fit import eval_context_rows, evaluate_fit
 from vilab.train.faults import check_target
 from vilab.train.fit import Fitter
 
@@ -318,7 +318,9 @@ def test_the_float64_recheck_leaves_an_overflow_of_the_family_to_the_guard() -> 
     huge = torch.tensor([[3e19, 0.0], [1.0, 0.0]])
     log_p = fitter.target.log_prob(huge)  # z² overflows float32: −inf, but not the target's
     assert bool(torch.isneginf(log_p[0]))
-    assert check_target(fitter.target, log_p, huge, None, 0) is None  # the guard's: a blown-up family
+    assert (
+        check_target(fitter.target, log_p, huge, None, 0) is None
+    )  # the guard's: a blown-up family
     gamma = Fitter(cfg, target=CallableTarget(gamma2, 2, "gamma2", support="positive"))
     outside = torch.tensor([[-1.0, 2.0], [1.0, 1.0]])
     with pytest.raises(TargetError, match=r"1 of 2 samples.*z = \[-1, 2\].*inside its stated"):

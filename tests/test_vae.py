@@ -10,10 +10,10 @@ import torch
 from tiny_vae import TINY_VAE
 
 from vilab.cli import main
+from vilab.commands.train import train_vae
 from vilab.config import load_train_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.evaluation import evaluate
-from vilab.commands.train import train_vae
 from vilab.train.vae import VAETrainer
 from vilab.vae import build_vae, vae_objective
 
