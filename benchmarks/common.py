@@ -557,7 +557,7 @@ def vilab_step(trainer: VAETrainer, log_value: bool = True) -> Step:
 
     def step() -> tuple[int, float | None]:
         images = trainer.data.train.global_size(trainer.step)
-        bound = trainer.train_step(log_value=log_value)["bound"]
+        bound = trainer.train_step(log_value=log_value).values["bound"]
         return images, -bound if log_value else None
 
     return step

@@ -460,7 +460,7 @@ def part_precision(s: Setup) -> dict[str, Any]:
 
     def train_and_test(t: VAETrainer) -> dict[str, Any]:
         steps = args.precision_steps
-        bounds, seconds = common.time_block(lambda: t.train_step()["bound"], steps, device)
+        bounds, seconds = common.time_block(lambda: t.train_step().values["bound"], steps, device)
         seed, chunk, batch = args.seed + 5, args.eval_chunk, args.eval_batch
         (r,), eval_seconds = common.time_block(
             lambda: evaluate(t.eval_vae, x, k, chunk, batch, seed=seed), 1, device
@@ -578,7 +578,7 @@ def part_seed002(s: Setup, budget: float, note: str) -> dict[str, Any]:
         log = trainer.step % 50 == 0
         r = trainer.train_step(log_value=log)
         if log:
-            bounds.append(r["bound"])
+            bounds.append(r.values["bound"])
         if wall >= next_eval:
             validate()
             next_eval = clock() - t_start + args.seed002_every

@@ -46,8 +46,8 @@ from torch import Tensor
 
 import vilab
 from vilab.targets import Target, resolve_target
-from vilab.targets.base import CallableTarget
 from vilab.targets.grid import grid_log_z
+from vilab.targets.user import CallableTarget
 
 VILAB_TARGETS = ("U1", "U2", "U3", "U4", "banana")
 NORMFLOWS_TARGETS = {

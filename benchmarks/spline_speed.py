@@ -47,7 +47,7 @@ import torch
 
 from vilab.config import load_fit_config
 from vilab.targets import Target, resolve_target
-from vilab.targets.base import CallableTarget
+from vilab.targets.user import CallableTarget
 from vilab.train.fit import Fitter
 
 PAIRS = {"autoregressive": ("spline_autoregressive", None), "coupling": ("spline_coupling", 2)}

@@ -453,7 +453,7 @@ def test_bad_bins_are_refused(bins):
 
 @pytest.mark.parametrize("bound", [0.0, -1.0, math.inf, math.nan])
 def test_bad_tail_bounds_are_refused(bound):
-    with pytest.raises(ValueError, match="tail_bound must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"tail_bound: Input should be (greater|a finite).*got"):
         build_flows("spline_coupling", 2, tail_bound=bound)
     with pytest.raises(ValueError, match="tail_bound must be a finite number > 0"):
         check_spline_options(8, bound)
@@ -461,7 +461,7 @@ def test_bad_tail_bounds_are_refused(bound):
 
 @pytest.mark.parametrize("units", [0, -1, 1.5])
 def test_bad_units_are_refused(units):
-    with pytest.raises(ValueError, match="units must be a positive integer"):
+    with pytest.raises(ValueError, match=r"units: Input should be .*\(got"):
         build_flows("naf", 2, units=units)
 
 

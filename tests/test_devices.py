@@ -52,6 +52,7 @@ from vilab.config import (
     PosteriorConfig,
     TrainConfig,
 )
+from vilab.core.support import parse_support
 from vilab.estimators.ais import ais
 from vilab.estimators.elbo import annealed_elbo_surrogate, elbo, iwae
 from vilab.estimators.importance import effective_sample_size, kl_estimate, log_mean_exp_stderr
@@ -262,7 +263,7 @@ def make_family(kind: str, amortized: bool, support: object = None, dim: int = D
         train_log_q_samples=4,
         stack=STACK,
     )
-    family = family_from_config(cfg, dim, C if amortized else None, support)
+    family = family_from_config(cfg, dim, C if amortized else None, parse_support(support, dim))
     with torch.no_grad():
         for p in family.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -15,7 +15,8 @@ from vilab.config import load_fit_config
 from vilab.core.checkpoint import load_checkpoint
 from vilab.estimators.kl import exact_kl
 from vilab.families import FullRankGaussian
-from vilab.targets.base import CallableTarget, TargetError
+from vilab.targets.base import TargetError
+from vilab.targets.user import CallableTarget
 from vilab.train.fit import Fitter
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)

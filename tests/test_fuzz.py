@@ -22,7 +22,7 @@ from vilab.cli import main
 from vilab.config import ConfigError, load_fit_config, load_train_config
 from vilab.core.checkpoint import load_checkpoint, save_checkpoint
 from vilab.data.mnist import clear_cache, load_mnist, parse_amat, parse_idx_images, read_file
-from vilab.targets.base import CallableTarget, validate_log_prob
+from vilab.targets.user import CallableTarget, validate_log_prob
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

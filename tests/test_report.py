@@ -16,8 +16,8 @@ from vilab.families.base import Family
 from vilab.families.gaussian import StandardNormal
 from vilab.report import KL_EXACT, KL_IS, format_card, report_card
 from vilab.targets import BUILTIN_TARGETS
-from vilab.targets.base import CallableTarget
 from vilab.targets.suite import SUITE, SquareMixture
+from vilab.targets.user import CallableTarget
 
 USER_TARGET = '''
 import torch

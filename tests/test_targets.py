@@ -15,9 +15,10 @@ from vilab.targets import (
     default_eval_contexts,
     resolve_target,
 )
-from vilab.targets.base import CallableTarget, validate_box
+from vilab.targets.base import validate_box
 from vilab.targets.energies import u1, u2, u3, u4
 from vilab.targets.grid import grid_log_z
+from vilab.targets.user import CallableTarget
 
 REFERENCE_LOG_Z = {"U1": 1.877502, "U2": 2.082089, "U3": 2.641705, "U4": 2.710698, "banana": 0.0}
 

@@ -18,7 +18,7 @@ from vilab.config import FAMILY_KINDS, load_fit_config, load_train_config
 from vilab.estimators.elbo import beta_at
 from vilab.families.base import AtContext, Family, TrainingSample
 from vilab.families.gaussian import MeanFieldGaussian
-from vilab.targets.base import CallableTarget
+from vilab.targets.user import CallableTarget
 from vilab.train.fit import Fitter
 from vilab.train.vae import VAETrainer
 from vilab.vae import build_vae, vae_objective

@@ -20,13 +20,9 @@ from vilab.evaluation.fit import eval_context_rows, evaluate_fit
 from vilab.families.gaussian import MeanFieldGaussian
 from vilab.flows import FlowFamily, SupportTransform, parse_support
 from vilab.flows.support import support_flow
-from vilab.targets.base import (
-    CallableTarget,
-    SupportWarning,
-    TargetError,
-    with_support,
-)
+from vilab.targets.base import TargetError
 from vilab.targets.resolve import resolve_target
+from vilab.targets.user import CallableTarget, SupportWarning, with_support
 from vilab.train.faults import check_target
 from vilab.train.fit import Fitter
 
@@ -236,19 +232,21 @@ def test_the_config_keeps_a_support_as_yaml_can_write_it() -> None:
 
 def test_a_family_with_a_support_ends_in_the_bijection() -> None:
     cfg = load_fit_config(overrides=["family.kind=planar", "family.layers=2"])
-    flows = family_from_config(cfg.family, 2, support="positive").flows
+    flows = family_from_config(cfg.family, 2, support=parse_support("positive", 2)).flows
     assert isinstance(flows[-1], SupportTransform) and len(flows) == 2
     mean_field = load_fit_config(overrides=["family.kind=mean_field"]).family
-    q = family_from_config(mean_field, 2, support=[[0, 1], [None, None]])
+    q = family_from_config(mean_field, 2, support=parse_support([[0, 1], [None, None]], 2))
     assert isinstance(q, FlowFamily) and isinstance(q.base, MeanFieldGaussian)
-    amortized = family_from_config(cfg.family, 2, 3, support="positive")
+    amortized = family_from_config(cfg.family, 2, 3, support=parse_support("positive", 2))
     z, _ = amortized.rsample_and_log_prob(5, torch.randn(4, 3))
     assert z.shape == (5, 4, 2) and bool((z > 0).all())
     with pytest.raises(ValueError, match="uivi.*support"):
         family_from_config(
-            load_fit_config(overrides=["family.kind=uivi"]).family, 2, None, "positive"
+            load_fit_config(overrides=["family.kind=uivi"]).family, 2, None, ((0.0, math.inf),) * 2
         )
-    assert support_flow("real", 2) is None
+    assert support_flow(None) is None
+    with pytest.raises(TypeError, match="normal form"):
+        SupportTransform([[0, 1]])  # type: ignore[arg-type]
 
 
 # -- 2. a target on (0, ∞)²: fitted with a support, blamed without --------------------------

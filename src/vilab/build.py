@@ -15,6 +15,8 @@ from typing import Any
 from torch import Tensor
 
 from vilab.config import FAMILY_KINDS, FLOW_KINDS, FamilyConfig, FlowConfig, TargetConfig
+from vilab.config.base import validated
+from vilab.core.support import Bounds, describe_support
 from vilab.families.base import Family
 from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
 from vilab.families.semi_implicit import SemiImplicit
@@ -26,10 +28,11 @@ from vilab.flows.naf import NeuralAutoregressive
 from vilab.flows.planar import Planar
 from vilab.flows.radial import Radial
 from vilab.flows.spline import SplineAutoregressive, SplineCoupling
-from vilab.flows.support import describe_support, support_flow
+from vilab.flows.support import support_flow
 from vilab.flows.sylvester import Sylvester
-from vilab.targets.base import Target, with_support
+from vilab.targets.base import Target
 from vilab.targets.resolve import BUILTIN_TARGETS, resolve_target
+from vilab.targets.user import with_support
 
 __all__ = [
     "BASES",
@@ -123,13 +126,13 @@ FAMILIES: dict[str, Callable[[FamilyConfig, int, int | None], Family]] = {
 
 
 def family_from_config(
-    cfg: FamilyConfig, dim: int, context_dim: int | None = None, support: object = None
+    cfg: FamilyConfig, dim: int, context_dim: int | None = None, support: Bounds | None = None
 ) -> Family:
     """The family a :class:`~vilab.config.FamilyConfig` describes, free (``context_dim``
     None) or amortized from a context of that size.
 
-    With a ``support`` (a target's: ``"positive"``, one ``(lo, hi)`` per coordinate, …;
-    :func:`vilab.flows.support.parse_support`) the family is built on R^D and followed by
+    With a ``support`` (a target's, in normal form: :func:`vilab.core.support.parse_support`)
+    the family is built on R^D and followed by
     the bijection T onto it (:class:`~vilab.flows.support.SupportTransform`).
 
     Raises:
@@ -137,7 +140,7 @@ def family_from_config(
             no flow to extend.
     """
     family = FAMILIES[cfg.kind](cfg, dim, context_dim)
-    onto = support_flow(support, dim)
+    onto = support_flow(support)
     if onto is None:
         return family
     if not family.exact_log_q:
@@ -152,8 +155,9 @@ def build_flows(
     kind: str, dim: int, context_dim: int | None = None, *, layers: int = 8, **options: Any
 ) -> list[Flow]:
     """The flow modules of one kind (:data:`FLOWS`), options as keywords of
-    :class:`~vilab.config.FlowConfig`."""
-    return FLOWS[kind](FlowConfig(kind=kind, layers=layers, **options), dim, context_dim)
+    :class:`~vilab.config.FlowConfig` (a :class:`~vilab.config.ConfigError` names a bad one)."""
+    cfg = validated(FlowConfig, kind=kind, layers=layers, **options)
+    return FLOWS[kind](cfg, dim, context_dim)
 
 
 def build_family(
@@ -162,12 +166,12 @@ def build_family(
     """A family by kind (:data:`FAMILIES`), options as keywords of
     :class:`~vilab.config.FamilyConfig` (``base``, ``hidden``, ``stack`` as a list of
     dicts, ``bins``, ``noise_dim``, …)."""
-    cfg = FamilyConfig(kind=kind, layers=layers, **options)
+    cfg = validated(FamilyConfig, kind=kind, layers=layers, **options)
     return family_from_config(cfg, dim, context_dim)
 
 
 def _builtin(cfg: TargetConfig) -> Target:
-    return resolve_target(cfg.name, cfg.dim)
+    return with_support(resolve_target(cfg.name, cfg.dim), cfg.support)
 
 
 def _python(cfg: TargetConfig, fn: Callable[..., Tensor] | str | None = None) -> Target:
@@ -209,12 +213,10 @@ def target_from_config(
 ) -> Target:
     """The target a :class:`~vilab.config.TargetConfig` describes — or ``given`` (a
     Target, or a callable described by the section's keys) — with its ``support`` stated
-    (:func:`vilab.targets.base.with_support`); a user's function is probed inside the
+    (:func:`vilab.targets.user.with_support`); a user's function is probed inside the
     support at load time."""
     if isinstance(given, Target):
-        target = given
-    elif given is not None:
-        target = _python(cfg, given)
-    else:
-        target = TARGETS[target_kind(cfg.name)](cfg)
-    return with_support(target, cfg.support)
+        return with_support(given, cfg.support)
+    if given is not None:
+        return _python(cfg, given)
+    return TARGETS[target_kind(cfg.name)](cfg)

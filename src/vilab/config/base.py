@@ -78,6 +78,15 @@ def _format_validation(err: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+def validated(model: type[M], **values: Any) -> M:
+    """``model`` from keyword values (a section built in Python), a
+    :class:`ConfigError` naming each bad key and value if they do not validate."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err)) from None
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = data

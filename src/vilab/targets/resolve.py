@@ -17,9 +17,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from vilab.targets.base import Box, CallableTarget, Target
+from vilab.targets.base import Box, Target
 from vilab.targets.energies import BUILTIN_TARGETS as ENERGY_TARGETS
 from vilab.targets.suite import SUITE_TARGETS
+from vilab.targets.user import CallableTarget
 
 #: Every built-in target by name: the 2-D energies and the suite.
 BUILTIN_TARGETS: dict[str, Callable[[], Target]] = {**ENERGY_TARGETS, **SUITE_TARGETS}
@@ -68,7 +69,7 @@ def resolve_target(
     the suite :data:`vilab.targets.suite.SUITE`), a user
     callable named ``module:function`` / ``file.py:function``, or the callable itself
     (``logp(z)``, or ``logp(z, c)`` for a target family), checked as it is loaded — inside
-    ``support`` where one is given (:func:`vilab.flows.support.parse_support`)."""
+    ``support`` where one is given (:func:`vilab.core.support.parse_support`)."""
     if callable(spec):
         name = getattr(spec, "__name__", "custom")
         return _callable_target(spec, name, dim, box, log_z, context_dim, context_range, support)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vilab.core.extras import MissingDependencyError, require
 from vilab.targets.base import Target
 from vilab.targets.energies import Banana
 from vilab.targets.reference import Reference, load_reference_json
@@ -240,21 +241,11 @@ class SquareMixture(Target):
         return self.means[k] + self.scale * eps
 
 
-class MissingDependencyError(ImportError, ValueError):
-    """An optional dependency is not installed (an ImportError, and a ValueError so that
-    the command line reports it like any other bad input)."""
-
-
 @functools.lru_cache(maxsize=1)
 def _breast_cancer() -> tuple[Tensor, Tensor]:
     """``(X (569, 30), y (569,))`` float64, features standardized on the full data."""
-    try:
-        from sklearn.datasets import load_breast_cancer
-    except ImportError:
-        raise MissingDependencyError(
-            "logistic_breast_cancer needs scikit-learn: pip install 'vilab[posteriors]'"
-        ) from None
-    data = load_breast_cancer()
+    datasets = require("sklearn.datasets", "posteriors", "logistic_breast_cancer", "scikit-learn")
+    data = datasets.load_breast_cancer()
     x = torch.as_tensor(data.data, dtype=torch.float64)
     x = (x - x.mean(0)) / x.std(0, correction=0)
     y = torch.as_tensor(data.target, dtype=torch.float64)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vilab.flows.support import describe_support
+from vilab.core.support import describe_support
 from vilab.targets.base import Target, TargetError
 
 
