@@ -360,7 +360,7 @@ def run_python_blocks(text: str) -> int:
 
 
 def test_python_blocks_run(in_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = vilab.fit  # the Python API (vilab.api), documented in "Library"
+    real = vilab.fit  # the Python API (vilab.commands.fit.fit), documented in "Library"
     monkeypatch.setattr(vilab, "fit", lambda *a, **kw: real(*a, **{**kw, **FAST_API}))
     monkeypatch.syspath_prepend(str(in_workdir))
     assert run_python_blocks(README_TEXT) >= 1

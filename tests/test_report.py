@@ -1,4 +1,4 @@
-"""The report card of a fit (vilab.report) and ``vilab compare`` (vilab.compare)."""
+"""The report card of a fit (vilab.report) and ``vilab compare`` (vilab.commands.compare)."""
 
 from __future__ import annotations
 
