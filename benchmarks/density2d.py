@@ -353,13 +353,13 @@ def part_b(args: argparse.Namespace) -> SpeedResult:
         f"max |Δz| = {dz:.1e}, max |Δ log det| = {dlogdet:.1e}.\n",
         flush=True,
     )
-    common.time_steps(fitter.train_step, warmup)
-    common.time_steps(normflows_step, warmup)
+    common.time_block(fitter.train_step, warmup)
+    common.time_block(normflows_step, warmup)
     result = SpeedResult()
     steppers = {"vilab": fitter.train_step, "normflows": normflows_step}
     for r in range(rounds):
         for name in common.rotated(list(steppers), r):
-            getattr(result, name).append(common.time_steps(steppers[name], steps))
+            getattr(result, name).append(steps / common.time_block(steppers[name], steps)[1])
         print(
             f"  round {r + 1}/{rounds}: vilab {result.vilab[-1]:.1f}, "
             f"normflows {result.normflows[-1]:.1f} steps/s",

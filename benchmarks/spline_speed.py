@@ -152,10 +152,12 @@ def run_pair(pair: str, args: argparse.Namespace, target: Target) -> SpeedResult
     )
     steppers = {"vilab": fitter.train_step, "zuko": zuko_step}
     for step in steppers.values():
-        common.time_steps(step, args.warmup)
+        common.time_block(step, args.warmup)
     for r in range(args.rounds):
         for name in common.rotated(list(steppers), r):
-            getattr(result, name).append(common.time_steps(steppers[name], args.steps))
+            getattr(result, name).append(
+                args.steps / common.time_block(steppers[name], args.steps)[1]
+            )
         print(
             f"  round {r + 1}/{args.rounds}: vilab {result.vilab[-1]:.1f}, "
             f"zuko {result.zuko[-1]:.1f} steps/s",

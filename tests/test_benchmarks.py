@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,20 @@ def test_fit_figures_record_a_failure_instead_of_raising(keep_threads, capsys):
     assert "planar on U1: diverged" in capsys.readouterr().err
     assert figures.cell(None, None) == "failed (FloatingPointError)"
     assert figures.status() == "FloatingPointError"
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in BENCHMARKS.glob("*.py")))
+def test_every_name_a_script_takes_from_the_shared_modules_exists(script):
+    """``common.X``, ``baselines.X`` and ``from common import X``: parts that the quick runs
+    here do not reach (the peers' sides need their own environment) still resolve."""
+    text = (BENCHMARKS / f"{script}.py").read_text()
+    for module in ("common", "baselines"):
+        shared = __import__(module)
+        used = set(re.findall(rf"\b{module}\.([A-Za-z_]\w*)", text))
+        for names in re.findall(rf"^from {module} import \(?([^)]*?)\)?$", text, re.M | re.S):
+            used |= {n.strip() for n in names.replace("\n", ",").split(",") if n.strip()}
+        missing = sorted(n for n in used - {"py"} if not hasattr(shared, n))  # not common.py
+        assert not missing, f"{script}.py uses {module}.{missing}, which does not exist"
 
 
 @pytest.mark.parametrize("script", ["density2d", "mnist", "uivi", "posteriors", "gpu"])
