@@ -167,6 +167,7 @@ def posteriordb_target(spec: str, db: str | os.PathLike[str] | None = None) -> A
     (``vilab.targets.stan.from_stan``), with ``reference_draws`` (a :class:`ReferenceDraws`
     or None) and ``posterior`` (the :class:`PosteriorInfo`) attached for the report."""
     import importlib
+    import inspect
 
     name = spec.removeprefix("posteriordb:")
     info = load_posterior(name, db)
@@ -179,7 +180,8 @@ def posteriordb_target(spec: str, db: str | os.PathLike[str] | None = None) -> A
             f"target {spec!r}: posteriordb posteriors are Stan models, and this vilab has no "
             "Stan support (vilab.targets.stan.from_stan)"
         ) from None
-    target = stan.from_stan(info.code, info.data, name=info.name)
+    named = "name" in inspect.signature(stan.from_stan).parameters
+    target = stan.from_stan(info.code, info.data, **({"name": info.name} if named else {}))
     target.reference_draws = info.reference
     target.posterior = info
     return target
