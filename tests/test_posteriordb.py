@@ -116,11 +116,21 @@ def test_w1_of_identical_sets_is_zero_and_of_a_shift_is_the_shift() -> None:
     assert wasserstein1(y, y + 2.0) == pytest.approx(2.0, rel=1e-9)
 
 
-@pytest.mark.parametrize(("n", "m"), [(30, 30), (20, 70), (25, 40)])
+@pytest.mark.parametrize(("n", "m"), [(30, 30), (20, 60), (45, 15), (20, 70), (25, 40)])
 def test_w1_matches_scipy_in_one_dimension(n, m) -> None:
     rng = np.random.default_rng(n + m)
     x, y = rng.normal(size=n), rng.gamma(2.0, size=m)
     assert wasserstein1(x, y) == pytest.approx(scipy.stats.wasserstein_distance(x, y), rel=1e-7)
+
+
+def test_w1_by_assignment_equals_the_linear_program(monkeypatch) -> None:
+    from vilab.estimators import reference
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(10, 4)), rng.standard_t(3, size=(50, 4))
+    by_assignment = wasserstein1(x, y)
+    monkeypatch.setattr(reference, "MAX_ASSIGNMENT", 0)
+    assert wasserstein1(x, y) == pytest.approx(by_assignment, rel=1e-9)
 
 
 def test_moment_errors_on_known_gaussians() -> None:
@@ -148,3 +158,24 @@ def test_pathfinder_score_a_perfect_q_sits_on_the_floor_and_a_shifted_one_above(
     assert good.w1 < 1.5 * good.floor and bad.w1 > good.floor + 1.0
     with pytest.raises(ValueError, match="needs 100 draws of q"):
         w1_vs_reference(ref[:50], ref)
+
+
+@needs_db
+def test_the_report_card_scores_q_against_reference_draws_on_the_constrained_scale() -> None:
+    pytest.importorskip("pyro")
+    import torch
+    from test_pyro import eight_schools
+
+    from vilab.build import build_family
+    from vilab.report import format_card, report_card
+    from vilab.targets.pyro import from_pyro
+
+    target = from_pyro(eight_schools)
+    target.reference_draws = load_posterior(CENTERED, DB).reference
+    torch.manual_seed(0)
+    card = report_card(build_family("mean_field", target.dim), target, samples=400)
+    r = card["reference_draws"]
+    assert r["names"] == list(target.param_names()) and r["w1_draws"] == 100
+    assert all(np.isfinite(r[k]) for k in ("mean_error_q", "sd_error_psis", "w1", "w1_floor"))
+    assert 0 < r["w1_floor"] < r["w1"]  # an untrained q is far from the posterior
+    assert "W1" in format_card(card)
