@@ -179,3 +179,23 @@ def test_the_report_card_scores_q_against_reference_draws_on_the_constrained_sca
     assert all(np.isfinite(r[k]) for k in ("mean_error_q", "sd_error_psis", "w1", "w1_floor"))
     assert 0 < r["w1_floor"] < r["w1"]  # an untrained q is far from the posterior
     assert "W1" in format_card(card)
+
+
+@needs_db
+def test_vilab_fit_posteriordb_option_reaches_the_builder(monkeypatch) -> None:
+    from vilab.build import target_from_config, target_kind
+    from vilab.cli.parser import _fit_overrides, build_parser
+    from vilab.config import load_fit_config
+
+    monkeypatch.delenv(ENV, raising=False)
+    args = build_parser().parse_args(
+        ["fit", "--target", f"posteriordb:{CENTERED}", "--posteriordb", DB]
+    )
+    cfg = load_fit_config(None, _fit_overrides(args))
+    assert cfg.target.posteriordb == DB and target_kind(cfg.target.name) == "posteriordb"
+    monkeypatch.setitem(sys.modules, "vilab.targets.stan", None)
+    with pytest.raises(ValueError, match="no Stan support"):
+        target_from_config(cfg.target)
+    cfg.target.name = "posteriordb:eight_schools"
+    with pytest.raises(ValueError, match="did you mean"):
+        target_from_config(cfg.target)

@@ -198,7 +198,8 @@ class PyroTarget(Target):
         flat = z.reshape(-1, self.dim)
         if flat.shape[0] == 0:
             return z.new_zeros(batch)
-        return sum(self.site_log_probs(flat).values()).reshape(batch)
+        # in z's dtype even where the model's data are wider (float64 data, float32 z)
+        return sum(self.site_log_probs(flat).values()).reshape(batch).to(z.dtype)
 
     def site_log_probs_loop(self, z: Tensor) -> dict[str, Tensor]:
         """The same as :meth:`site_log_probs`, one run of the model per draw (the check)."""
