@@ -135,3 +135,27 @@ def test_vilab_fit_on_a_pyro_model_in_a_file(tmp_path) -> None:
     )
     metrics = run_fit(cfg, tmp_path / "run", progress=False, tensorboard=False).metrics
     assert math.isfinite(metrics["elbo"])
+
+
+def _nested(event_as_batch: bool):
+    def model():
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(3)))
+        scale = pyro.sample("scale", dist.LogNormal(torch.zeros(2), 1.0).to_event(1))
+        pyro.deterministic("total", scale.sum(-1))
+        with pyro.plate("rows", 4, dim=-2), pyro.plate("cols", 2, dim=-1):
+            # scale's event dim used as the cols batch dim mixes the particle dim in
+            b = pyro.sample("b", dist.Normal(0.0, scale if event_as_batch else scale.sum(-1)))
+            pyro.sample("x", dist.Normal(b + w[..., 0], 1.0), obs=torch.ones(4, 2))
+
+    return model
+
+
+def test_a_simplex_nested_plates_an_event_site_and_a_deterministic_pass_the_check() -> None:
+    t = from_pyro(_nested(event_as_batch=False))
+    assert t.dim == 2 + 2 + 8 and t.nesting == 2
+    names = t.param_names()
+    assert names[:5] == ("w[1]", "w[2]", "w[3]", "scale[1]", "scale[2]") and "b[4,2]" in names
+    x = t.constrain(torch.randn(5, t.dim))
+    assert x.shape == (5, len(names)) and torch.allclose(x[:, :3].sum(-1), torch.ones(5))
+    with pytest.raises(PyroTargetError, match="site 'b'"):
+        from_pyro(_nested(event_as_batch=True))

@@ -187,7 +187,7 @@ class PyroTarget(Target):
         trace.compute_log_prob()
         out = {}
         for name, site in trace.nodes.items():
-            if site["type"] == "sample" and name != PARTICLES:
+            if _scored(site) and name != PARTICLES:
                 out[name] = _per_particle(site["log_prob"], n, k, name)
         out["_jacobian"] = sum(xs[s.name][1] for s in self.sites)
         return out
@@ -212,10 +212,15 @@ class PyroTarget(Target):
             trace = poutine.util.prune_subsample_sites(trace)
             trace.compute_log_prob()
             for name, site in trace.nodes.items():
-                if site["type"] == "sample":
+                if _scored(site):
                     rows.setdefault(name, []).append(site["log_prob"].sum())
             rows.setdefault("_jacobian", []).append(sum(xs[s.name][1][0] for s in self.sites))
         return {name: torch.stack(v) for name, v in rows.items()}
+
+
+def _scored(site: dict[str, Any]) -> bool:
+    """A sample site that counts in log p̃ (not a ``pyro.deterministic`` record)."""
+    return site["type"] == "sample" and not site["infer"].get("_deterministic")
 
 
 def _per_particle(log_prob: Tensor, n: int, nesting: int, site: str) -> Tensor:
