@@ -183,9 +183,37 @@ def _python(cfg: TargetConfig, fn: Callable[..., Tensor] | str | None = None) ->
     )
 
 
+def _pyro(cfg: TargetConfig) -> Target:
+    """A Pyro model ``pyro:file.py:model`` / ``pyro:module:model`` (pyro-ppl, an extra)."""
+    from vilab.targets.pyro import pyro_target
+
+    if cfg.support not in (None, "real"):
+        raise ValueError(
+            f"target {cfg.name!r} lives on R^D (Pyro's supports are unconstrained by the "
+            f"target itself): drop target.support={cfg.support!r}"
+        )
+    target = pyro_target(cfg.name)
+    if cfg.dim is not None and cfg.dim != target.dim:
+        raise ValueError(f"target {cfg.name!r} has dim {target.dim}, got dim={cfg.dim}")
+    return target
+
+
+def _posteriordb(cfg: TargetConfig) -> Target:
+    """``posteriordb:NAME`` from ``cfg.posteriordb`` or ``$POSTERIOR_DB_PATH``."""
+    from vilab.targets.posteriordb import posteriordb_target
+
+    return posteriordb_target(cfg.name, cfg.posteriordb)
+
+
 #: ``target kind`` -> builder(section) -> target: the built-in and suite targets by name,
-#: and a Python log-density ``module:function`` / ``file.py:function``.
-TARGETS: dict[str, Callable[[TargetConfig], Target]] = {"builtin": _builtin, "python": _python}
+#: a Python log-density ``module:function`` / ``file.py:function``, a Pyro model
+#: ``pyro:file.py:model`` and a posteriordb posterior ``posteriordb:NAME``.
+TARGETS: dict[str, Callable[[TargetConfig], Target]] = {
+    "builtin": _builtin,
+    "python": _python,
+    "pyro": _pyro,
+    "posteriordb": _posteriordb,
+}
 
 
 def target_kind(name: str) -> str:

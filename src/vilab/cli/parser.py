@@ -62,6 +62,10 @@ FIT_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
             "q is mapped onto it",
         },
     ),
+    "--posteriordb": (
+        "target.posteriordb",
+        {"help": "posteriordb folder (default: $POSTERIOR_DB_PATH)"},
+    ),
     "--no-figures": (
         "figures",
         {"action": "store_const", "const": False, "help": "skip the figures (figures=false)"},

@@ -1,0 +1,143 @@
+"""Comparing draws of q with reference draws of p (posteriordb's, long NUTS runs).
+
+Two scores, pure functions on arrays:
+
+* errors of means and standard deviations in units of the reference sd (Inference Gym,
+  Sountsov, Radul et al. 2020), per coordinate d,
+
+      e_mean,d = |m̂_d − m_d| / s_d,    e_sd,d = |ŝ_d − s_d| / s_d,
+
+  with m̂, ŝ the plain moments of q's draws or the self-normalized ones under weights
+  w_s ∝ exp(log w_s) (PSIS-smoothed log-weights from :mod:`vilab.estimators.importance`);
+* the 1-Wasserstein distance between 100 draws of q and the reference draws, beside the
+  floor that 100 draws of the reference itself get (Pathfinder's protocol: Zhang,
+  Carpenter, Gelman & Vehtari 2022, "Pathfinder: parallel quasi-Newton variational
+  inference", JMLR 23(306), §4). W1 between the empirical measures μ = (1/n) Σ δ_{x_i}
+  and ν = (1/m) Σ δ_{y_j} is the transport linear program
+
+      W1(μ, ν) = min_{π ≥ 0} Σ_ij π_ij ‖x_i − y_j‖₂  s.t.  Σ_j π_ij = 1/n, Σ_i π_ij = 1/m,
+
+  solved exactly: by an optimal assignment (``linear_sum_assignment``) when one size
+  divides the other, m = k n — each x_i repeated k times; the transport polytope with
+  integral margins has integral vertices (Birkhoff–von Neumann), so some optimal plan
+  moves each y_j whole and the assignment is exact —, else by HiGHS (``linprog``). What
+  the R package ``transport`` (Schuhmacher et al.) that Pathfinder used computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment, linprog
+from scipy.sparse import coo_matrix, vstack
+from scipy.spatial.distance import cdist
+
+#: Draws of q per W1, as in Pathfinder.
+W1_DRAWS = 100
+#: The largest side of an assignment problem (a dense large² cost matrix) before W1 is
+#: solved as a linear program instead.
+MAX_ASSIGNMENT = 2000
+#: Reference draws W1 is measured against by default (all 10,000 of posteriordb's take
+#: ~18 s per LP on one CPU core; 1,000 take ~0.1 s as an assignment); None uses them all.
+W1_REFERENCE_SIZE = 1000
+
+
+def _2d(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2 or len(x) == 0 or not np.isfinite(x).all():
+        raise ValueError(f"{what} must be finite draws of shape (N, P), got shape {x.shape}")
+    return x
+
+
+def weighted_moments(
+    x: np.ndarray, log_w: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, sd)`` of draws ``x (S, P)``: plain, or self-normalized with
+    w̄_s = exp(log w_s − logsumexp log w): m̂ = Σ w̄_s x_s, ŝ² = Σ w̄_s (x_s − m̂)²."""
+    x = _2d(x, "draws")
+    if log_w is None:
+        return x.mean(0), x.std(0, ddof=1)
+    lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
+    if lw.shape[0] != x.shape[0] or np.isnan(lw).any():
+        raise ValueError(f"log_w must be {x.shape[0]} numbers (one per draw), got {lw.shape}")
+    w = np.exp(lw - lw.max())
+    w /= w.sum()
+    mean = w @ x
+    return mean, np.sqrt(w @ (x - mean) ** 2)
+
+
+def moment_errors(
+    draws: np.ndarray, reference: np.ndarray, log_w: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(e_mean, e_sd)``, each ``(P,)``: the errors of q's (or the weighted) means and sds
+    in reference sds, columns of ``draws (S, P)`` and ``reference (M, P)`` matched."""
+    x, y = _2d(draws, "draws"), _2d(reference, "reference")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"draws have {x.shape[1]} columns, the reference {y.shape[1]}")
+    mean, sd = weighted_moments(x, log_w)
+    m, s = y.mean(0), y.std(0, ddof=1)
+    if not (s > 0).all():
+        raise ValueError(f"reference sds must be > 0, got {s}")
+    return np.abs(mean - m) / s, np.abs(sd - s) / s
+
+
+def wasserstein1(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact W1 between the empirical measures of ``x (n, P)`` and ``y (m, P)`` (equal
+    weights 1/n and 1/m, Euclidean ground cost); see the module's docstring."""
+    x, y = _2d(x, "x"), _2d(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} columns, y has {y.shape[1]}")
+    cost = cdist(x, y)
+    n, m = cost.shape
+    small, large = min(n, m), max(n, m)
+    if large % small == 0 and large <= MAX_ASSIGNMENT:
+        # each of the fewer points, repeated large/small times: an assignment problem
+        reps = large // small
+        square = np.repeat(cost, reps, axis=0) if n < m else np.repeat(cost, reps, axis=1)
+        rows, cols = linear_sum_assignment(square)
+        return float(square[rows, cols].mean())
+    k = np.arange(n * m)
+    supply = coo_matrix((np.ones(n * m), (k // m, k)), shape=(n, n * m))
+    demand = coo_matrix((np.ones(n * m), (k % m, k)), shape=(m, n * m))
+    b = np.concatenate([np.full(n, 1 / n), np.full(m, 1 / m)])
+    res = linprog(cost.ravel(), A_eq=vstack([supply, demand]).tocsr(), b_eq=b, method="highs")
+    if not res.success:  # pragma: no cover - the transport polytope is never empty
+        raise RuntimeError(f"the W1 transport LP failed: {res.message}")
+    return float(res.fun)
+
+
+@dataclass(frozen=True)
+class W1Score:
+    """W1 of ``draws`` q-draws against ``reference_size`` reference draws, and the floor:
+    W1 of as many other reference draws against the same ones (what a perfect q gets)."""
+
+    w1: float
+    floor: float
+    draws: int
+    reference_size: int
+
+
+def w1_vs_reference(
+    draws: np.ndarray,
+    reference: np.ndarray,
+    n: int = W1_DRAWS,
+    reference_size: int | None = W1_REFERENCE_SIZE,
+    seed: int = 0,
+) -> W1Score:
+    """Pathfinder's score: W1(n draws of q, reference) next to W1(n held-out reference
+    draws, reference). The reference is split at random: n draws for the floor, and up to
+    ``reference_size`` of the others to measure against, so that neither score sees its
+    own points."""
+    x, y = _2d(draws, "draws"), _2d(reference, "reference")
+    if len(x) < n or len(y) < 2 * n:
+        raise ValueError(
+            f"W1 needs {n} draws of q and {2 * n} reference draws, got {len(x)} and {len(y)}"
+        )
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    held, rest = y[perm[:n]], y[perm[n:]]
+    rest = rest if reference_size is None else rest[:reference_size]
+    q = x[rng.choice(len(x), n, replace=False)]
+    return W1Score(wasserstein1(q, rest), wasserstein1(held, rest), n, len(rest))
