@@ -183,9 +183,22 @@ def _python(cfg: TargetConfig, fn: Callable[..., Tensor] | str | None = None) ->
     )
 
 
+def _stan(cfg: TargetConfig) -> Target:
+    """A Stan program ``stan:path/model.stan`` with ``target.data`` (a JSON file or a
+    dict), on its unconstrained space (:mod:`vilab.targets.stan`; extra ``vilab[stan]``)."""
+    from vilab.targets.stan import from_stan  # lazily: needs httpstan and a compiler
+
+    return from_stan(cfg.name.partition(":")[2], cfg.data)
+
+
 #: ``target kind`` -> builder(section) -> target: the built-in and suite targets by name,
-#: and a Python log-density ``module:function`` / ``file.py:function``.
-TARGETS: dict[str, Callable[[TargetConfig], Target]] = {"builtin": _builtin, "python": _python}
+#: a Python log-density ``module:function`` / ``file.py:function``, and a Stan program
+#: ``stan:model.stan``.
+TARGETS: dict[str, Callable[[TargetConfig], Target]] = {
+    "builtin": _builtin,
+    "python": _python,
+    "stan": _stan,
+}
 
 
 def target_kind(name: str) -> str:

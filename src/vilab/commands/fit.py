@@ -134,7 +134,8 @@ def run_fit(
         if target is not None:
             name = getattr(target, "name", None) or getattr(target, "__name__", "custom")
         kind = config.family.kind if family is None else type(family).__name__
-        run_dir = unique_dir(Path("runs") / f"{str(name).rpartition(':')[2]}_{kind}")
+        stem = Path(str(name).rpartition(":")[2]).name.removesuffix(".stan")  # stan:path
+        run_dir = unique_dir(Path("runs") / f"{stem}_{kind}")
     fitters: list[Fitter] = []
 
     def make() -> Fitter:

@@ -30,6 +30,9 @@ class TargetConfig(_Strict):
     on R^D and followed by the bijection T onto the support (lo + softplus, hi − softplus,
     a scaled sigmoid; :mod:`vilab.flows.support`), as Stan and Pyro do: its samples lie in
     the support and log q includes −log |det J_T|.
+
+    ``data``: the data of a Stan program ``stan:model.stan``: a path to a JSON file or a
+    mapping inline (:mod:`vilab.targets.stan`).
     """
 
     name: str = "U1"
@@ -39,6 +42,7 @@ class TargetConfig(_Strict):
     context_dim: int | None = Field(None, ge=1)
     context_range: tuple[float, float] = (0.0, 1.0)
     support: Literal["real", "positive"] | list[tuple[float | None, float | None]] | None = None
+    data: str | dict[str, Any] | None = None
 
     @field_validator("support", mode="before")
     @classmethod
