@@ -5,8 +5,9 @@
 //
 // Every entry point catches std::exception and returns its message through `err`
 // (malloc'ed, freed by vs_free_str); a return value of 0 means success. A
-// std::domain_error inside log_prob (Stan's "reject", a scale <= 0, an overflow at an
-// extreme point) is not an error: that point gets log density -inf and gradient 0.
+// std::domain_error inside log_prob (Stan's "reject", a scale <= 0 at an extreme point)
+// is not an error: that point gets log density -inf and gradient 0; so does a point
+// whose log density comes back NaN or -inf.
 //
 // Density: log p(z) of the unconstrained parameters, dropping constants (propto=true)
 // and adding the log-Jacobian of the constraining transform (jacobian=true), i.e.
@@ -54,6 +55,10 @@ std::string density_range(const Shim* s, int lo, int hi, int dim, const double* 
     std::copy(in + i * dim, in + (i + 1) * dim, params.begin());
     try {
       lp[i] = stan::model::log_prob_grad<true, true>(*s->model, params, params_i, g, &msgs);
+      if (std::isnan(lp[i]) || lp[i] == -std::numeric_limits<double>::infinity()) {
+        lp[i] = -std::numeric_limits<double>::infinity();  // zero density: no gradient
+        std::fill(g.begin(), g.end(), 0.0);
+      }
       std::copy(g.begin(), g.end(), grad + i * dim);
     } catch (const std::domain_error&) {
       stan::math::recover_memory();
