@@ -219,3 +219,42 @@ def test_fit_a_stan_target(program: Path, eight: StanTarget, tmp_path: Path, kee
         progress=False,
     )
     assert math.isfinite(result.metrics["elbo"])
+
+
+SIMPLEX = """\
+data {
+  int<lower=1> K;
+  array[K] int<lower=0> n;
+}
+parameters {
+  simplex[K] p;
+  real<lower=0, upper=1> a;
+}
+transformed parameters {
+  real logit_a = logit(a);
+}
+model {
+  n ~ multinomial(p);
+  a ~ beta(2, 3);
+}
+generated quantities {
+  real draw = normal_rng(0, 1);
+}
+"""
+
+
+@pytest.mark.slow
+def test_simplex_transformed_parameters_and_no_generated_quantities(tmp_path: Path) -> None:
+    """A second program (compiles: slow): a simplex (K − 1 unconstrained coordinates,
+    stick breaking) and an interval; names are parameters + transformed parameters."""
+    path = tmp_path / "simplex.stan"
+    path.write_text(SIMPLEX)
+    target = from_stan(path, {"K": 3, "n": [3, 5, 2]})
+    assert target.dim == 3
+    assert target.param_names() == ("p[1]", "p[2]", "p[3]", "a", "logit_a")
+    z = torch.randn(6, 3, dtype=torch.float64)
+    x = target.constrain(z)
+    torch.testing.assert_close(x[:, :3].sum(-1), torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(x[:, 4], torch.logit(x[:, 3]))
+    torch.testing.assert_close(target.unconstrain(x[:, :4]), z, rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(target.log_prob(z)).all()
