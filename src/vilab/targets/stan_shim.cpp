@@ -125,8 +125,6 @@ char* vs_param_names(void* h) {
   return copy_str(out);
 }
 
-const char* vs_model_name(void* h) { return static_cast<Shim*>(h)->model->model_name().c_str(); }
-
 // in (n, dim) -> lp (n), grad (n, dim); split over n_threads std::threads.
 int vs_log_density_gradient(void* h, int n, const double* in, double* lp, double* grad,
                             int n_threads, char** err) {
