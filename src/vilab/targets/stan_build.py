@@ -104,8 +104,9 @@ def stanc(code: str, out_dir: Path, name: str = "model") -> Path:
     )
     if run.returncode != 0:
         msg = (run.stderr or run.stdout).strip()
-        first = next((ln for ln in msg.splitlines() if "line" in ln), "stanc failed")
-        raise StanError(f"{first.strip()}\n{msg}")
+        lines = msg.splitlines() or ["stanc failed"]
+        first = next((ln.strip() for ln in lines if "line" in ln), lines[0])
+        raise StanError(msg if lines[0].strip() == first else f"{first}\n{msg}")
     return hpp
 
 
