@@ -120,7 +120,7 @@ def test_backward_scales_by_grad_output(eight: StanTarget) -> None:
 
 
 def test_batch_equals_one_by_one_and_threads_agree(eight: StanTarget) -> None:
-    z = points(33).numpy()
+    z = points(200).numpy()  # 2 threads share a batch of >= 128 points
     lp, grad = eight.model.log_density_gradient(z)
     for i in range(len(z)):
         lp_i, g_i = eight.model.log_density_gradient(z[i : i + 1])

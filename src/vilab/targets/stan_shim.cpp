@@ -125,14 +125,16 @@ char* vs_param_names(void* h) {
   return copy_str(out);
 }
 
-// in (n, dim) -> lp (n), grad (n, dim); split over n_threads std::threads.
+// in (n, dim) -> lp (n), grad (n, dim); split over up to n_threads std::threads (the
+// calling one included), each with its own autodiff stack (thread_local under STAN_THREADS).
 int vs_log_density_gradient(void* h, int n, const double* in, double* lp, double* grad,
                             int n_threads, char** err) {
   try {
     Shim* s = static_cast<Shim*>(h);
     int dim = static_cast<int>(s->model->num_params_r());
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > n) n_threads = n > 0 ? n : 1;
+    // a thread costs ~20 us to start: at least kMinPerThread points each
+    constexpr int kMinPerThread = 64;
+    n_threads = std::max(1, std::min(n_threads, n / kMinPerThread));
     std::vector<std::string> errors(n_threads);
     std::vector<std::thread> pool;
     int chunk = (n + n_threads - 1) / n_threads;
