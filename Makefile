@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling bench-posteriors bench-peers2d bench-spline bench-gpu clean
+.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling bench-posteriors bench-peers2d bench-spline bench-stan bench-gpu clean
 
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,pyro]'
+	$(BIN)/pip install -q -e '.[test,pyro,stan]'
 	touch $(BIN)/vilab
 
 setup: $(BIN)/vilab
@@ -76,6 +76,11 @@ bench-peers2d: bench-env
 # Steps/s of vilab's spline flows against zuko's on the same work (~2 min).
 bench-spline: bench-env
 	$(BENCH)/bin/python benchmarks/spline_speed.py
+
+# µs per point of a Stan program's log density + gradient: vilab's batched shim against
+# httpstan's extension module, eight schools and diamonds (~4 min with compiling).
+bench-stan: setup
+	$(BIN)/python benchmarks/stan_speed.py
 
 # On one GPU (≤ 8 min): the device tests there; images/s of seed 004's mean-field and IAF
 # models and seconds per 1000 test images × 1000 importance samples against a plain eager

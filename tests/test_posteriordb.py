@@ -87,10 +87,7 @@ def test_a_posterior_with_no_reference_declared() -> None:
 
 @needs_db
 def test_the_target_is_built_by_from_stan_with_the_reference_attached(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "vilab.targets.stan", None)  # as if absent
-    with pytest.raises(ValueError, match="no Stan support"):
-        posteriordb_target(f"posteriordb:{CENTERED}", DB)
-    calls = {}
+    calls = {}  # (a real build compiles: tests/test_stan.py)
 
     def from_stan(code, data, name):
         calls.update(code=code, data=data, name=name)
@@ -193,9 +190,9 @@ def test_vilab_fit_posteriordb_option_reaches_the_builder(monkeypatch) -> None:
     )
     cfg = load_fit_config(None, _fit_overrides(args))
     assert cfg.target.posteriordb == DB and target_kind(cfg.target.name) == "posteriordb"
-    monkeypatch.setitem(sys.modules, "vilab.targets.stan", None)
-    with pytest.raises(ValueError, match="no Stan support"):
-        target_from_config(cfg.target)
+    fake = types.SimpleNamespace(from_stan=lambda code, data, name: types.SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "vilab.targets.stan", fake)  # (compiling: test_stan.py)
+    assert target_from_config(cfg.target).posterior.name == CENTERED
     cfg.target.name = "posteriordb:eight_schools"
     with pytest.raises(ValueError, match="did you mean"):
         target_from_config(cfg.target)

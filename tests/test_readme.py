@@ -81,8 +81,10 @@ class Block:
 
     @property
     def file_name(self) -> str | None:
-        """``name.py`` when the block's first line is ``# name.py``, else None."""
-        m = re.fullmatch(r"#\s*(\S+\.py)\s*", self.text.splitlines()[0]) if self.text else None
+        """``name.py`` when the block's first line is ``# name.py`` (a ```stan block:
+        ``// name.stan``), else None."""
+        pattern = r"//\s*(\S+\.stan)\s*" if self.lang == "stan" else r"#\s*(\S+\.py)\s*"
+        m = re.fullmatch(pattern, self.text.splitlines()[0]) if self.text else None
         return m.group(1) if m else None
 
 
@@ -156,9 +158,12 @@ def vilab_argv(cmd: Command) -> list[str] | None:
     return None
 
 
-def load_command_config(argv: list[str]) -> FitConfig | TrainConfig | None:
+def load_command_config(
+    argv: list[str], compile_stan: bool = True
+) -> FitConfig | TrainConfig | None:
     """Parses a ``vilab`` command line and loads its config (and a fit's target) exactly as
-    the command would; raises on an unknown flag, key, value, config or target file."""
+    the command would; raises on an unknown flag, key, value, config or target file. With
+    ``compile_stan=False`` a Stan program is only checked to exist (compiling is slow)."""
     try:
         args = cli.build_parser().parse_args(argv)
     except SystemExit as err:  # argparse has printed why
@@ -167,7 +172,11 @@ def load_command_config(argv: list[str]) -> FitConfig | TrainConfig | None:
         from vilab.build import target_from_config
 
         config = load_fit_config(args.config, cli._fit_overrides(args))
-        target_from_config(config.target)
+        if config.target.name.startswith("stan:") and not compile_stan:
+            program = Path(config.target.name.partition(":")[2])
+            assert program.is_file(), f"vilab {' '.join(argv)}: no Stan program {program}"
+        else:
+            target_from_config(config.target)
         return config
     if args.command == "train":
         return cli._train_config(args)
@@ -188,7 +197,7 @@ def check_static(cmd: Command, readme: str) -> None:
     """Everything about a command that can be checked without running it."""
     argv = vilab_argv(cmd)
     if argv is not None:
-        load_command_config(argv)
+        load_command_config(argv, compile_stan=False)
         if argv[0] == "eval":
             made = {default_train_dir(c) for c in commands(readme) if c.line < cmd.line}
             assert argv[1] in made, (
@@ -265,8 +274,13 @@ README_TEXT = README.read_text()
 COMMANDS = commands(README_TEXT)
 
 
+def stan_target(argv: list[str]) -> bool:
+    """Whether a command fits a Stan program (compiling one takes 30–55 s: slow tests)."""
+    return "--target" in argv and argv[argv.index("--target") + 1].startswith("stan:")
+
+
 def _case(cmd: Command) -> Any:
-    slow = "--nproc" in cmd.argv
+    slow = "--nproc" in cmd.argv or stan_target(cmd.argv)
     return pytest.param(cmd, id=f"L{cmd.line}", marks=[pytest.mark.slow] if slow else [])
 
 
@@ -276,7 +290,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("readme")
     (root / "configs").symlink_to(REPO / "configs")
     for b in blocks(README_TEXT):
-        if b.lang == "python" and b.file_name:
+        if b.lang in ("python", "stan") and b.file_name:
             (root / b.file_name).write_text(b.text + "\n")
     return root
 
@@ -306,7 +320,8 @@ def test_readme_starts_with_make_demo_and_make_test() -> None:
 def test_every_block_is_checked() -> None:
     langs = {b.lang for b in blocks(README_TEXT)}
     # ```text blocks show output (a report card), not code to run
-    known = {"bash", "python", "text"}
+    # ```stan blocks are files (``// name.stan``) that a stan: command fits
+    known = {"bash", "python", "text", "stan"}
     assert langs <= known, f"no check for code blocks in {langs - known}"
 
 
@@ -340,7 +355,8 @@ def test_command_runs(cmd: Command, in_workdir: Path, monkeypatch: pytest.Monkey
     run = run_command(cmd, monkeypatch)
     if argv[0] == "fit":
         assert isinstance(config, FitConfig)
-        name = f"{config.target.name.rpartition(':')[2]}_{config.family.kind}"
+        stem = Path(config.target.name.rpartition(":")[2]).name.removesuffix(".stan")
+        name = f"{stem}_{config.family.kind}"
         if "--out" in argv:  # the run directory it names
             name = Path(argv[argv.index("--out") + 1]).name
         assert run is not None and run.name.startswith(name), f"{cmd}: wrote {run}, not {name}"

@@ -205,13 +205,23 @@ def _posteriordb(cfg: TargetConfig) -> Target:
     return posteriordb_target(cfg.name, cfg.posteriordb)
 
 
+def _stan(cfg: TargetConfig) -> Target:
+    """A Stan program ``stan:path/model.stan`` with ``target.data`` (a JSON file or a
+    dict), on its unconstrained space (:mod:`vilab.targets.stan`; extra ``vilab[stan]``)."""
+    from vilab.targets.stan import from_stan  # lazily: needs httpstan and a compiler
+
+    return from_stan(cfg.name.partition(":")[2], cfg.data)
+
+
 #: ``target kind`` -> builder(section) -> target: the built-in and suite targets by name,
 #: a Python log-density ``module:function`` / ``file.py:function``, a Pyro model
-#: ``pyro:file.py:model`` and a posteriordb posterior ``posteriordb:NAME``.
+#: ``pyro:file.py:model``, a Stan program ``stan:model.stan`` and a posteriordb posterior
+#: ``posteriordb:NAME``.
 TARGETS: dict[str, Callable[[TargetConfig], Target]] = {
     "builtin": _builtin,
     "python": _python,
     "pyro": _pyro,
+    "stan": _stan,
     "posteriordb": _posteriordb,
 }
 

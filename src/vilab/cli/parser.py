@@ -14,7 +14,7 @@ FIT_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "help": "U1..U4, banana, banana_family, a posterior with a known answer (funnel2, "
             "funnel10, gaussian_ill10, gaussian_ill100, mixture, logistic_breast_cancer), or "
-            "module:function / file.py:function"
+            "module:function / file.py:function, or a Stan program stan:model.stan"
         },
     ),
     "--family": (
@@ -42,6 +42,7 @@ FIT_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "--max-seconds": ("max_seconds", {"type": float, "help": "stop training after this long"}),
     "--eval-samples": ("eval_samples", {"type": int, "help": "samples for the exact KL"}),
+    "--data": ("target.data", {"help": "data of a Stan target (stan:model.stan): a JSON file"}),
     "--dim": ("target.dim", {"type": int, "help": "dimension of a user target"}),
     "--box": ("target.box", {"type": float, "nargs": 4, "metavar": ("X0", "X1", "Y0", "Y1")}),
     "--log-z": ("target.log_z", {"type": float, "help": "known log-normalizer of a user target"}),

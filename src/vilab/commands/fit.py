@@ -31,7 +31,7 @@ from vilab.train.rundir import unique_dir
 from vilab.train.steps import Hooks
 
 #: Keys of :class:`~vilab.config.TargetConfig` that :func:`fit` takes as keywords.
-TARGET_KEYS = ("dim", "box", "log_z", "context_dim", "context_range", "support")
+TARGET_KEYS = ("dim", "box", "log_z", "context_dim", "context_range", "support", "data")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def run_fit(
         if target is not None:
             name = getattr(target, "name", None) or getattr(target, "__name__", "custom")
         kind = config.family.kind if family is None else type(family).__name__
-        run_dir = unique_dir(Path("runs") / f"{str(name).rpartition(':')[2]}_{kind}")
+        stem = Path(str(name).rpartition(":")[2]).name.removesuffix(".stan")  # stan:path
+        run_dir = unique_dir(Path("runs") / f"{stem}_{kind}")
     fitters: list[Fitter] = []
 
     def make() -> Fitter:
@@ -169,7 +170,7 @@ def fit(
         target: a built-in name (``"U1"``), ``"file.py:function"`` / ``"module:function"``,
             a :class:`~vilab.targets.base.Target`, or a callable ``logp(z)`` (z ``(..., D)``
             -> ``(...)``), with the target keys ``dim``, ``box``, ``log_z``,
-            ``context_dim``, ``context_range``, ``support`` given as keywords
+            ``context_dim``, ``context_range``, ``support`` (and a Stan program's ``data``) given as keywords
             (``support="positive"`` or one ``[lo, hi]`` per coordinate, None for no bound:
             the family is then mapped onto the support; :class:`~vilab.config.TargetConfig`).
         family: None (the config's family), a kind (``"planar"``), the family section as

@@ -33,6 +33,8 @@ class TargetConfig(_Strict):
 
     ``posteriordb``: the posteriordb database folder for a ``posteriordb:NAME`` target
     (default: ``$POSTERIOR_DB_PATH``); a ``pyro:model.py:model`` target is a Pyro model.
+    ``data``: the data of a Stan program ``stan:model.stan``: a path to a JSON file or a
+    mapping inline (:mod:`vilab.targets.stan`).
     """
 
     name: str = "U1"
@@ -43,6 +45,7 @@ class TargetConfig(_Strict):
     context_range: tuple[float, float] = (0.0, 1.0)
     support: Literal["real", "positive"] | list[tuple[float | None, float | None]] | None = None
     posteriordb: str | None = None
+    data: str | dict[str, Any] | None = None
 
     @field_validator("support", mode="before")
     @classmethod

@@ -166,22 +166,10 @@ def posteriordb_target(spec: str, db: str | os.PathLike[str] | None = None) -> A
     """``posteriordb:NAME`` -> the posterior's Stan model as a target
     (``vilab.targets.stan.from_stan``), with ``reference_draws`` (a :class:`ReferenceDraws`
     or None) and ``posterior`` (the :class:`PosteriorInfo`) attached for the report."""
-    import importlib
-    import inspect
+    from vilab.targets.stan import from_stan  # lazily: needs vilab[stan] and a compiler
 
-    name = spec.removeprefix("posteriordb:")
-    info = load_posterior(name, db)
-    try:
-        stan = importlib.import_module("vilab.targets.stan")
-    except ModuleNotFoundError as err:
-        if err.name != "vilab.targets.stan":
-            raise
-        raise ValueError(
-            f"target {spec!r}: posteriordb posteriors are Stan models, and this vilab has no "
-            "Stan support (vilab.targets.stan.from_stan)"
-        ) from None
-    named = "name" in inspect.signature(stan.from_stan).parameters
-    target = stan.from_stan(info.code, info.data, **({"name": info.name} if named else {}))
+    info = load_posterior(spec.removeprefix("posteriordb:"), db)
+    target = from_stan(info.code, info.data, name=info.name)
     target.reference_draws = info.reference
     target.posterior = info
     return target
