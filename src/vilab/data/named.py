@@ -39,6 +39,7 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # bytes in a protocol-0/1 pickle written by Python 3
 }
 
 
