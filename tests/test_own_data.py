@@ -211,7 +211,7 @@ def test_conv_nets_take_any_hw_divisible_by_4(enc, dec) -> None:
     assert e(torch.zeros(2, 3 * 28 * 20)).shape == (2, 16)
     assert d(torch.zeros(4, 2, 5)).shape == (4, 2, 2 * 3 * 28 * 20)
     with pytest.raises(
-        ValueError, match=r"H and W must be positive multiples of 4; got H=28, W=10"
+        ValueError, match=r"H and W must each be a positive multiple of 4; got H=28, W=10"
     ):
         enc(1, (28, 10))
 

@@ -70,6 +70,7 @@ MNIST_FILES = {
     "binarized_mnist": "binarized_mnist",
     "mnist_dynamic": "mnist",
     "mnist_gray": "mnist",
+    "freyfaces": "freyfaces",
 }
 
 

@@ -63,8 +63,8 @@ def image_hw(image_size: int | tuple[int, int], net: str = "this network") -> tu
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if min(int(h), int(w)) < 4 or h % 4 or w % 4:
         raise ValueError(
-            f"{net} down-samples twice by 2 (e.g. 28 -> 14 -> 7), so H and W must be positive "
-            f"multiples of 4; got H={h}, W={w} (pad or crop the images, or use an mlp)"
+            f"{net} down-samples twice by 2 (e.g. 28 -> 14 -> 7), so H and W must each be a positive "
+            f"multiple of 4; got H={h}, W={w} (pad or crop the images, or use an mlp)"
         )
     return int(h), int(w)
 
