@@ -7,7 +7,7 @@
   (s = 123, 321, 231 for their three runs) and take 1565 / 200 / 200 images in order:
   reproduced exactly here with ``RandomState(split_seed).shuffle``.
 - ``digits``: scikit-learn's 1797 8 × 8 digits (``sklearn.datasets.load_digits``, grey
-  levels 0–16, here scaled to round(16·k/16·255) = 0–255 uint8), split by fractions.
+  levels k = 0–16, here round(255·k/16) as uint8 0–255), split by fractions.
 
 The pickle is read by :class:`ArrayUnpickler`, which admits numpy arrays and nothing else
 (a downloaded pickle can otherwise run code).
