@@ -224,3 +224,26 @@ def test_vae_on_frey_shape_with_each_likelihood() -> None:
         vae = build_vae(c, (1, 28, 20))
         obj = vae_objective(vae, x, c.objective)
         assert obj.value.shape == (3,) and torch.isfinite(obj.value).all()
+
+
+def test_cli_run_records_shape_and_reports_bpd(tmp_path: Path) -> None:
+    """A digits run end to end: config.yaml records data.image_shape, the test result has
+    bits per dimension, and ``vilab eval`` reloads the run from its config."""
+    import json
+
+    import yaml
+
+    from vilab import cli
+
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    args = ["train", "--set", "data.name=digits", "--set", "likelihood=logistic_mixture",
+            "--set", "mixture_components=2", "--set", "latent_dim=2", "--set", "steps=3",
+            "--set", "eval.samples=4", "--set", "eval.valid_samples=2", "--set", "threads=1",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["image_shape"] == [1, 8, 8]
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert test["bpd"] == pytest.approx(test["nll"] / (64 * np.log(2)))
+    assert cli.main(["eval", str(out), "--samples", "4"]) == 0
+    assert "bpd" in json.loads((out / "metrics.json").read_text())["eval_test"]
