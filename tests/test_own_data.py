@@ -247,3 +247,15 @@ def test_cli_run_records_shape_and_reports_bpd(tmp_path: Path) -> None:
     assert test["bpd"] == pytest.approx(test["nll"] / (64 * np.log(2)))
     assert cli.main(["eval", str(out), "--samples", "4"]) == 0
     assert "bpd" in json.loads((out / "metrics.json").read_text())["eval_test"]
+
+
+def test_recorded_checksum_is_checked(tmp_path: Path) -> None:
+    p = tmp_path / "d.npy"
+    np.save(p, grey(20))
+    base = ("data.name=arrays", f"data.path={p}", "likelihood=categorical")
+    digest = vae_data_for(cfg(*base), None).sha256
+    assert digest == hashlib.sha256(b"d.npy\0" + p.read_bytes()).hexdigest()
+    assert vae_data_for(cfg(*base, f"data.sha256={digest}"), None).sha256 == digest
+    np.save(p, grey(20, seed=1))
+    with pytest.raises(ValueError, match=r"d\.npy: sha256 .* but data.sha256=.* data changed"):
+        vae_data_for(cfg(*base, f"data.sha256={digest}"), None)

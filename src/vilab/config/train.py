@@ -93,7 +93,9 @@ class DataConfig(_Strict):
     ``binarize``: ``none``, ``static`` (once, seeded ``binarize_seed``) or ``dynamic``
     (every batch; valid/test once) for a Bernoulli likelihood on grey levels; unset:
     the set's own convention. ``image_shape``: (C, H, W); unset, inferred from the data
-    and written back into the run's config.yaml. ``data_dir``: default $VILAB_DATA_DIR,
+    and written back into the run's config.yaml. ``sha256``: of ``path`` (the file, or
+    the names and bytes of a folder's images); unset, computed and written into
+    config.yaml; set, the data must match it. ``data_dir``: default $VILAB_DATA_DIR,
     else the user cache."""
 
     name: Literal[
@@ -117,9 +119,12 @@ class DataConfig(_Strict):
     binarize: Literal["none", "static", "dynamic"] | None = None
     binarize_seed: int = Field(0, ge=0)
     image_shape: tuple[int, int, int] | None = None
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
+        if self.sha256 is not None and self.name not in FILE_SOURCES:
+            raise ValueError(f"data.sha256 is for data.name in {list(FILE_SOURCES)}")
         if (self.name in FILE_SOURCES) != (self.path is not None):
             raise ValueError(
                 f"data.path is for data.name in {list(FILE_SOURCES)}"

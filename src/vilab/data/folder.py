@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vilab.core.extras import require
-from vilab.data.sources import Source, _split
+from vilab.data.sources import Source, _split, files_sha256
 
 __all__ = ["IMAGE_SUFFIXES", "load_folder"]
 
@@ -83,7 +83,7 @@ def load_folder(cfg: Any) -> Source:
     if cfg.image_shape is not None and tuple(cfg.image_shape) != shape:
         raise ValueError(f"{root}: images of shape {shape}, data.image_shape={cfg.image_shape}")
     lab = None if labels is None else np.asarray(labels)
-    return _split(stack, lab, shape, cfg, str(root))
+    return _split(stack, lab, shape, cfg, str(root), files_sha256(files, root))
 
 
 def _channels(a: np.ndarray) -> int:

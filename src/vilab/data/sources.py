@@ -15,6 +15,7 @@ from ``numpy.random.RandomState(split_seed)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,11 +40,13 @@ class Source:
         splits: ``{"train": (images, labels), "valid": ..., "test": ...}``.
         image_shape: (C, H, W), D = C·H·W.
         origin: what it was read from (a path, ``"python"``), for messages.
+        sha256: of the file(s) read (:func:`files_sha256`), None for other sources.
     """
 
     splits: dict[str, tuple[Tensor, Tensor | None]]
     image_shape: Shape
     origin: str
+    sha256: str | None = None
 
     @property
     def grey(self) -> bool:
@@ -54,6 +57,18 @@ class Source:
     def binary(self) -> bool:
         """Every value 0 or 1."""
         return all(bool(((x == 0) | (x == 1)).all()) for x, _ in self.splits.values())
+
+
+def files_sha256(files: Sequence[Path], root: Path) -> str:
+    """SHA-256 over each file's path relative to ``root`` and its bytes, in order: one
+    digest that changes when any file, name or the set of files does."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def infer_shape(shape: Sequence[int], given: Shape | None, where: str) -> Shape:
@@ -120,14 +135,16 @@ def split_array(n: int, fractions: Sequence[float], seed: int, where: str) -> di
     return dict(zip(SPLIT_NAMES, parts))
 
 
-def _split(images: Any, labels: Any, shape: Shape, cfg: Any, where: str) -> Source:
+def _split(
+    images: Any, labels: Any, shape: Shape, cfg: Any, where: str, sha256: str | None = None
+) -> Source:
     index = split_array(len(images), cfg.split, cfg.split_seed, where)
     splits = {}
     for s, rows in index.items():
         rows = np.sort(rows) if isinstance(images, np.memmap) else rows
         lab = None if labels is None else torch.as_tensor(np.asarray(labels)[rows]).long()
         splits[s] = (_as_rows(images[rows], shape, where), lab)
-    return Source(splits, shape, where)
+    return Source(splits, shape, where, sha256)
 
 
 def load_arrays(cfg: Any) -> Source:
@@ -136,9 +153,11 @@ def load_arrays(cfg: Any) -> Source:
     path = Path(cfg.path)
     if not path.is_file():
         raise ValueError(f"data.path={str(path)!r} is not a file; accepted: a .npz or .npy file")
+    digest = files_sha256([path], path.parent)
     if path.suffix == ".npy":
         a = np.load(path, mmap_mode="r", allow_pickle=False)
-        return _split(a, None, infer_shape(a.shape, cfg.image_shape, str(path)), cfg, str(path))
+        shape = infer_shape(a.shape, cfg.image_shape, str(path))
+        return _split(a, None, shape, cfg, str(path), digest)
     if path.suffix != ".npz":
         raise ValueError(f"data.path={str(path)!r}: accepted suffixes .npz and .npy")
     with np.load(path, allow_pickle=False) as z:
@@ -154,7 +173,7 @@ def load_arrays(cfg: Any) -> Source:
                 raise ValueError(f"{where}: another image shape than train")
             lab = arrays.get(f"{s}_labels")
             splits[s] = (_as_rows(arrays[s], shape, where), _labels(lab))
-        return Source(splits, shape, str(path))
+        return Source(splits, shape, str(path), digest)
     images = [k for k in arrays if not k.endswith("labels")]
     key = cfg.key or (images[0] if len(images) == 1 else None)
     if key not in arrays:
@@ -164,7 +183,8 @@ def load_arrays(cfg: Any) -> Source:
         )
     where = f"{path}:{key}"
     shape = infer_shape(arrays[key].shape, cfg.image_shape, where)
-    return _split(arrays[key], arrays.get(f"{key}_labels", arrays.get("labels")), shape, cfg, where)
+    labels = arrays.get(f"{key}_labels", arrays.get("labels"))
+    return _split(arrays[key], labels, shape, cfg, where, digest)
 
 
 def _labels(labels: Any) -> Tensor | None:

@@ -39,6 +39,7 @@ class VAEData:
     valid_labels: Tensor | None
     test_labels: Tensor | None
     image_shape: tuple[int, int, int] = (1, 28, 28)
+    sha256: str | None = None
 
     def to(self, device: torch.device | str) -> VAEData:
         """The same data on ``device``: the whole training split too (batches are then
@@ -137,6 +138,11 @@ def load_source(cfg: DataConfig) -> Source:
 def _check_accepted(source: Source, cfg: DataConfig, values: str) -> None:
     """One line naming the data and what the likelihood accepts, before training."""
     where = source.origin
+    if cfg.sha256 is not None and source.sha256 != cfg.sha256:
+        raise ValueError(
+            f"{where}: sha256 {source.sha256}, but data.sha256={cfg.sha256}: the data changed "
+            "since the run that recorded it (unset data.sha256 to accept the new data)"
+        )
     if values == "grey" and not source.grey:
         raise ValueError(
             f"{where}: float values, but a 256-way categorical or discretized logistic "
@@ -181,7 +187,7 @@ def vae_data_from_source(
     train = cls(sets["train"], min(cfg.batch_size, len(sets["train"])), **shard)
     valid, test = fixed["valid"], fixed["test"]
     labels = (sets["valid"].labels, sets["test"].labels)
-    return VAEData(train, valid, test, *labels, image_shape=source.image_shape)
+    return VAEData(train, valid, test, *labels, source.image_shape, source.sha256)
 
 
 def _fixed(split: ImageDataset, values: str, seed: int) -> Tensor:

@@ -10,6 +10,7 @@ exactly.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -48,6 +49,16 @@ def vae_data_for(config: TrainConfig, data: Any, world: World = SINGLE) -> VAEDa
     return vae_data_from_source(source, config.data, config.seed, world, values)
 
 
+def describe_data(config: TrainConfig, data: VAEData) -> str:
+    """One line: the data set, its split sizes, (C, H, W) and what the likelihood gets."""
+    sizes = f"{len(data.train.dataset)} / {len(data.valid)} / {len(data.test)}"
+    values = likelihood_of(config).values
+    return (
+        f"data: {config.data.name}, {sizes} images of (C, H, W) = {tuple(data.image_shape)}, "
+        f"likelihood={config.likelihood} on {values} values"
+    )
+
+
 def as_python_data(config: TrainConfig) -> TrainConfig:
     """``config`` with ``data.name=python`` (data handed in from Python), revalidated."""
     if config.data.name == "python":
@@ -57,16 +68,22 @@ def as_python_data(config: TrainConfig) -> TrainConfig:
     return type(config).model_validate(dumped)
 
 
-def with_image_shape(config: TrainConfig, shape: tuple[int, int, int]) -> TrainConfig:
-    """``config`` with ``data.image_shape`` set to the data's (C, H, W), so that the run's
-    config.yaml records it (MNIST-sized runs of the MNIST sets keep it unset, as before);
-    a different shape given in the config is refused."""
+def with_image_shape(
+    config: TrainConfig, shape: tuple[int, int, int], sha256: str | None = None
+) -> TrainConfig:
+    """``config`` with ``data.image_shape`` set to the data's (C, H, W) and ``data.sha256``
+    to its files' digest, so that the run's config.yaml records them (MNIST-sized runs of
+    the MNIST sets keep the shape unset, as before); a different shape given in the config
+    is refused."""
     given = config.data.image_shape
     if given is not None and tuple(given) != tuple(shape):
         raise ValueError(f"data.image_shape={list(given)}, but the images are {list(shape)}")
     if given is None and tuple(shape) == (1, 28, 28) and config.data.name in LEGACY:
         return config
-    data = config.data.model_copy(update={"image_shape": tuple(shape)})
+    update: dict[str, Any] = {"image_shape": tuple(shape)}
+    if sha256 is not None:
+        update["sha256"] = sha256
+    data = config.data.model_copy(update=update)
     return config.model_copy(update={"data": data})
 
 
@@ -109,7 +126,9 @@ class VAETrainer(TrainerState):
         if data is not None and not isinstance(data, VAEData):
             config = as_python_data(config)
         data = vae_data_for(config, data, world)
-        self.config = config = with_image_shape(config, data.image_shape)
+        self.config = config = with_image_shape(config, data.image_shape, data.sha256)
+        if world.is_main and config.data.name not in LEGACY:
+            print(describe_data(config, data), file=sys.stderr)
         self.data = data.to(self.device)
         self.vae = build_vae(config).to(self.device)  # built on the CPU: the same weights anywhere
         if world.rank > 0:  # one seed per rank; rank 0 continues the single-process stream
