@@ -149,7 +149,10 @@ def test_values_the_likelihood_does_not_accept(tmp_path: Path) -> None:
     np.save(f, np.random.RandomState(0).rand(20, 4, 4).astype(np.float32))
     with pytest.raises(ValueError, match=r"g\.npy: grey levels 0–255, but likelihood=bernoulli"):
         vae_data_for(cfg("data.name=arrays", f"data.path={p}"), None)
-    with pytest.raises(ValueError, match=r"f\.npy: float values, but a 256-way categorical"):
+    with pytest.raises(
+        ValueError,
+        match=r"f\.npy: float values \(or integers outside 0–255\), but a 256-way categorical",
+    ):
         vae_data_for(cfg("data.name=arrays", f"data.path={f}", "likelihood=categorical"), None)
     with pytest.raises(ValueError, match="data.name=freyfaces holds grey levels"):
         cfg("data.name=freyfaces")  # Bernoulli without a binarization, at config time

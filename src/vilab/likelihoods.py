@@ -99,9 +99,10 @@ def _levels(x: Tensor) -> Tensor:
 
 def categorical_log_prob(out: Tensor, x: Tensor) -> Tensor:
     """log softmax(l)_k over 256 levels, summed over D; ``out (..., 256·D)``."""
-    logp = torch.log_softmax(_split(out, LEVELS), dim=-2)  # (..., 256, D)
-    k = _levels(x).expand(*logp.shape[:-2], -1).unsqueeze(-2)  # (..., 1, D)
-    return logp.gather(-2, k).squeeze(-2).sum(-1)
+    logits = _split(out, LEVELS)  # (..., 256, D)
+    k = _levels(x).expand(*logits.shape[:-2], -1).unsqueeze(-2)  # (..., 1, D)
+    # l_k − logsumexp(l): no (..., 256, D) log-softmax kept besides the logits
+    return (logits.gather(-2, k).squeeze(-2) - torch.logsumexp(logits, dim=-2)).sum(-1)
 
 
 def logistic_bin_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:

@@ -145,9 +145,9 @@ def _check_accepted(source: Source, cfg: DataConfig, values: str) -> None:
         )
     if values == "grey" and not source.grey:
         raise ValueError(
-            f"{where}: float values, but a 256-way categorical or discretized logistic "
-            "likelihood takes 8-bit grey levels (uint8 or integers 0–255); cast the data, "
-            "or use likelihood=gaussian"
+            f"{where}: float values (or integers outside 0–255), but a 256-way categorical "
+            "or discretized logistic likelihood takes 8-bit grey levels (uint8 or integers "
+            "0–255); cast the data, or use likelihood=gaussian"
         )
     if values == "binary" and cfg.binarize in (None, "none") and not source.binary:
         kind = "grey levels 0–255" if source.grey else "values other than 0 and 1"
