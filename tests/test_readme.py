@@ -70,6 +70,7 @@ MNIST_FILES = {
     "binarized_mnist": "binarized_mnist",
     "mnist_dynamic": "mnist",
     "mnist_gray": "mnist",
+    "freyfaces": "freyfaces",
 }
 
 
@@ -492,7 +493,9 @@ def check_prose_refs(text: str) -> list[str]:
     prose, wrong = _prose(text), []
     wrong += [f"make {t}" for t in re.findall(r"`make ([\w-]+)", prose) if t not in make_targets()]
     for path in set(re.findall(r"`([^`\s]*/[^`\s]*)`", prose)):
-        if re.search(r"[<~]|^\.\.|^runs/|^/$|^tensorboard/$|^(binarized_)?mnist/", path):
+        if re.search(
+            r"[<~]|^\.\.|^runs/|^/$|^tensorboard/$|^(binarized_)?mnist/|^freyfaces/", path
+        ):
             continue  # a pattern, a user's or a run's path, not one of the repository's
         if not ((REPO / path).exists() or (REPO / "src/vilab" / path).exists()):
             wrong.append(path)

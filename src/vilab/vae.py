@@ -21,18 +21,29 @@ from vilab.config import NetConfig, ObjectiveConfig, TrainConfig
 from vilab.estimators.elbo import beta_at
 from vilab.estimators.objectives import Objective, dreg_objective, elbo_objective, iwae_objective
 from vilab.families.amortized import AmortizedPosterior
+from vilab.likelihoods import Likelihood, get_likelihood
 from vilab.nets.mlp import MLP
 from vilab.targets.latent import DecoderModel, LatentVariableModel
 
 PIXELS = 28 * 28
+MNIST_SHAPE = (1, 28, 28)
 
 
 class VAE(nn.Module):
-    """``posterior``: q(z | x) (encoder + amortized family); ``model``: p(x, z)."""
+    """``posterior``: q(z | x) (encoder + amortized family); ``model``: p(x, z);
+    ``likelihood``: p(x | z) (its mean, the bpd offset); ``image_shape``: (C, H, W)."""
 
-    def __init__(self, posterior: AmortizedPosterior, model: DecoderModel) -> None:
+    def __init__(
+        self,
+        posterior: AmortizedPosterior,
+        model: DecoderModel,
+        likelihood: Likelihood | None = None,
+        image_shape: tuple[int, int, int] = MNIST_SHAPE,
+    ) -> None:
         super().__init__()
         self.posterior, self.model = posterior, model
+        self.likelihood = likelihood or get_likelihood(model.likelihood)
+        self.image_shape = tuple(image_shape)
 
     @property
     def latent_dim(self) -> int:
@@ -46,28 +57,32 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Mean of p(x | z) at one sample z ~ q(z | x), ``(B, 784)``."""
+        """Mean of p(x | z) at one sample z ~ q(z | x), ``(B, D)``."""
         z, _ = self.posterior.rsample_and_log_prob(1, x)
         return self.mean(z[0])
 
     @torch.no_grad()
     def mean(self, z: Tensor) -> Tensor:
-        """Mean of p(x | z): sigmoid of the logits, or the Gaussian mean."""
-        out = self.model.decoder(z)
-        if self.model.likelihood == "bernoulli":
-            return torch.sigmoid(out)
-        return out.chunk(2, dim=-1)[0]
+        """Mean of p(x | z) (the likelihood's, on the data's scale), ``(..., D)``."""
+        return self.likelihood.mean(self.model.decoder(z))
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """Means of p(x | z) for n draws z ~ p(z), ``(n, 784)``."""
+        """Means of p(x | z) for n draws z ~ p(z), ``(n, D)``."""
         ref = next(self.parameters())
         z = torch.randn(n, self.latent_dim, dtype=ref.dtype, device=ref.device)
         return self.mean(z)
 
 
-def build_net(cfg: NetConfig, role: str, in_dim: int, out_dim: int | None = None) -> nn.Module:
-    """An encoder (``role="encoder"``: x -> features) or a decoder (latent -> outputs)."""
+def build_net(
+    cfg: NetConfig,
+    role: str,
+    in_dim: int,
+    out_dim: int | None = None,
+    image_shape: tuple[int, int, int] = MNIST_SHAPE,
+) -> nn.Module:
+    """An encoder (``role="encoder"``: x -> features) or a decoder (latent -> outputs) for
+    images of ``image_shape`` (C, H, W); a conv net refuses H or W not divisible by 4."""
     if cfg.kind == "identity":
         if role != "encoder":
             raise ValueError("an identity network can only be the encoder")
@@ -79,43 +94,61 @@ def build_net(cfg: NetConfig, role: str, in_dim: int, out_dim: int | None = None
         return MLP([in_dim, *cfg.hidden, out_dim], cfg.activation)
     from vilab import nets
 
-    out_channels = (out_dim or PIXELS) // PIXELS
+    c, h, w = image_shape
+    out_channels = (out_dim or c * h * w) // (c * h * w)
     if cfg.kind == "gated":
         if role == "encoder":
-            return nets.GatedConvEncoder(out_features=cfg.features)
-        return nets.GatedConvDecoder(in_dim, out_channels=out_channels)
+            return nets.GatedConvEncoder(c, (h, w), out_features=cfg.features)
+        return nets.GatedConvDecoder(in_dim, out_channels, c, (h, w))
     if role == "encoder":
-        return nets.ResNetEncoder(channels=cfg.channels, out_features=cfg.features)
-    return nets.ResNetDecoder(in_dim, out_channels=out_channels, channels=cfg.channels)
+        return nets.ResNetEncoder(c, (h, w), channels=cfg.channels, out_features=cfg.features)
+    return nets.ResNetDecoder(in_dim, out_channels, c, (h, w), channels=cfg.channels)
 
 
-def encoder_features(encoder: nn.Module, cfg: NetConfig) -> int:
+def encoder_features(encoder: nn.Module, cfg: NetConfig, dim: int = PIXELS) -> int:
     if cfg.kind == "identity":
-        return PIXELS
+        return dim
     if cfg.kind == "mlp":
         return cfg.hidden[-1]
     return int(encoder.out_features)
 
 
-def build_vae(cfg: TrainConfig) -> VAE:
+def likelihood_of(cfg: TrainConfig) -> Likelihood:
+    """The configured likelihood (``gaussian`` on 8-bit data other than ``mnist_gray`` is
+    on dequantized data: its bpd adds log 256 nats per dimension)."""
+    dequantized = cfg.likelihood == "gaussian" and cfg.data.name != "mnist_gray"
+    return get_likelihood(
+        cfg.likelihood,
+        components=cfg.mixture_components,
+        scale=cfg.gaussian_scale,
+        dequantized=dequantized,
+    )
+
+
+def build_vae(cfg: TrainConfig, image_shape: tuple[int, int, int] | None = None) -> VAE:
     """The VAE described by a :class:`~vilab.config.TrainConfig`, on the CPU (move it with
-    ``.to(device)``); with ``precision=bf16`` its encoder and decoder run under bfloat16
-    autocast, the family and every log-density in float32."""
-    encoder = build_net(cfg.encoder, "encoder", PIXELS)
-    features = encoder_features(encoder, cfg.encoder)
+    ``.to(device)``), for images of ``image_shape`` (default ``data.image_shape``, else
+    1 × 28 × 28); the decoder gives K outputs per pixel, K set by the likelihood. With
+    ``precision=bf16`` its encoder and decoder run under bfloat16 autocast, the family and
+    every log-density in float32."""
+    shape = tuple(image_shape or cfg.data.image_shape or MNIST_SHAPE)
+    dim = shape[0] * shape[1] * shape[2]
+    lik = likelihood_of(cfg)
+    encoder = build_net(cfg.encoder, "encoder", dim, image_shape=shape)
+    features = encoder_features(encoder, cfg.encoder, dim)
     family = family_from_config(cfg.posterior, cfg.latent_dim, features)
-    out = PIXELS * (2 if cfg.likelihood == "gaussian" else 1)
-    decoder = build_net(cfg.decoder, "decoder", cfg.latent_dim, out)
+    decoder = build_net(cfg.decoder, "decoder", cfg.latent_dim, dim * lik.params, shape)
     posterior = AmortizedPosterior(encoder, family)
-    model = DecoderModel(decoder, cfg.latent_dim, cfg.likelihood)
+    fast = cfg.likelihood == "bernoulli" or (cfg.likelihood == "gaussian" and lik.params == 2)
+    model = DecoderModel(decoder, cfg.latent_dim, cfg.likelihood, None if fast else lik.log_prob)
     posterior.precision = model.precision = cfg.precision  # the networks only
-    return VAE(posterior, model)
+    return VAE(posterior, model, lik, shape)
 
 
 def vae_objective(
     vae: VAE, x: Tensor, cfg: ObjectiveConfig, step: int = 0, need_value: bool = True
 ) -> Objective:
-    """The configured objective on a batch ``x (B, 784)``.
+    """The configured objective on a batch ``x (B, D)``.
 
     ELBO: analytic KL when the family gives ``kl_per_dim`` (mean-field) and the prior is
     N(0, I), Monte Carlo over ``samples`` otherwise; KL warm-up β_t = min(1, beta_start +

@@ -16,11 +16,11 @@ from typing import Any
 
 from vilab.config import EvalRunConfig
 from vilab.core.seeding import Stream, derive_seed
-from vilab.data.vae_data import load_vae_data
 from vilab.distributed import SINGLE, World
 from vilab.evaluation import KHAT_MIN_SAMPLES, evaluate, evaluate_ais
 from vilab.train.run import record
 from vilab.train.runs import load_trained_vae
+from vilab.train.vae import vae_data_for
 
 #: What makes each method cheaper (the cost line's hint).
 HINTS = {
@@ -47,7 +47,7 @@ def evaluate_run(
     local = world.local_rank if world.distributed else None
     config, vae, weights = load_trained_vae(run_dir, r.device, r.data_dir, local)
     where = next(vae.parameters()).device
-    data = load_vae_data(config.data, config.seed)
+    data = vae_data_for(config, None)
     x = data.test if r.split == "test" else data.valid
     x = (x[: r.images] if r.images else x).to(where)
     seed = derive_seed(config.seed, Stream.TEST)

@@ -121,6 +121,8 @@ class VAEJob:
         return {
             "device": str(trainer.device),
             "data": c.data.name,
+            "image_shape": list(trainer.data.image_shape),
+            "likelihood": c.likelihood,
             "posterior": c.posterior.kind,
             "objective": c.objective.kind,
             "latent_dim": c.latent_dim,

@@ -67,17 +67,82 @@ class ObjectiveConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
-    """``binarized_mnist`` (Larochelle's static set), ``mnist_dynamic`` (re-binarized every
-    batch), ``mnist_gray`` (grey levels in [0, 1], for a Gaussian likelihood), ``tiny``
-    (built in, no files, dynamic) or ``tiny_static``; ``data_dir`` (default:
-    $VILAB_DATA_DIR, else the user cache)."""
+#: Data sets whose pixels are 8-bit grey levels (uint8 0–255) as loaded.
+GREY_SOURCES = ("freyfaces", "digits")
+#: Sources read from the user's files (``data.path``).
+FILE_SOURCES = ("arrays", "folder")
+#: The MNIST and tiny sets served as binary images, by their own convention.
+BINARY_SETS = ("binarized_mnist", "mnist_dynamic", "tiny", "tiny_static")
 
-    name: Literal["binarized_mnist", "mnist_dynamic", "mnist_gray", "tiny", "tiny_static"] = (
-        "binarized_mnist"
-    )
+
+class DataConfig(_Strict):
+    """Where the images come from, everything needed to load them again.
+
+    ``name``: ``binarized_mnist`` (Larochelle's static set), ``mnist_dynamic`` (re-binarized
+    every batch), ``mnist_gray`` (grey levels k/255, for a Gaussian or an 8-bit
+    likelihood), ``tiny`` (built in, dynamic), ``tiny_static``; ``freyfaces`` (1965 faces,
+    28 × 20, the papers' 1565 / 200 / 200 split after a shuffle seeded ``split_seed``),
+    ``digits`` (scikit-learn's 8 × 8 digits, grey levels 0–16 scaled to 0–255); ``arrays``
+    (``path``: a ``.npz`` with arrays ``train``/``valid``/``test`` — optional
+    ``*_labels`` — or one array, ``key``, split by ``split`` fractions with
+    ``split_seed``; a ``.npy``, memory-mapped) or ``folder`` (``path``: PNG/JPEG files,
+    optionally in one sub-folder per class, split likewise; needs ``vilab[images]``);
+    ``python`` (set by ``train_vae(config, run_dir, data=...)`` for a tensor, array or
+    Dataset handed in: the run's config.yaml then records its shape, split and seeds but
+    not the data itself).
+    ``binarize``: ``none``, ``static`` (once, seeded ``binarize_seed``) or ``dynamic``
+    (every batch; valid/test once) for a Bernoulli likelihood on grey levels; unset:
+    the set's own convention. ``image_shape``: (C, H, W); unset, inferred from the data
+    and written back into the run's config.yaml. ``sha256``: of ``path`` (the file, or
+    the names and bytes of a folder's images); unset, computed and written into
+    config.yaml; set, the data must match it. ``data_dir``: default $VILAB_DATA_DIR,
+    else the user cache."""
+
+    name: Literal[
+        "binarized_mnist",
+        "mnist_dynamic",
+        "mnist_gray",
+        "tiny",
+        "tiny_static",
+        "freyfaces",
+        "digits",
+        "arrays",
+        "folder",
+        "python",
+    ] = "binarized_mnist"
     data_dir: str | None = None
     batch_size: int = Field(128, ge=1)
+    path: str | None = None
+    key: str | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = Field(123, ge=0)
+    binarize: Literal["none", "static", "dynamic"] | None = None
+    binarize_seed: int = Field(0, ge=0)
+    image_shape: tuple[int, int, int] | None = None
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.sha256 is not None and self.name not in FILE_SOURCES:
+            raise ValueError(f"data.sha256 is for data.name in {list(FILE_SOURCES)}")
+        if (self.name in FILE_SOURCES) != (self.path is not None):
+            raise ValueError(
+                f"data.path is for data.name in {list(FILE_SOURCES)}"
+                + (f"; data.name={self.name} needs one" if self.path is None else "")
+            )
+        if any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(
+                f"data.split={list(self.split)}: three fractions train, valid, test, each "
+                "≥ 0, summing to 1"
+            )
+        if self.binarize is not None and self.name in (*BINARY_SETS, "mnist_gray"):
+            raise ValueError(
+                f"data.binarize is for grey-level sources; data.name={self.name} has its own "
+                "convention (mnist_dynamic, tiny: dynamic; binarized_mnist, tiny_static: static)"
+            )
+        if self.image_shape is not None and min(self.image_shape) < 1:
+            raise ValueError(f"data.image_shape={list(self.image_shape)}: positive (C, H, W)")
+        return self
 
 
 class TrainOptimConfig(OptimConfig):
@@ -141,7 +206,11 @@ class TrainConfig(_Strict):
 
     data: DataConfig = Field(default_factory=DataConfig)
     latent_dim: int = Field(32, ge=1)
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian", "categorical", "logistic", "logistic_mixture"] = (
+        "bernoulli"
+    )
+    mixture_components: int = Field(10, ge=1)
+    gaussian_scale: float | None = Field(None, gt=0)
     encoder: NetConfig = Field(default_factory=NetConfig)
     decoder: NetConfig = Field(default_factory=NetConfig)
     posterior: PosteriorConfig = Field(default_factory=PosteriorConfig)
@@ -182,11 +251,34 @@ class TrainConfig(_Strict):
                 "nearby points through the network μ(ε, x), where bfloat16's 8-bit "
                 "mantissa would round the differences away; use precision=float32"
             )
-        if self.likelihood == "gaussian" and self.data.name != "mnist_gray":
-            raise ValueError("likelihood=gaussian is for continuous data: data.name=mnist_gray")
-        if self.likelihood == "bernoulli" and self.data.name == "mnist_gray":
-            raise ValueError("data.name=mnist_gray needs likelihood=gaussian")
-        return self
+        return _check_likelihood(self)
+
+
+def _check_likelihood(cfg: TrainConfig) -> TrainConfig:
+    """The likelihood takes the values the data set serves (the one-line errors; the data
+    itself is checked when loaded)."""
+    name, lik = cfg.data.name, cfg.likelihood
+    if lik != "bernoulli" and name in BINARY_SETS:
+        raise ValueError(
+            f"likelihood={lik} is for grey levels; data.name={name} is binary: use "
+            "likelihood=bernoulli, or data.name=mnist_gray"
+        )
+    if lik == "bernoulli" and name == "mnist_gray":
+        raise ValueError(
+            "data.name=mnist_gray holds grey levels: likelihood=bernoulli needs "
+            "binary data (data.name=mnist_dynamic), or choose another likelihood"
+        )
+    if lik == "bernoulli" and name in GREY_SOURCES and cfg.data.binarize in (None, "none"):
+        raise ValueError(
+            f"likelihood=bernoulli needs binary data; data.name={name} holds grey levels "
+            "0–255: set data.binarize=static or dynamic, or choose likelihood=categorical, "
+            "logistic, logistic_mixture or gaussian"
+        )
+    if lik != "bernoulli" and cfg.data.binarize in ("static", "dynamic"):
+        raise ValueError(
+            f"data.binarize={cfg.data.binarize} makes binary data: likelihood=bernoulli, not {lik}"
+        )
+    return cfg
 
 
 def load_train_config(

@@ -14,6 +14,11 @@ validation and test tensors from :meth:`ImageDataset.tensor`.
 
 MNIST splits follow the standard convention: train = the first 50,000 of the 60,000
 training images, valid = the last 10,000, test = the 10,000 test images.
+
+Beyond MNIST (served by :func:`vilab.data.vae_data.load_vae_data`): ``freyfaces`` and
+``digits`` (:mod:`vilab.data.named`), the user's arrays and tensors
+(:mod:`vilab.data.sources`) and image folders (:mod:`vilab.data.folder`), each a
+:class:`~vilab.data.sources.Source` of three splits with its (C, H, W).
 """
 
 from __future__ import annotations

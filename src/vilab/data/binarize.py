@@ -76,11 +76,12 @@ def binarize_once(images: Tensor, seed: int) -> Tensor:
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """One split of an image data set, flattened to 784 pixels.
+    """One split of an image data set, flattened to D = C·H·W pixels (784 for MNIST).
 
     Attributes:
-        images: (N, 784) uint8. If ``dynamic``, grey levels 0–255 to be binarized per
-            batch; otherwise already binary, 0/1.
+        images: (N, D) uint8. If ``dynamic``, grey levels 0–255 to be binarized per
+            batch; otherwise binary 0/1, or (served by other batches, see
+            :mod:`vilab.data.vae_data`) grey levels, or floats for continuous data.
         labels: (N,) int64 class labels, or None when the set has none (static MNIST).
         dynamic: True for a training split that is re-binarized every batch.
         name: data set name, e.g. ``"binarized_mnist"``.
@@ -96,10 +97,12 @@ class ImageDataset:
     image_shape: tuple[int, int, int] = (1, 28, 28)
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 2 or self.images.dtype != torch.uint8:
+        if self.images.ndim != 2 or not (
+            self.images.dtype == torch.uint8 or self.images.is_floating_point()
+        ):
             raise ValueError(
                 f"images of shape {tuple(self.images.shape)} and dtype {self.images.dtype}; "
-                "expected (N, D) uint8"
+                "expected (N, D) uint8 (or floats, continuous data)"
             )
         c, h, w = self.image_shape
         if self.images.shape[1] != c * h * w:

@@ -49,6 +49,10 @@ MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
+FREYFACES_URLS = (
+    "https://raw.githubusercontent.com/jmtomczak/vae_vampprior/master/datasets/Freyfaces/freyfaces.pkl",
+    "https://raw.githubusercontent.com/riannevdberg/sylvester-flows/master/data/Freyfaces/freyfaces.pkl",
+)
 BINARIZED_MNIST_MIRRORS = ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",)
 _USER_AGENT = "vilab/0.1 (python urllib)"
 _CHUNK = 1 << 20
@@ -128,6 +132,15 @@ _TABLE = [
         "1d110222c3aec7e6b5b1d428a608709c44772cd60227b10696e78763096289c5",
     ),
 ]
+
+_TABLE.append(
+    DataFile(
+        "freyfaces/freyfaces.pkl",
+        3_568_521,
+        "3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",
+        FREYFACES_URLS,
+    )
+)
 
 #: Every file vilab knows, by path relative to the data directory.
 KNOWN_FILES: dict[str, DataFile] = {f.relpath: f for f in _TABLE}

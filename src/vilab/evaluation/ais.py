@@ -15,6 +15,7 @@ from vilab.estimators.ais import ais
 from vilab.estimators.loglik import mean_with_stderr
 from vilab.evaluation.batches import check_positive, evaluating, per_batch
 from vilab.families.gaussian import StandardNormal
+from vilab.likelihoods import bits_per_dim
 from vilab.vae import VAE
 
 
@@ -78,6 +79,7 @@ def evaluate_ais(
         "log_px": log_px,
         "log_px_stderr": stderr,
         "nll": -log_px,
+        "bpd": bits_per_dim(-log_px, int(images[0].numel()), vae.likelihood.offset_nats),
         "chains": chains,
         "num_dists": num_dists,
         "num_leapfrog": num_leapfrog,

@@ -18,6 +18,7 @@ from vilab.distributed import SINGLE, World
 from vilab.estimators.importance import KHAT_GOOD, KHAT_OK, pareto_khat
 from vilab.estimators.loglik import importance_log_likelihood, mean_with_stderr
 from vilab.evaluation.batches import check_positive, eval_sizes, evaluating, per_batch
+from vilab.likelihoods import bits_per_dim
 from vilab.vae import VAE
 
 #: How to make the final test evaluation of ``vilab train`` cheaper (its cost line).
@@ -75,7 +76,9 @@ def evaluate(
     cost of the whole with ``hint`` (how to make it cheaper); the numbers do not change.
     ``khat``: also the Pareto k̂ of each image's K weights (Yao et al. 2018; needs
     K ≥ 100 and keeps the batch's K × B weights), summarized by :func:`khat_summary`
-    under ``"khat"``. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
+    under ``"khat"``. Besides nats per image, bits per dimension, bpd = (−log p(x) +
+    D·c) / (D ln 2) for the NLL and the −ELBO, with c = log 256 for a density on dequantized
+    8-bit data (Theis et al. 2016) and 0 for a discrete likelihood. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
     sized for the device (:func:`eval_sizes`).
     """
     given = {"chunk": chunk, "batch": batch}
@@ -109,10 +112,13 @@ def evaluate(
     with evaluating(vae):
         lp, se, el, iw, kh = per_batch(images, batch, one, seed, world, label, hint)
     log_px, stderr = mean_with_stderr(lp, se)
+    dim, offset = int(images[0].numel()), vae.likelihood.offset_nats
     out = {
         "log_px": log_px,
         "log_px_stderr": stderr,
         "nll": -log_px,
+        "bpd": bits_per_dim(-log_px, dim, offset),
+        "bpd_elbo": bits_per_dim(-float(el.mean()), dim, offset),
         "elbo": float(el.mean()),
         "samples": samples,
         "images": int(images.shape[0]),

@@ -8,7 +8,7 @@ A gated convolution multiplies a linear feature map by a learned sigmoid gate,
 arXiv:1612.08083; used for VAEs by Tomczak & Welling 2018, "VAE with a VampPrior",
 arXiv:1705.07120). The encoder/decoder pair is the one of van den Berg et al. 2018,
 "Sylvester Normalizing Flows for Variational Inference", arXiv:1803.05649, for 28 × 28
-images: six gated convolutions down to a 256-d feature vector, and the mirror image with
+images (any H × W divisible by 4): six gated convolutions down to a 256-d feature vector, and the mirror image with
 transposed convolutions. The networks return features and logits only; what those mean as
 distributions is for the caller.
 
@@ -53,9 +53,20 @@ def as_image_batch(x: Tensor, image_shape: tuple[int, int, int]) -> tuple[Tensor
     return x.reshape(math.prod(leading), c, h, w), leading
 
 
-def _check_image_size(image_size: int) -> None:
-    if int(image_size) < 4 or image_size % 4:
-        raise ValueError(f"image_size must be a positive multiple of 4, got {image_size}")
+def image_hw(image_size: int | tuple[int, int], net: str = "this network") -> tuple[int, int]:
+    """``(H, W)`` from a side or a pair, checked for a stack that down-samples twice by 2.
+
+    Raises:
+        ValueError: H or W is not a positive multiple of 4, with the reason (two stride-2
+            stages take 28 -> 14 -> 7, so each side must be divisible by 4).
+    """
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if min(int(h), int(w)) < 4 or h % 4 or w % 4:
+        raise ValueError(
+            f"{net} down-samples twice by 2 (e.g. 28 -> 14 -> 7), so H and W must each be a positive "
+            f"multiple of 4; got H={h}, W={w} (pad or crop the images, or use an mlp)"
+        )
+    return int(h), int(w)
 
 
 def _activation(name: str | None) -> nn.Module:
@@ -183,12 +194,14 @@ class GatedConvEncoder(nn.Module):
         GatedConv2d(64, 64, 5, padding=2)             7 -> 7
         GatedConv2d(64, F, k, padding=0)              7 -> 1
 
-    and the ``(F, 1, 1)`` map is flattened to ``F = out_features`` (256 in the paper).
+    Any ``(C, H, W)`` with H and W multiples of 4 (the last kernel is then
+    ``(H/4, W/4)``, e.g. 7 × 5 for Frey Faces' 28 × 20); other sizes are refused. The
+    ``(F, 1, 1)`` map is flattened to ``F = out_features`` (256 in the paper).
     With the defaults: 2,171,456 parameters (1,606,144 in the last layer).
 
     Args:
         in_channels: image channels ``C``.
-        image_size: image height and width, a multiple of 4.
+        image_size: image side, or ``(H, W)``; each a multiple of 4.
         out_features: size ``F`` of the feature vector.
 
     Shapes:
@@ -199,10 +212,15 @@ class GatedConvEncoder(nn.Module):
         arXiv:1803.05649 (their ``VAE.q_z_nn`` for MNIST).
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, out_features: int = 256) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int | tuple[int, int] = 28,
+        out_features: int = 256,
+    ) -> None:
         super().__init__()
-        _check_image_size(image_size)
-        self.image_shape = (int(in_channels), int(image_size), int(image_size))
+        h, w = image_hw(image_size, "the gated-conv encoder")
+        self.image_shape = (int(in_channels), h, w)
         self.in_features = math.prod(self.image_shape)
         self.out_features = int(out_features)
         self.net = nn.Sequential(
@@ -211,7 +229,7 @@ class GatedConvEncoder(nn.Module):
             GatedConv2d(32, 64, 5, 1, 2),
             GatedConv2d(64, 64, 5, 2, 2),
             GatedConv2d(64, 64, 5, 1, 2),
-            GatedConv2d(64, out_features, image_size // 4, 1, 0),
+            GatedConv2d(64, out_features, (h // 4, w // 4), 1, 0),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -244,7 +262,8 @@ class GatedConvDecoder(nn.Module):
         out_channels: outputs per pixel ``K`` (1 for Bernoulli logits, 2 for mean and
             log-scale).
         image_channels: image channels ``C``.
-        image_size: image height and width, a multiple of 4.
+        image_size: image side, or ``(H, W)``; each a multiple of 4 (any other size is
+            refused with the reason).
 
     Shapes:
         ``(..., D) -> (..., K·C·H·W)``; any leading dimensions, e.g. ``(S, B, D)``.
@@ -259,20 +278,20 @@ class GatedConvDecoder(nn.Module):
         latent_dim: int,
         out_channels: int = 1,
         image_channels: int = 1,
-        image_size: int = 28,
+        image_size: int | tuple[int, int] = 28,
     ) -> None:
         super().__init__()
-        _check_image_size(image_size)
+        h, w = image_hw(image_size, "the gated-conv decoder")
         if int(latent_dim) < 1 or int(out_channels) < 1:
             raise ValueError(
                 f"latent_dim and out_channels must be positive, got {latent_dim}, {out_channels}"
             )
         self.latent_dim = int(latent_dim)
         self.out_channels = int(out_channels)
-        self.image_shape = (int(image_channels), int(image_size), int(image_size))
+        self.image_shape = (int(image_channels), h, w)
         self.out_features = self.out_channels * math.prod(self.image_shape)
         self.net = nn.Sequential(
-            GatedConvTranspose2d(latent_dim, 64, image_size // 4, 1, 0),
+            GatedConvTranspose2d(latent_dim, 64, (h // 4, w // 4), 1, 0),
             GatedConvTranspose2d(64, 64, 5, 1, 2),
             GatedConvTranspose2d(64, 32, 5, 2, 2, 1),
             GatedConvTranspose2d(32, 32, 5, 1, 2),

@@ -18,6 +18,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 class MLP(nn.Sequential):
     """Linear layers of the given widths with an activation after every hidden layer.
 
+    Takes images of any ``(C, H, W)`` flattened to ``widths[0] = C·H·W`` (no constraint
+    on the shape); ``(..., widths[0]) -> (..., widths[-1])``.
+
     Args:
         widths: ``[in, hidden..., out]`` (at least two entries).
         activation: one of ``ACTIVATIONS``.

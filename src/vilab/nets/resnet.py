@@ -36,7 +36,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from vilab.nets.gated import _check_image_size, as_image_batch
+from vilab.nets.gated import as_image_batch, image_hw
 
 Resample = Literal["none", "down", "up"]
 
@@ -121,7 +121,8 @@ class ResNetEncoder(nn.Module):
 
     Args:
         in_channels: image channels ``C``.
-        image_size: image height and width, a multiple of 4.
+        image_size: image side, or ``(H, W)``; any ``(C, H, W)`` with H and W multiples
+            of 4 (two stride-2 stages), other sizes refused with the reason.
         channels: feature maps ``M`` in every convolution (64 in seed 002).
         out_features: size ``F`` of the feature vector.
         blocks_per_stage: residual blocks per resolution, the first of each down-sampling.
@@ -142,7 +143,7 @@ class ResNetEncoder(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        image_size: int = 28,
+        image_size: int | tuple[int, int] = 28,
         channels: int = 64,
         out_features: int = 256,
         blocks_per_stage: int = 3,
@@ -150,12 +151,12 @@ class ResNetEncoder(nn.Module):
         final_activation: bool = True,
     ) -> None:
         super().__init__()
-        _check_image_size(image_size)
+        h, w = image_hw(image_size, "the ResNet encoder")
         _check_sizes(channels, blocks_per_stage, in_channels=in_channels, out_features=out_features)
-        self.image_shape = (int(in_channels), int(image_size), int(image_size))
+        self.image_shape = (int(in_channels), h, w)
         self.in_features = math.prod(self.image_shape)
         self.out_features = int(out_features)
-        bottom = image_size // 4
+        bottom = (h // 4, w // 4)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
         for _ in range(2):
             layers.append(ResidualBlock(channels, "down", batch_norm))
@@ -166,7 +167,7 @@ class ResNetEncoder(nn.Module):
             _norm(channels, batch_norm),
             nn.ELU(),
             nn.Flatten(),
-            nn.Linear(channels * bottom * bottom, out_features),
+            nn.Linear(channels * bottom[0] * bottom[1], out_features),
         ]
         if final_activation:
             layers.append(nn.ELU())
@@ -197,7 +198,8 @@ class ResNetDecoder(nn.Module):
         out_channels: outputs per pixel ``K`` (1 for Bernoulli logits, 2 for mean and
             log-scale).
         image_channels: image channels ``C``.
-        image_size: image height and width, a multiple of 4.
+        image_size: image side, or ``(H, W)``; any ``(C, H, W)`` with H and W multiples
+            of 4 (two stride-2 stages), other sizes refused with the reason.
         channels: feature maps ``M`` in every convolution.
         blocks_per_stage: residual blocks per resolution, the last of each up-sampling.
         batch_norm: batch normalization in the blocks and before the output convolution.
@@ -217,13 +219,13 @@ class ResNetDecoder(nn.Module):
         latent_dim: int,
         out_channels: int = 1,
         image_channels: int = 1,
-        image_size: int = 28,
+        image_size: int | tuple[int, int] = 28,
         channels: int = 64,
         blocks_per_stage: int = 3,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        _check_image_size(image_size)
+        h, w = image_hw(image_size, "the ResNet decoder")
         _check_sizes(
             channels,
             blocks_per_stage,
@@ -233,12 +235,12 @@ class ResNetDecoder(nn.Module):
         )
         self.latent_dim = int(latent_dim)
         self.out_channels = int(out_channels)
-        self.image_shape = (int(image_channels), int(image_size), int(image_size))
+        self.image_shape = (int(image_channels), h, w)
         self.out_features = self.out_channels * math.prod(self.image_shape)
-        bottom = image_size // 4
+        bottom = (h // 4, w // 4)
         layers: list[nn.Module] = [
-            nn.Linear(latent_dim, channels * bottom * bottom),
-            nn.Unflatten(1, (channels, bottom, bottom)),
+            nn.Linear(latent_dim, channels * bottom[0] * bottom[1]),
+            nn.Unflatten(1, (channels, *bottom)),
         ]
         for _ in range(2):
             layers += [

@@ -10,11 +10,14 @@ import torch
 from torch import Tensor
 
 
-def grid(images: Tensor, nrow: int | None = None, shape: tuple[int, int] = (28, 28)) -> Tensor:
-    """``(N, H·W)`` values in [0, 1] -> one ``(rows·(H+1)−1, cols·(W+1)−1)`` image with a
-    one-pixel white border between tiles."""
+def grid(images: Tensor, nrow: int | None = None, shape: tuple[int, ...] = (28, 28)) -> Tensor:
+    """``(N, C·H·W)`` values in [0, 1], ``shape`` (H, W) or (C, H, W) -> one
+    ``(rows·(H+1)−1, cols·(W+1)−1)`` grey image with a one-pixel white border between
+    tiles (several channels are pictured by their mean)."""
     n = images.shape[0]
-    h, w = shape
+    h, w = shape[-2:]
+    if len(shape) == 3 and shape[0] > 1:
+        images = images.reshape(n, shape[0], h * w).mean(1)
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
     out = torch.ones(rows * (h + 1) - 1, nrow * (w + 1) - 1)
@@ -39,8 +42,8 @@ def save_grid(image: Tensor, path: Path, title: str | None = None) -> None:
     plt.close(fig)
 
 
-def pairs(x: Tensor, x_hat: Tensor, n: int = 32) -> Tensor:
+def pairs(x: Tensor, x_hat: Tensor, n: int = 32, shape: tuple[int, ...] = (28, 28)) -> Tensor:
     """Inputs (odd columns) next to reconstructions (even columns), 8 pairs a row."""
     n = min(n, x.shape[0])
     inter = torch.stack([x[:n], x_hat[:n]], dim=1).reshape(2 * n, -1)
-    return grid(inter, nrow=16)
+    return grid(inter, nrow=16, shape=shape)

@@ -34,7 +34,7 @@ def manifold(vae: torch.nn.Module, path: Path, n: int = 20) -> None:
     zz = torch.stack(torch.meshgrid(q, -q, indexing="xy"), -1).reshape(-1, 2)
     ref = next(vae.parameters())
     images = vae.mean(zz.to(ref.device, ref.dtype))  # type: ignore[operator]
-    img = grid(images, nrow=n)
+    img = grid(images, nrow=n, shape=getattr(vae, "image_shape", (1, 28, 28)))
     fig, ax = plt.subplots(figsize=(7, 7))
     ax.imshow(img.numpy(), cmap="gray")
     ax.axis("off")

@@ -24,9 +24,10 @@ def sample_images(
     from vilab.plots.images import grid, pairs, save_grid
 
     torch.manual_seed(1234 + step)
-    samples = grid(vae.sample(64), nrow=8)
+    shape = getattr(vae, "image_shape", (1, 28, 28))
+    samples = grid(vae.sample(64), nrow=8, shape=shape)
     x = test[:32]
-    recon = pairs(x, vae.reconstruct(x))
+    recon = pairs(x, vae.reconstruct(x), shape=shape)
     save_grid(samples, run_dir / "samples.png", "samples")
     save_grid(recon, run_dir / "reconstructions.png", "input | reconstruction")
     if writer is not None:

@@ -7,6 +7,7 @@ The objectives in :mod:`vilab.estimators` only ever see ``log p(x, z) − log q(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +47,24 @@ class DecoderModel(LatentVariableModel):
             Bernoulli likelihood, ``2 · prod(event)`` (mean, log-scale) for a Gaussian one.
         latent_dim: D.
         likelihood: ``"bernoulli"`` (binary data, decoder gives logits) or ``"gaussian"``
-            (continuous data; learned per-pixel variance, seed 003).
+            (continuous data; learned per-pixel variance, seed 003), or the name of
+            ``log_prob``.
+        log_prob: any other likelihood, ``(out (S, B, K·D), x (B, D)) -> (S, B)`` (e.g.
+            from ``vilab.likelihoods``, handed in by the caller: targets know no data).
     """
 
-    def __init__(self, decoder: nn.Module, latent_dim: int, likelihood: str = "bernoulli") -> None:
+    def __init__(
+        self,
+        decoder: nn.Module,
+        latent_dim: int,
+        likelihood: str = "bernoulli",
+        log_prob: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
         super().__init__()
-        if likelihood not in ("bernoulli", "gaussian"):
+        if log_prob is None and likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         self.decoder, self.latent_dim, self.likelihood = decoder, latent_dim, likelihood
+        self._log_prob = log_prob
         #: ``"bf16"``: in training mode the decoder runs under bfloat16 autocast and its
         #: outputs come back in float32, where the log-likelihood is summed; in
         #: evaluation mode everything is float32.
@@ -67,6 +78,8 @@ class DecoderModel(LatentVariableModel):
                 out = self.decoder(z)
             out = out.float()
         x = x.flatten(1)
+        if self._log_prob is not None:
+            return self._log_prob(out, x)
         if self.likelihood == "bernoulli":
             # log Bern(x; σ(l)) = x l − softplus(l), summed over pixels
             return (x * out - F.softplus(out)).sum(-1)

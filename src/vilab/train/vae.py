@@ -10,6 +10,7 @@ exactly.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -17,16 +18,73 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vilab.config import TrainConfig
+from vilab.config.train import BINARY_SETS
 from vilab.core.device import resolve_device, rng_state, set_matmul_precision, set_rng_state
 from vilab.core.seeding import Stream, derive_seed
-from vilab.data.vae_data import VAEData, load_vae_data
+from vilab.data.sources import source_from
+from vilab.data.vae_data import VAEData, load_vae_data, vae_data_from_source
 from vilab.distributed import SINGLE, World
 from vilab.train.guard import backward_finite, ema_update_if_finite, step_if_finite
 from vilab.train.optim import load_optimizer_state, make_optimizer, sync_free
 from vilab.train.schedule import apply_lr, progress
 from vilab.train.state import TrainerState
 from vilab.train.steps import StepResult
-from vilab.vae import VAE, build_vae, vae_objective
+from vilab.vae import VAE, build_vae, likelihood_of, vae_objective
+
+LEGACY = (*BINARY_SETS, "mnist_gray")
+
+
+def vae_data_for(config: TrainConfig, data: Any, world: World = SINGLE) -> VAEData:
+    """The run's data: ``data`` itself if a :class:`VAEData`; a tensor, array, torch
+    ``Dataset`` or dict of splits (:func:`~vilab.data.sources.source_from`); else the
+    ``data`` section's set. Served as the likelihood takes it, checked before training."""
+    values = likelihood_of(config).values
+    if config.data.name == "mnist_gray" and config.likelihood == "gaussian":
+        values = "continuous"
+    if data is None:
+        return load_vae_data(config.data, config.seed, world, values)
+    if isinstance(data, VAEData):
+        return data
+    source = source_from(data, config.data)
+    return vae_data_from_source(source, config.data, config.seed, world, values)
+
+
+def describe_data(config: TrainConfig, data: VAEData) -> str:
+    """One line: the data set, its split sizes, (C, H, W) and what the likelihood gets."""
+    sizes = f"{len(data.train.dataset)} / {len(data.valid)} / {len(data.test)}"
+    values = likelihood_of(config).values
+    return (
+        f"data: {config.data.name}, {sizes} images of (C, H, W) = {tuple(data.image_shape)}, "
+        f"likelihood={config.likelihood} on {values} values"
+    )
+
+
+def as_python_data(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``data.name=python`` (data handed in from Python), revalidated."""
+    if config.data.name == "python":
+        return config
+    dumped = config.model_dump()
+    dumped["data"]["name"] = "python"
+    return type(config).model_validate(dumped)
+
+
+def with_image_shape(
+    config: TrainConfig, shape: tuple[int, int, int], sha256: str | None = None
+) -> TrainConfig:
+    """``config`` with ``data.image_shape`` set to the data's (C, H, W) and ``data.sha256``
+    to its files' digest, so that the run's config.yaml records them (MNIST-sized runs of
+    the MNIST sets keep the shape unset, as before); a different shape given in the config
+    is refused."""
+    given = config.data.image_shape
+    if given is not None and tuple(given) != tuple(shape):
+        raise ValueError(f"data.image_shape={list(given)}, but the images are {list(shape)}")
+    if given is None and tuple(shape) == (1, 28, 28) and config.data.name in LEGACY:
+        return config
+    update: dict[str, Any] = {"image_shape": tuple(shape)}
+    if sha256 is not None:
+        update["sha256"] = sha256
+    data = config.data.model_copy(update=update)
+    return config.model_copy(update={"data": data})
 
 
 class _Loss(torch.nn.Module):
@@ -57,9 +115,7 @@ class VAETrainer(TrainerState):
 
     kept_on_rollback = ("seconds", "best")
 
-    def __init__(
-        self, config: TrainConfig, data: VAEData | None = None, world: World = SINGLE
-    ) -> None:
+    def __init__(self, config: TrainConfig, data: Any = None, world: World = SINGLE) -> None:
         super().__init__(config.faults, world)
         self.config = config
         self.device = resolve_device(config.device, world.local_rank if world.distributed else None)
@@ -67,8 +123,12 @@ class VAETrainer(TrainerState):
             torch.cuda.set_device(self.device)
             set_matmul_precision(config.tf32)  # process-wide: set only for a GPU run
         torch.manual_seed(config.seed)
-        if data is None:
-            data = load_vae_data(config.data, config.seed, world)
+        if data is not None and not isinstance(data, VAEData):
+            config = as_python_data(config)
+        data = vae_data_for(config, data, world)
+        self.config = config = with_image_shape(config, data.image_shape, data.sha256)
+        if world.is_main and config.data.name not in LEGACY:
+            print(describe_data(config, data), file=sys.stderr)
         self.data = data.to(self.device)
         self.vae = build_vae(config).to(self.device)  # built on the CPU: the same weights anywhere
         if world.rank > 0:  # one seed per rank; rank 0 continues the single-process stream
