@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,pyro,stan]'
+	$(BIN)/pip install -q -e '.[test,pyro,stan,arviz]'
 	touch $(BIN)/vilab
 
 setup: $(BIN)/vilab
