@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling bench-posteriors bench-peers2d bench-spline bench-stan bench-gpu clean
+.PHONY: setup demo test test-all lint lint-imports bench-env bench-density2d bench-mnist bench-uivi bench-scaling bench-posteriors bench-posteriordb bench-peers2d bench-spline bench-stan bench-gpu clean
 
 $(BIN)/vilab: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,pyro,stan,images]'
+	$(BIN)/pip install -q -e '.[test,pyro,stan,images,arviz]'
 	touch $(BIN)/vilab
 
 setup: $(BIN)/vilab
@@ -66,6 +66,12 @@ bench-scaling: bench-env
 # flow, 90 s of training per fit, two fits at a time (~25 min): k̂, ESS, errors of means and sds.
 bench-posteriors: bench-env
 	$(BENCH)/bin/python benchmarks/posteriors.py
+
+# 15 posteriordb posteriors × vilab's mean-field, full-rank, default and spline families,
+# zuko's MAF and NSF and Pyro's AutoNormal, AutoMultivariateNormal and AutoIAFNormal, 120 s
+# of training per fit, two at a time (~2.5 h): ELBO, k̂, errors vs reference draws, W1/floor.
+bench-posteriordb: bench-env
+	$(BENCH)/bin/python benchmarks/posteriordb.py
 
 # vilab's default and spline families against zuko's NSF and normflows' RealNVP and NSF on
 # U1–U4, the banana and normflows' TwoMoons, RingMixture, CircularGaussianMixture at equal

@@ -159,7 +159,9 @@ def test_every_name_a_script_takes_from_the_shared_modules_exists(script):
         assert not missing, f"{script}.py uses {module}.{missing}, which does not exist"
 
 
-@pytest.mark.parametrize("script", ["density2d", "mnist", "uivi", "posteriors", "gpu"])
+@pytest.mark.parametrize(
+    "script", ["density2d", "mnist", "uivi", "posteriors", "gpu", "posteriordb"]
+)
 def test_scripts_parse_their_quick_defaults(script):
     module = __import__(script)
     args = module.parse_args(["--quick"])
@@ -171,6 +173,7 @@ def test_scripts_parse_their_quick_defaults(script):
         "uivi": ("max_seconds", 10.0, 120.0),
         "posteriors": ("seconds", 2.0, 90.0),
         "gpu": ("eval_samples", 10, 1000),
+        "posteriordb": ("seconds", 10.0, 120.0),
     }[script]
     assert (getattr(args, expected[0]), getattr(full, expected[0])) == expected[1:]
     with pytest.raises(SystemExit):
@@ -206,3 +209,13 @@ def test_gpu_benchmark_quick_runs_every_part_on_the_cpu(
     assert math.isfinite(r["precision"]["diff"]) and r["precision"]["max_window_gap"] >= 0
     assert [p["step"] for p in r["seed002"]["points"]] == [0, 1, 2, 3, 4]
     assert len(r["goals"]) == 7
+
+
+def test_posteriordb_benchmark_names_the_issues_15_posteriors_and_two_quick_ones():
+    posteriordb = __import__("posteriordb")
+    assert len(posteriordb.POSTERIORS) == 15 == len(set(posteriordb.POSTERIORS))
+    quick, full = posteriordb.parse_args(["--quick"]), posteriordb.parse_args([])
+    assert len(quick.posteriors) == 2 and full.posteriors == list(posteriordb.POSTERIORS)
+    assert set(posteriordb.VILAB) | set(posteriordb.peers()) == set(full.methods)
+    with pytest.raises(SystemExit):
+        posteriordb.parse_args(["--methods", "zuko_maf"])  # the goals are about the default

@@ -262,7 +262,8 @@ def run_command(
     argv = vilab_argv(cmd)
     assert argv is not None and cmd.argv[0] == "vilab"
     apply_env(cmd, monkeypatch)
-    extra = {"fit": FAST_FIT, "train": FAST_TRAIN, "eval": FAST_EVAL, "compare": []}[argv[0]]
+    extra = {"fit": FAST_FIT, "train": FAST_TRAIN, "eval": FAST_EVAL, "compare": [], "draws": []}
+    extra = extra[argv[0]]
     before = set(Path("runs").glob("*")) if Path("runs").is_dir() else set()
     assert cli.main([*argv, *extra, *(more or [])]) == 0, f"{cmd}: exit status not 0"
     created = sorted(set(Path("runs").glob("*")) - before) if Path("runs").is_dir() else []

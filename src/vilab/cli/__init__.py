@@ -1,4 +1,4 @@
-"""Command line: ``vilab fit``, ``train``, ``eval``, ``demo`` and ``compare``. Thin: parses, builds a
+"""Command line: ``vilab fit``, ``train``, ``eval``, ``draws``, ``demo`` and ``compare``. Thin: parses, builds a
 config, calls one function per command. Errors in the input end with ``vilab: error: …``
 and exit code 2. ``train`` and ``eval`` run data-parallel under ``torchrun`` (or with
 ``--nproc N``, which starts it; :mod:`vilab.distributed`)."""
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_demo(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "draws":
+            return _cmd_draws(args)
         if args.command in ("train", "eval"):
             from vilab.distributed import world_from_env
 
@@ -148,6 +150,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(text, end="")
     if figure is not None:
         print(f"figure: {figure}")
+    return 0
+
+
+def _cmd_draws(args: argparse.Namespace) -> int:
+    from vilab.commands.draws import write_draws
+
+    print(json.dumps(write_draws(args.run_dir, args.n, args.out, args.seed), indent=2))
     return 0
 
 

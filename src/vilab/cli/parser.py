@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _demo_parser(sub)
+    _draws_parser(sub)
     c = sub.add_parser(
         "compare", help="one table and one figure across finished runs (families × targets × seeds)"
     )
@@ -229,3 +230,13 @@ def _demo_parser(sub: Any) -> None:
     _set_option(d, "steps=2000 (for every fit)")
     d.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
     _device_option(d, "auto")
+
+
+def _draws_parser(sub: Any) -> None:
+    d = sub.add_parser(
+        "draws", help="draws of a finished fit as ArviZ data (netCDF): named, constrained, weighted"
+    )
+    d.add_argument("run_dir", metavar="RUN", help="a finished `vilab fit` run directory")
+    d.add_argument("--n", type=_positive, default=4000, help="draws of q (default 4000)")
+    d.add_argument("--out", required=True, help="the netCDF file to write (never overwritten)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")

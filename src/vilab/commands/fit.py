@@ -50,6 +50,15 @@ class FitResult:
     target: Target
     run_dir: Path
 
+    def to_arviz(self, n: int = 4000, seed: int = 0) -> Any:
+        """``n`` seeded draws of the fitted q as ArviZ data (an xarray ``DataTree``): named,
+        constrained parameters in ``posterior`` (one chain), log p̃, log q and the raw and
+        PSIS-smoothed importance log-weights in ``sample_stats``
+        (:func:`vilab.evaluation.draws.draws_to_arviz`; needs ``vilab[arviz]``)."""
+        from vilab.evaluation.draws import draws_to_arviz
+
+        return draws_to_arviz(self.family, self.target, n, seed)
+
 
 class FitJob:
     """The fit's side of the run (:class:`vilab.train.run.Job`): records with

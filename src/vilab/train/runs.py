@@ -1,6 +1,6 @@
-"""Reading a run directory, in one place: its ``metrics.json``, what kind of run it is, and
-the trained VAE to evaluate (the best weights, else the last; the moving average where the
-run kept one)."""
+"""Reading a run directory, in one place: its ``metrics.json``, what kind of run it is, the
+trained VAE to evaluate (the best weights, else the last; the moving average where the
+run kept one) and a finished fit's trainer (its family and target, for draws)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from vilab.config import FitConfig, TrainConfig, load_train_config, read_yaml
+from vilab.config import FitConfig, TrainConfig, load_fit_config, load_train_config, read_yaml
 from vilab.core.checkpoint import brief, load_checkpoint
 from vilab.core.device import resolve_device
+from vilab.train.fit import Fitter
 from vilab.vae import VAE, build_vae
 
 
@@ -98,3 +99,44 @@ def load_trained_vae(
     weights = best if best.exists() else run_dir / "checkpoint.pt"
     load_model(vae, weights)
     return config, vae.to(where), weights
+
+
+def check_fit_run(run_dir: Path) -> dict[str, Any]:
+    """The ``metrics.json`` of the finished ``vilab fit`` run in ``run_dir``; else a
+    ``ValueError`` saying in one line what it is (missing, no config.yaml, a ``vilab
+    train`` run, not finished, or interrupted)."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        what = "is not a vilab run directory" if run_dir.exists() else "does not exist"
+        raise ValueError(f"{str(run_dir)!r} {what} (no config.yaml)")
+    fit_only = set(FitConfig.model_fields) - set(TrainConfig.model_fields)
+    if not set(read_yaml(config)) & fit_only:
+        raise ValueError(f"{str(run_dir)!r} is not a `vilab fit` run (its config has no target)")
+    metrics, ckpt = run_dir / "metrics.json", run_dir / "checkpoint.pt"
+    if not metrics.is_file() or not ckpt.is_file():
+        missing = "metrics.json" if not metrics.is_file() else "checkpoint.pt"
+        raise ValueError(f"{str(run_dir)!r} is not a finished fit run (no {missing})")
+    values = read_json(metrics)
+    if values.get("interrupted"):
+        raise ValueError(
+            f"{str(run_dir)!r} was interrupted at step {values.get('steps')}: finish it first "
+            f"(vilab fit --resume --out {run_dir})"
+        )
+    return values
+
+
+def load_fitted(run_dir: Path, device: str = "cpu") -> Fitter:
+    """The :class:`~vilab.train.fit.Fitter` of the finished fit run in ``run_dir``: its
+    family and target rebuilt from ``config.yaml`` (a Stan program is compiled, or taken
+    from the cache) with the trained weights of ``checkpoint.pt``, on ``device``.
+
+    Raises:
+        ValueError: not a finished fit run (:func:`check_fit_run`), or a checkpoint that
+            does not fit its config.
+    """
+    check_fit_run(run_dir)
+    config = load_fit_config(run_dir / "config.yaml", [f"device={device}"])
+    fitter = Fitter(config)
+    ckpt = run_dir / "checkpoint.pt"
+    fitter.load_state_dict(load_checkpoint(ckpt), f"checkpoint {str(ckpt)!r}")
+    return fitter
