@@ -347,6 +347,46 @@ class FitFigures:
         return f"{value:.3f} ± {stderr:.3f}{mark}"
 
 
+@dataclasses.dataclass(kw_only=True)
+class CardFit(FitFigures):
+    """One method fitted to one target for a time budget, scored by its report card
+    (``card``), with the wall-clock seconds of fit and card (``wall``)."""
+
+    target: str
+    method: str
+    card: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wall: float = 0.0
+
+    @property
+    def where(self) -> str:
+        return f"{self.method} on {self.target}"
+
+    def summary(self) -> str:
+        """The card's figures for the progress lines."""
+        return f"k̂ {self.card['khat']:.2f}"
+
+    def status(self) -> str:
+        return self.summary() if self.card else str(self.error)
+
+
+def budget_overrides(target: str, seconds: float, samples: int, seed: int) -> list[str]:
+    """Config keys of a vilab fit of ``target`` run for ``seconds`` of training (one
+    thread, no figures, checkpoints or per-step logs to speak of), carded from ``samples``
+    draws of q."""
+    return [
+        f"target.name={target}",
+        "steps=1000000",
+        f"max_seconds={seconds}",
+        f"report_samples={samples}",
+        f"eval_samples={samples}",
+        f"seed={seed}",
+        "threads=1",
+        "figures=false",
+        "checkpoint_every=1000000",
+        "log_every=100",
+    ]
+
+
 F = TypeVar("F", bound=FitFigures)
 
 

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    FitFigures,
+    CardFit,
     base_parser,
+    budget_overrides,
     fill_defaults,
     goal_line,
     report_goals,
@@ -76,21 +77,10 @@ def peers() -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(kw_only=True)
-class PosteriorFit(FitFigures):
-    """One method on one posterior: its report card and wall-clock seconds."""
+class PosteriorFit(CardFit):
+    """One method on one posterior (``target``: its posteriordb name)."""
 
-    posterior: str
-    method: str
-    card: dict[str, Any] = dataclasses.field(default_factory=dict)
-    wall: float = 0.0
-
-    @property
-    def where(self) -> str:
-        return f"{self.method} on {self.posterior}"
-
-    def status(self) -> str:
-        if not self.card:
-            return str(self.error)
+    def summary(self) -> str:
         return f"ELBO {self.card['elbo']:.2f}, k̂ {self.card['khat']:.2f}"
 
     def ref(self, key: str) -> float:
@@ -112,15 +102,13 @@ def _target(posterior: str) -> Any:
 
 def fit_one(posterior: str, method: str, seconds: float, samples: int, seed: int) -> PosteriorFit:
     """Fit ``method`` to ``posterior`` for ``seconds`` of training and read its card."""
-    r = PosteriorFit(posterior=posterior, method=method)
+    r = PosteriorFit(target=posterior, method=method)
     t0 = time.perf_counter()
     if method in VILAB:
         from vilab.config import load_fit_config
 
-        overrides = [f"target.name=posteriordb:{posterior}", *VILAB[method], "steps=1000000"]
-        overrides += [f"max_seconds={seconds}", f"report_samples={samples}", f"seed={seed}"]
-        overrides += [f"eval_samples={samples}", "threads=1", "figures=false"]
-        overrides += ["checkpoint_every=1000000", "log_every=100"]
+        overrides = budget_overrides(f"posteriordb:{posterior}", seconds, samples, seed)
+        overrides += VILAB[method]
         r.card = r.run(load_fit_config(overrides=overrides)).get("report", {})
     else:
         _fit_peer(r, seconds, samples, seed)
@@ -136,7 +124,7 @@ def _fit_peer(r: PosteriorFit, seconds: float, samples: int, seed: int) -> None:
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)
-    target = _target(r.posterior)
+    target = _target(r.target)
     try:
         q, r.steps, r.seconds = fit_peer(r.method, target, seconds, samples=1000)
         r.card = report_card(q, target, samples)
@@ -267,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     calls = [(p, m, args.seconds, args.samples, args.seed) for p in kept for m in args.methods]
     print(f"{len(calls)} fits …", file=sys.stderr, flush=True)
     fits = run_parallel(fit_one, calls, args.jobs)
-    by = {p: [f for f in fits if f.posterior == p] for p in kept}
+    by = {p: [f for f in fits if f.target == p] for p in kept}
     for p, rows in by.items():
         print(table(p, rows))
     print(

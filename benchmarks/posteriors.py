@@ -29,11 +29,11 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from common import (
-    FitFigures,
+    CardFit,
     base_parser,
+    budget_overrides,
     fill_defaults,
     goal_line,
     report_goals,
@@ -57,21 +57,10 @@ GOAL_KHAT, GOAL_MEAN_ERROR, GOAL_SECONDS = 0.7, 0.1, 120.0
 
 
 @dataclasses.dataclass(kw_only=True)
-class PosteriorFit(FitFigures):
-    """One family on one suite target: its report card and the wall-clock seconds."""
+class PosteriorFit(CardFit):
+    """One family (``method``) on one suite target."""
 
-    target: str
-    family: str
-    card: dict[str, Any] = dataclasses.field(default_factory=dict)
-    wall: float = 0.0
-
-    @property
-    def where(self) -> str:
-        return f"{self.family} on {self.target}"
-
-    def status(self) -> str:
-        if not self.card:
-            return str(self.error)
+    def summary(self) -> str:
         return f"k̂ {self.card['khat']:.2f}, mean err {self.mean_error():.3f} sd"
 
     def mean_error(self, kind: str = "psis") -> float:
@@ -93,20 +82,8 @@ class PosteriorFit(FitFigures):
 
 def fit_one(target: str, family: str, seconds: float, samples: int, seed: int) -> PosteriorFit:
     """Fit ``family`` to ``target`` for ``seconds`` of training and read its card."""
-    overrides = [
-        f"target.name={target}",
-        *FAMILIES[family],
-        "steps=1000000",
-        f"max_seconds={seconds}",
-        f"report_samples={samples}",
-        f"eval_samples={samples}",
-        f"seed={seed}",
-        "threads=1",
-        "figures=false",
-        "checkpoint_every=1000000",
-        "log_every=100",
-    ]
-    r = PosteriorFit(target=target, family=family)
+    overrides = [*budget_overrides(target, seconds, samples, seed), *FAMILIES[family]]
+    r = PosteriorFit(target=target, method=family)
     t0 = time.perf_counter()
     metrics = r.run(load_fit_config(overrides=overrides))
     r.wall = time.perf_counter() - t0
@@ -123,11 +100,11 @@ def table(fits: list[PosteriorFit]) -> str:
     for f in fits:
         c = f.card
         if not c:
-            lines.append(f"| {f.target} | | {f.family} | | | failed ({f.error}) | | | | |")
+            lines.append(f"| {f.target} | | {f.method} | | | failed ({f.error}) | | | | |")
             continue
         z = c.get("log_z_is_zscore")
         lines.append(
-            f"| {f.target} | {c['dim']} | {f.family} | {f.steps} | {f.wall:.0f} | "
+            f"| {f.target} | {c['dim']} | {f.method} | {f.steps} | {f.wall:.0f} | "
             f"{c['khat']:.2f} | {c['ess_fraction']:.1%} | "
             f"{f.mean_error('q'):.3f} / {f.mean_error():.3f} | "
             f"{f.sd_error('q'):.3f} / {f.sd_error():.3f} | "
@@ -182,13 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     goals = []
     for t in args.targets:
         mine = [f for f in fits if f.target == t and f.card]
-        best = [f.family for f in mine if f.meets_goal()]
+        best = [f.method for f in mine if f.meets_goal()]
         if best:
             figure = ", ".join(best)
         elif mine:
             closest = min(mine, key=lambda f: (f.card["khat"] >= GOAL_KHAT, f.mean_error()))
             figure = (
-                f"none; closest {closest.family}: k̂ {closest.card['khat']:.2f}, "
+                f"none; closest {closest.method}: k̂ {closest.card['khat']:.2f}, "
                 f"mean err {closest.mean_error():.3f} sd in {closest.wall:.0f} s"
             )
         else:
