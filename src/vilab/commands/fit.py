@@ -95,6 +95,7 @@ class FitJob:
             device=fitter.device,
         )
         out["steps_per_second"] = fitter.step / max(fitter.seconds, 1e-9)
+        out.update(fitter.stop_summary(interrupted))
         if cfg.figures:
             from vilab.plots.density2d import plot_run
 
