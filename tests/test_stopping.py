@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 
 import pytest
 
 from vilab.commands.fit import run_fit
 from vilab.config import StopConfig, load_fit_config
+from vilab.train.fit import Fitter
 from vilab.train.stopping import Convergence
 
 NOISE = 0.05  # sd of one step's bound; a window mean of 100 steps has s.e. 0.005
@@ -133,3 +135,41 @@ def test_a_fit_stops_on_convergence_and_says_why(tmp_path) -> None:
     exact = load_fit_config(overrides=[*over, "steps=120"])
     m = run_fit(exact, tmp_path / "exact", progress=False, tensorboard=False).metrics
     assert m["stop"] == "steps" and m["stopped_at_step"] == 120
+
+
+def test_an_interrupted_fit_resumes_to_the_same_stop(tmp_path, monkeypatch) -> None:
+    """SIGINT mid-window; the resumed fit stops at the same step with the same family."""
+    over = [
+        "target.name=banana",
+        "family.kind=mean_field",
+        "samples=100",
+        "stop.anneal_steps=20",
+        "stop.window=20",
+        "eval_samples=1000",
+        "report_samples=500",
+        "figures=false",
+        "threads=1",
+        "checkpoint_every=50",
+    ]
+    cfg = load_fit_config(overrides=over)
+    whole = run_fit(cfg, tmp_path / "whole", progress=False, tensorboard=False).metrics
+    assert whole["stop"] == "converged"
+    original = Fitter.train_step
+
+    def interrupt(self, **kwargs):
+        if self.step == 137:  # mid-window, after the rule has seen windows
+            signal.raise_signal(signal.SIGINT)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Fitter, "train_step", interrupt)
+    part = run_fit(cfg, tmp_path / "resumed", progress=False, tensorboard=False).metrics
+    assert part["interrupted"] and part["stop"] == "interrupted"
+    monkeypatch.setattr(Fitter, "train_step", original)
+    done = run_fit(cfg, tmp_path / "resumed", resume=True, progress=False, tensorboard=False)
+    m = done.metrics
+    assert (m["stopped_at_step"], m["stop_reason"]) == (
+        whole["stopped_at_step"],
+        whole["stop_reason"],
+    )
+    with pytest.raises(ValueError, match="finished run .*converged at step"):
+        run_fit(cfg, tmp_path / "resumed", resume=True, progress=False, tensorboard=False)

@@ -225,7 +225,7 @@ class StopConfig(_Strict):
     z: float = Field(2.0, gt=0)
     tol: float = Field(1e-3, ge=0)
     lr_factor: float = Field(0.1, gt=0, lt=1)
-    reductions: int = Field(1, ge=0)
+    reductions: int = Field(2, ge=0)
     anneal_steps: int = Field(800, ge=0)
 
 
