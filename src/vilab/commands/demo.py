@@ -2,8 +2,8 @@
 
 The defaults of :class:`vilab.config.FitConfig` are vilab's strong 2-D recipe: a stack of
 16 orthogonal Sylvester layers, 3 autoregressive spline layers and 2 IAF steps
-(:func:`vilab.config.default_stack`), 8000 steps of 1000 samples, Adam 2e-3 with cosine
-decay, β-annealed over the first 40% of the steps.
+(:func:`vilab.config.default_stack`), 1000 samples per step, Adam 2e-3, β-annealed over
+800 steps, until the bound has converged (:mod:`vilab.train.stopping`; at most 8000 steps).
 
 Each target is one ordinary ``fit`` run (its own run directory); the runs share the two
 CPU cores as separate processes. The demo then writes ``demo.png`` (one row per target:

@@ -12,6 +12,7 @@ into a :class:`~vilab.config.FitConfig` for it.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,8 @@ class FitJob:
             device=fitter.device,
         )
         out["steps_per_second"] = fitter.step / max(fitter.seconds, 1e-9)
+        out.update(fitter.stop_summary(interrupted))
+        print(f"vilab: {out['stop_reason']}", file=sys.stderr, flush=True)
         if cfg.figures:
             from vilab.plots.density2d import plot_run
 

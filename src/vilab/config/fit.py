@@ -218,12 +218,31 @@ class FitObjectiveConfig(_Strict):
     stl: bool = False
 
 
+class StopConfig(_Strict):
+    """When a fit stops (:mod:`vilab.train.stopping`). With ``auto`` (the default unless
+    ``steps`` is given) the fit anneals β over ``anneal_steps`` steps, then keeps the
+    learning rate constant until the bound stalls — its mean over the last two of four
+    ``window``-step windows within max(``z`` standard errors, ``tol`` nats) of the two
+    before — then multiplies it by ``lr_factor``, up to ``reductions`` times (judging again
+    two windows later), and stops at the stall after that (or at ``steps``, the cap). Without ``auto`` a fit runs exactly
+    ``steps`` steps with the configured schedule."""
+
+    auto: bool = True
+    window: int = Field(100, ge=1)
+    z: float = Field(2.0, gt=0)
+    tol: float = Field(1e-3, ge=0)
+    lr_factor: float = Field(0.1, gt=0, lt=1)
+    reductions: int = Field(2, ge=0)
+    anneal_steps: int = Field(800, ge=0)
+
+
 class FitConfig(_Strict):
     """Fit a family to a target by maximizing the reverse-KL ELBO.
 
     ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
-    family). ``eval_samples``: samples for the exact KL; ``report_samples``: draws of q for
+    family). ``steps``: exactly this many steps when given, else the cap of a fit that
+    stops on convergence (``stop``, :class:`StopConfig`). ``eval_samples``: samples for the exact KL; ``report_samples``: draws of q for
     the report card (Pareto k̂, ESS, importance-sampled log Z, corrected moments;
     :mod:`vilab.report`). ``max_seconds``: stop early after
     this much training time. ``device``: where the family, the target's log-density, the
@@ -249,6 +268,7 @@ class FitConfig(_Strict):
     figures: bool = True
     max_seconds: float | None = Field(None, gt=0)
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
     device: DeviceSpec = "auto"
 
     @model_validator(mode="before")
@@ -256,6 +276,14 @@ class FitConfig(_Strict):
     def _renamed(cls, data: Any) -> Any:
         keys = ("beta_start", "beta_steps", "stl")
         return refuse_renamed(data, {k: f"objective.{k}" for k in keys}, cls.__name__)
+
+    @model_validator(mode="after")
+    def _steps_mean_steps(self) -> FitConfig:
+        """``steps`` given and ``stop.auto`` not: exactly ``steps`` steps, as ever."""
+        if "steps" in self.model_fields_set and "auto" not in self.stop.model_fields_set:
+            self.stop.__dict__["auto"] = False  # (no re-validation from inside a validator)
+            self.stop.model_fields_set.add("auto")
+        return self
 
     @model_validator(mode="after")
     def _samples_split(self) -> FitConfig:

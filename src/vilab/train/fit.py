@@ -33,6 +33,7 @@ from vilab.train.optim import load_optimizer_state, make_optimizer
 from vilab.train.schedule import apply_lr, progress
 from vilab.train.state import TrainerState
 from vilab.train.steps import StepResult
+from vilab.train.stopping import Convergence
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -74,6 +75,9 @@ class Fitter(TrainerState):
                 f"{self.family_name!r} cannot (a semi-implicit family, or a flow of yours "
                 "without an inverse): set objective.stl=false"
             )
+        self.convergence = Convergence(config.stop)
+        # the stopping rule's window: steps, Σ bound, Σ bound² (float64, on the device)
+        self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         o = config.optim
         self.optimizer = make_optimizer(o.name, self.family.parameters(), o.lr, self.device)
 
@@ -91,17 +95,10 @@ class Fitter(TrainerState):
         ``log_value=False`` lets a family skip a costly log q(z) value (semi-implicit: an
         importance-sampled estimate) that only the logged bound needs."""
         cfg, obj = self.config, self.config.objective
-        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
-        beta = beta_at(
-            self.step,
-            beta_start=obj.beta_start,
-            beta_steps=obj.beta_steps,
-            total_steps=cfg.steps,
-            frac=frac,
-        )
-        lr = apply_lr(self.optimizer, cfg.optim, self.step, frac, self.guard.lr_scale)
+        beta, lr = self._schedule()
+        watch = cfg.stop.auto and beta >= 1.0 and (log_value or self.family.exact_log_q)
         n, context = self.contexts(cfg.samples)
-        s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value)
+        s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value or watch)
         log_p = self.target.log_prob(s.z, context)
         loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta).mean()
         bound = elbo(log_p - s.log_q).mean().detach()
@@ -115,16 +112,69 @@ class Fitter(TrainerState):
         self.step += 1
         self.seconds = self.clock()
         value = bound.item() if log_value else math.nan  # no read-back on other steps
-        return StepResult({"bound": value, "beta": beta, "lr": lr}, finite, fault)
+        if watch and finite:
+            b = bound.double()
+            self._sums += torch.stack([torch.ones_like(b), b, b * b])
+        if cfg.stop.auto and self.step % cfg.stop.window == 0:
+            self.convergence.observe(self.step, *self._sums.tolist())  # one read-back
+            self._sums.zero_()
+        values = {"bound": value, "beta": beta, "lr": lr}
+        return StepResult(values, finite, fault)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the fit is over before ``steps``: it converged (:mod:`vilab.train.stopping`,
+        with ``stop.auto``); None otherwise."""
+        return self.convergence.reason if self.config.stop.auto else None
+
+    def _schedule(self) -> tuple[float, float]:
+        """β and the learning rate of this step, set on the optimizer: with ``stop.auto``
+        annealing over ``stop.anneal_steps``, then the rate the stopping rule chose
+        (:mod:`vilab.train.stopping`); else the configured schedule over ``steps``."""
+        cfg, obj = self.config, self.config.objective
+        if cfg.stop.auto:
+            anneal = cfg.stop.anneal_steps if obj.beta_steps is None else obj.beta_steps
+            beta = beta_at(self.step, beta_start=obj.beta_start, beta_steps=anneal)
+            scale = self.guard.lr_scale * self.convergence.lr_scale
+            return beta, apply_lr(self.optimizer, cfg.optim, self.step, 0.0, scale)
+        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
+        beta = beta_at(
+            self.step,
+            beta_start=obj.beta_start,
+            beta_steps=obj.beta_steps,
+            total_steps=cfg.steps,
+            frac=frac,
+        )
+        return beta, apply_lr(self.optimizer, cfg.optim, self.step, frac, self.guard.lr_scale)
+
+    def stop_summary(self, interrupted: bool = False) -> dict[str, Any]:
+        """Why the fit stopped, for ``metrics.json``: ``stop`` (``converged``, ``steps``,
+        ``max_seconds`` or ``interrupted``), ``stop_reason`` in words and
+        ``stopped_at_step``."""
+        cfg = self.config
+        if self.stop_reason is not None:
+            kind, why = "converged", self.stop_reason
+        elif self.step >= cfg.steps:
+            cap = " (the cap: the bound had not settled)" if cfg.stop.auto else ""
+            kind, why = "steps", f"ran the {cfg.steps} steps asked for{cap}"
+        elif interrupted or cfg.max_seconds is None:
+            kind, why = "interrupted", "interrupted by a signal (resume with --resume)"
+        else:
+            kind, why = "max_seconds", f"reached max_seconds = {cfg.max_seconds:g}"
+        return {"stop": kind, "stop_reason": why, "stopped_at_step": self.step}
 
     def own_state(self) -> dict[str, Any]:
         return {
             "family": self.family.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(self.device),
+            "convergence": {**self.convergence.state_dict(), "sums": self._sums.tolist()},
         }
 
     def load_own_state(self, state: dict[str, Any]) -> None:
         self.family.load_state_dict(state["family"])
         load_optimizer_state(self.optimizer, state["optimizer"])
         set_rng_state(state["rng"], self.device)
+        if "convergence" in state:  # (checkpoints before the rule have none)
+            self.convergence.load_state_dict(state["convergence"])
+            self._sums.copy_(torch.tensor(state["convergence"]["sums"], dtype=torch.float64))

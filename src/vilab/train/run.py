@@ -43,6 +43,7 @@ from vilab.train.rundir import (
     check_resume_config,
     check_resume_steps,
     clear_run,
+    finished,
 )
 from vilab.train.runs import read_json
 from vilab.train.steps import Hooks, Stepper, run_steps
@@ -159,6 +160,11 @@ def _resume(trainer: Trainer, run_dir: Path, ckpt: Path, world: World) -> None:
     state = on_main(world, load_checkpoint, ckpt)
     trainer.load_state_dict(state, f"checkpoint {str(ckpt)!r}")
     on_main(world, check_resume_steps, run_dir, trainer.config.steps, trainer.step)
+    if trainer.stop_reason is not None and on_main(world, finished, run_dir):
+        raise ValueError(
+            f"{str(run_dir)!r} is a finished run ({trainer.stop_reason}); to train on, "
+            "resume with --set stop.auto=false and --steps N"
+        )
 
 
 def _open_run(

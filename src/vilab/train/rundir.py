@@ -33,6 +33,7 @@ from pydantic import BaseModel
 #: budgets, logging, paths or evaluation, not what is trained.
 RESUMABLE_KEYS = (
     "steps",
+    "stop.",
     "max_seconds",
     "threads",
     "device",

@@ -38,6 +38,8 @@ class TrainerState:
     #: Attributes a rollback keeps as they are (besides the guard's counts): the clock, so
     #: that a time budget counts the lost steps too.
     kept_on_rollback: tuple[str, ...] = ("seconds",)
+    #: Why training is over before its ``steps`` (None: it is not).
+    stop_reason: str | None = None
 
     def __init__(self, faults: _Faults, world: World = SINGLE) -> None:
         self.world = world

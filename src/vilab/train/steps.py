@@ -5,7 +5,8 @@ StepGuard` may call for a rollback to the last good checkpoint; the train values
 logged every ``log_every`` steps; the caller's ``after_step`` hook runs (the VAE's
 validation); a checkpoint is held every ``checkpoint_every`` steps and written by
 :class:`~vilab.train.guard.GoodCheckpoints` once a later step is finite; the loop stops at
-``steps``, at the ``max_seconds`` budget, or at a Ctrl-C (at the step boundary).
+``steps``, at the ``max_seconds`` budget, once the trainer's ``stop_reason`` is set (a fit
+that converged), or at a Ctrl-C (at the step boundary).
 
 A step may return its ``"finite"`` flag as a 0-d tensor on its device instead of a bool (a
 GPU step that applied itself conditionally, :func:`vilab.train.guard.step_if_finite`):
@@ -51,6 +52,7 @@ class Stepper(Protocol):
     step: int
     seconds: float
     guard: StepGuard
+    stop_reason: str | None  # why training is over before ``steps`` (a fit that converged)
 
     def train_step(self, log_value: bool = True) -> StepResult: ...
 
@@ -105,7 +107,7 @@ def run_steps(
         return False
 
     stepper.start_clock()
-    while stepper.step < config.steps:
+    while stepper.step < config.steps and stepper.stop_reason is None:
         logged = (stepper.step + 1) % config.log_every == 0 or stepper.step + 1 == config.steps
         result = stepper.train_step(log_value=logged)
         step, flag, values = stepper.step, result.finite, result.values
@@ -133,7 +135,7 @@ def run_steps(
         if step % config.checkpoint_every == 0:
             ckpts.hold(stepper.encode())
         hooks.advance()
-        if over:
+        if over or stepper.stop_reason is not None:
             break
         if stop_requested():
             interrupted = True
