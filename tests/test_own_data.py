@@ -262,3 +262,39 @@ def test_recorded_checksum_is_checked(tmp_path: Path) -> None:
     np.save(p, grey(20, seed=1))
     with pytest.raises(ValueError, match=r"d\.npy: sha256 .* but data.sha256=.* data changed"):
         vae_data_for(cfg(*base, f"data.sha256={digest}"), None)
+
+
+@pytest.mark.skipif(not FREY.is_file(), reason="needs VILAB_DATA_DIR with freyfaces/")
+def test_freyfaces_named_as_arrays_and_as_a_folder_train_and_evaluate_the_same(tmp_path) -> None:
+    """The papers' split by name, the same faces saved as a .npy and written as PNG files
+    (split by the fractions 1565/200/200 of 1965 with the same seed): the same batches, so
+    the same bound after training and the same test log p(x), bit for bit."""
+    from PIL import Image
+
+    from vilab.commands.train import train_vae
+
+    faces = np.asarray(load_pickled_arrays(FREY.read_bytes())[0]).reshape(-1, 28, 20)
+    np.save(tmp_path / "faces.npy", faces)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, face in enumerate(faces):
+        Image.fromarray(face, mode="L").save(folder / f"{i:04d}.png")
+    split = "[0.7964376590330788,0.10178117048346055,0.10178117048346055]"  # 1565/200/200
+    common = ["likelihood=categorical", "latent_dim=4", "steps=6", "threads=1",
+              "eval.samples=3", "eval.valid_samples=2", "eval.valid_images=20",
+              "eval_every=6", "data.batch_size=50"]  # fmt: skip
+    sources = {
+        "named": ["data.name=freyfaces"],
+        "arrays": [
+            "data.name=arrays",
+            f"data.path={tmp_path / 'faces.npy'}",
+            f"data.split={split}",
+        ],
+        "folder": ["data.name=folder", f"data.path={folder}", f"data.split={split}"],
+    }
+    results = {}
+    for name, data in sources.items():
+        config = load_train_config(overrides=[*common, *data])
+        results[name] = train_vae(config, tmp_path / name, progress=False, tensorboard=False)
+    a, b, c = (results[k]["test"] for k in ("named", "arrays", "folder"))
+    assert a["nll"] == b["nll"] == c["nll"] and a["bpd"] == b["bpd"] == c["bpd"]

@@ -106,7 +106,8 @@ class FitJob:
         )
         out["steps_per_second"] = fitter.step / max(fitter.seconds, 1e-9)
         out.update(fitter.stop_summary(interrupted))
-        print(f"vilab: {out['stop_reason']}", file=sys.stderr, flush=True)
+        if cfg.stop.auto and not interrupted:  # (N steps asked for need no explaining)
+            print(f"vilab: {out['stop_reason']}", file=sys.stderr, flush=True)
         if cfg.figures:
             from vilab.plots.density2d import plot_run
 

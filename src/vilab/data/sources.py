@@ -141,9 +141,12 @@ def _split(
     index = split_array(len(images), cfg.split, cfg.split_seed, where)
     splits = {}
     for s, rows in index.items():
-        rows = np.sort(rows) if isinstance(images, np.memmap) else rows
+        if isinstance(images, np.memmap):  # read in file order, then put in the split's
+            x = np.asarray(images[np.sort(rows)])[np.argsort(np.argsort(rows))]
+        else:
+            x = images[rows]
         lab = None if labels is None else torch.as_tensor(np.asarray(labels)[rows]).long()
-        splits[s] = (_as_rows(images[rows], shape, where), lab)
+        splits[s] = (_as_rows(x, shape, where), lab)
     return Source(splits, shape, where, sha256)
 
 
