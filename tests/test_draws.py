@@ -17,23 +17,14 @@ pytest.importorskip("h5py")
 pytest.importorskip("pyro")
 xr = pytest.importorskip("xarray")
 
+from pyro_schools import SCHOOLS  # noqa: E402
+
 from vilab import cli  # noqa: E402
 from vilab.commands.draws import write_draws  # noqa: E402
 from vilab.commands.fit import FitResult, run_fit  # noqa: E402
 from vilab.config import load_fit_config  # noqa: E402
 from vilab.evaluation.draws import draws_to_arviz, group_names, write_netcdf  # noqa: E402
 
-SCHOOLS = """
-import torch, pyro, pyro.distributions as dist
-y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
-sigma = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
-def model():
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", 8):
-        theta = pyro.sample("theta", dist.Normal(mu, tau))
-        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
-"""
 FAST = ["steps=30", "samples=32", "eval_samples=500", "report_samples=300", "figures=false"]
 
 

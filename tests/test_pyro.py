@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import textwrap
 
 import pytest
 import torch
 
 pyro = pytest.importorskip("pyro")
 dist = pytest.importorskip("pyro.distributions")
+
+from pyro_schools import SCHOOLS  # noqa: E402
 
 from vilab.targets.pyro import PyroTargetError, from_pyro  # noqa: E402
 
@@ -107,21 +108,7 @@ def test_vilab_fit_on_a_pyro_model_in_a_file(tmp_path) -> None:
     from vilab.config import load_fit_config
 
     path = tmp_path / "schools.py"
-    path.write_text(
-        textwrap.dedent(
-            """
-            import torch, pyro, pyro.distributions as dist
-            y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
-            sigma = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
-            def model():
-                mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-                tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-                with pyro.plate("schools", 8):
-                    theta = pyro.sample("theta", dist.Normal(mu, tau))
-                    pyro.sample("y", dist.Normal(theta, sigma), obs=y)
-            """
-        )
-    )
+    path.write_text(SCHOOLS)
     cfg = load_fit_config(
         overrides=[
             f"target.name=pyro:{path}:model",
