@@ -9,6 +9,7 @@ import random
 import signal
 
 import pytest
+import torch
 
 from vilab.commands.fit import run_fit
 from vilab.config import StopConfig, load_fit_config
@@ -78,10 +79,13 @@ def test_a_late_improvement_after_a_short_plateau_is_reached() -> None:
 
 def test_a_lower_learning_rate_that_pays_is_kept_going() -> None:
     """The bound's floor depends on the step size: each reduction raises it, which the rule
-    sees as progress before it judges again."""
-    rule = Convergence(StopConfig())
+    sees as progress, so it stops later than on a bound that a reduction leaves flat."""
+    s = StopConfig()
+    flat = feed(Convergence(s), lambda step, lr: 1.0, 20_000)
+    rule = Convergence(s)
     stop = feed(rule, lambda step, lr: -0.5 * lr, 20_000)
-    assert stop is not None and rule.reductions_done == StopConfig().reductions
+    assert flat == (5 + 3 * s.reductions) * s.window
+    assert stop is not None and stop > flat and rule.reductions_done == s.reductions
 
 
 def test_the_state_resumes_to_the_same_decisions() -> None:
@@ -114,20 +118,16 @@ def test_steps_given_means_exactly_steps_and_auto_is_the_default() -> None:
     assert load_fit_config(overrides=["steps=50", "stop.auto=true"]).stop.auto
 
 
+#: a short fit of the banana (log Z = 0), evaluated cheaply
+QUICK = ["target.name=banana", "eval_samples=1000", "report_samples=500", "figures=false",
+         "threads=1"]  # fmt: skip
+
+
 def test_a_fit_stops_on_convergence_and_says_why(tmp_path) -> None:
-    """Full-rank Gaussian q on a Gaussian target: q can be exact, the bound settles at 0."""
-    over = [
-        "target.name=banana",
-        "family.kind=full_rank",
-        "samples=200",
-        "stop.anneal_steps=0",
-        "stop.window=50",
-        "eval_samples=2000",
-        "report_samples=500",
-        "figures=false",
-        "threads=1",
-        "optim.lr=0.02",
-    ]
+    """A full-rank Gaussian on the banana: its bound settles (below 0: q cannot be exact),
+    and the fit stops there and says so; ``steps`` given runs exactly that many."""
+    over = [*QUICK, "family.kind=full_rank", "samples=200", "stop.anneal_steps=0",
+            "stop.window=50", "optim.lr=0.02"]  # fmt: skip
     cfg = load_fit_config(overrides=over)
     m = run_fit(cfg, tmp_path / "auto", progress=False, tensorboard=False).metrics
     assert m["stop"] == "converged" and m["stopped_at_step"] < cfg.steps
@@ -139,20 +139,11 @@ def test_a_fit_stops_on_convergence_and_says_why(tmp_path) -> None:
 
 def test_an_interrupted_fit_resumes_to_the_same_stop(tmp_path, monkeypatch) -> None:
     """SIGINT mid-window; the resumed fit stops at the same step with the same family."""
-    over = [
-        "target.name=banana",
-        "family.kind=mean_field",
-        "samples=100",
-        "stop.anneal_steps=20",
-        "stop.window=20",
-        "eval_samples=1000",
-        "report_samples=500",
-        "figures=false",
-        "threads=1",
-        "checkpoint_every=50",
-    ]
+    over = [*QUICK, "family.kind=mean_field", "samples=100", "stop.anneal_steps=20",
+            "stop.window=20", "checkpoint_every=50"]  # fmt: skip
     cfg = load_fit_config(overrides=over)
-    whole = run_fit(cfg, tmp_path / "whole", progress=False, tensorboard=False).metrics
+    straight = run_fit(cfg, tmp_path / "whole", progress=False, tensorboard=False)
+    whole = straight.metrics
     assert whole["stop"] == "converged"
     original = Fitter.train_step
 
@@ -171,5 +162,8 @@ def test_an_interrupted_fit_resumes_to_the_same_stop(tmp_path, monkeypatch) -> N
         whole["stopped_at_step"],
         whole["stop_reason"],
     )
+    a, b = straight.family.state_dict(), done.family.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="finished run .*converged at step"):
         run_fit(cfg, tmp_path / "resumed", resume=True, progress=False, tensorboard=False)

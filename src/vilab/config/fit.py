@@ -223,9 +223,9 @@ class StopConfig(_Strict):
     ``steps`` is given) the fit anneals β over ``anneal_steps`` steps, then keeps the
     learning rate constant until the bound stalls — its mean over the last two of four
     ``window``-step windows within max(``z`` standard errors, ``tol`` nats) of the two
-    before — then multiplies it by ``lr_factor``, up to ``reductions`` times (judging again
-    two windows later), and stops at the stall after that (or at ``steps``, the cap). Without ``auto`` a fit runs exactly
-    ``steps`` steps with the configured schedule."""
+    before, twice in a row — then multiplies it by ``lr_factor``, up to ``reductions``
+    times, and stops at the stall after that (or at ``steps``, the cap). Without ``auto``
+    a fit runs exactly ``steps`` steps with the configured schedule."""
 
     auto: bool = True
     window: int = Field(100, ge=1)
@@ -242,8 +242,8 @@ class FitConfig(_Strict):
     ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
     family). ``steps``: exactly this many steps when given, else the cap of a fit that
-    stops on convergence (``stop``, :class:`StopConfig`). ``eval_samples``: samples for the exact KL; ``report_samples``: draws of q for
-    the report card (Pareto k̂, ESS, importance-sampled log Z, corrected moments;
+    stops on convergence (``stop``, :class:`StopConfig`). ``eval_samples``: samples for
+    the exact KL; ``report_samples``: draws of q for the report card (Pareto k̂, ESS, importance-sampled log Z, corrected moments;
     :mod:`vilab.report`). ``max_seconds``: stop early after
     this much training time. ``device``: where the family, the target's log-density, the
     samples and the exact KL compute (``auto``: CUDA when present; ``cpu``, ``cuda``,
@@ -281,8 +281,7 @@ class FitConfig(_Strict):
     def _steps_mean_steps(self) -> FitConfig:
         """``steps`` given and ``stop.auto`` not: exactly ``steps`` steps, as ever."""
         if "steps" in self.model_fields_set and "auto" not in self.stop.model_fields_set:
-            self.stop.__dict__["auto"] = False  # (no re-validation from inside a validator)
-            self.stop.model_fields_set.add("auto")
+            self.stop.auto = False  # (recorded as set: a stored config keeps it)
         return self
 
     @model_validator(mode="after")

@@ -157,10 +157,10 @@ class Fitter(TrainerState):
         elif self.step >= cfg.steps:
             cap = " (the cap: the bound had not settled)" if cfg.stop.auto else ""
             kind, why = "steps", f"ran the {cfg.steps} steps asked for{cap}"
-        elif interrupted or cfg.max_seconds is None:
+        elif interrupted:
             kind, why = "interrupted", "interrupted by a signal (resume with --resume)"
-        else:
-            kind, why = "max_seconds", f"reached max_seconds = {cfg.max_seconds:g}"
+        else:  # the loop's only other way out
+            kind, why = "max_seconds", f"reached max_seconds = {cfg.max_seconds}"
         return {"stop": kind, "stop_reason": why, "stopped_at_step": self.step}
 
     def own_state(self) -> dict[str, Any]:
