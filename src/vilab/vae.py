@@ -30,19 +30,18 @@ MNIST_SHAPE = (1, 28, 28)
 
 
 class VAE(nn.Module):
-    """``posterior``: q(z | x) (encoder + amortized family); ``model``: p(x, z);
-    ``likelihood``: p(x | z) (its mean, the bpd offset); ``image_shape``: (C, H, W)."""
+    """``posterior``: q(z | x) (encoder + amortized family); ``model``: p(x, z), whose
+    ``likelihood`` p(x | z) gives the mean and the bpd offset; ``image_shape``: (C, H, W)."""
 
     def __init__(
         self,
         posterior: AmortizedPosterior,
         model: DecoderModel,
-        likelihood: Likelihood | None = None,
         image_shape: tuple[int, int, int] = MNIST_SHAPE,
     ) -> None:
         super().__init__()
         self.posterior, self.model = posterior, model
-        self.likelihood = likelihood or get_likelihood(model.likelihood)
+        self.likelihood: Likelihood = model.likelihood
         self.image_shape = tuple(image_shape)
 
     @property
@@ -139,10 +138,9 @@ def build_vae(cfg: TrainConfig, image_shape: tuple[int, int, int] | None = None)
     family = family_from_config(cfg.posterior, cfg.latent_dim, features)
     decoder = build_net(cfg.decoder, "decoder", cfg.latent_dim, dim * lik.params, shape)
     posterior = AmortizedPosterior(encoder, family)
-    fast = cfg.likelihood == "bernoulli" or (cfg.likelihood == "gaussian" and lik.params == 2)
-    model = DecoderModel(decoder, cfg.latent_dim, cfg.likelihood, None if fast else lik.log_prob)
+    model = DecoderModel(decoder, cfg.latent_dim, lik)
     posterior.precision = model.precision = cfg.precision  # the networks only
-    return VAE(posterior, model, lik, shape)
+    return VAE(posterior, model, shape)
 
 
 def vae_objective(

@@ -7,13 +7,12 @@ The objectives in :mod:`vilab.estimators` only ever see ``log p(x, z) − log q(
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vilab.core.device import autocast
+from vilab.likelihoods import Likelihood, get_likelihood
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -43,28 +42,18 @@ class DecoderModel(LatentVariableModel):
     """A deep latent Gaussian model: z ~ N(0, I), x | z from a decoder network.
 
     Args:
-        decoder: network ``(..., D) -> (..., out)``; ``out = prod(event)`` logits for a
-            Bernoulli likelihood, ``2 · prod(event)`` (mean, log-scale) for a Gaussian one.
+        decoder: network ``(..., D) -> (..., K·prod(event))``, K the likelihood's outputs
+            per dimension (1 Bernoulli logit; mean and log-scale of a Gaussian, seed 003; …).
         latent_dim: D.
-        likelihood: ``"bernoulli"`` (binary data, decoder gives logits) or ``"gaussian"``
-            (continuous data; learned per-pixel variance, seed 003), or the name of
-            ``log_prob``.
-        log_prob: any other likelihood, ``(out (S, B, K·D), x (B, D)) -> (S, B)`` (e.g.
-            from ``vilab.likelihoods``, handed in by the caller: targets know no data).
+        likelihood: p(x | z) (:mod:`vilab.likelihoods`), or its name with its defaults.
     """
 
     def __init__(
-        self,
-        decoder: nn.Module,
-        latent_dim: int,
-        likelihood: str = "bernoulli",
-        log_prob: Callable[[Tensor, Tensor], Tensor] | None = None,
+        self, decoder: nn.Module, latent_dim: int, likelihood: str | Likelihood = "bernoulli"
     ) -> None:
         super().__init__()
-        if log_prob is None and likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
-        self.decoder, self.latent_dim, self.likelihood = decoder, latent_dim, likelihood
-        self._log_prob = log_prob
+        self.decoder, self.latent_dim = decoder, latent_dim
+        self.likelihood = get_likelihood(likelihood) if isinstance(likelihood, str) else likelihood
         #: ``"bf16"``: in training mode the decoder runs under bfloat16 autocast and its
         #: outputs come back in float32, where the log-likelihood is summed; in
         #: evaluation mode everything is float32.
@@ -77,16 +66,7 @@ class DecoderModel(LatentVariableModel):
             with autocast(z.device, self.precision):
                 out = self.decoder(z)
             out = out.float()
-        x = x.flatten(1)
-        if self._log_prob is not None:
-            return self._log_prob(out, x)
-        if self.likelihood == "bernoulli":
-            # log Bern(x; σ(l)) = x l − softplus(l), summed over pixels
-            return (x * out - F.softplus(out)).sum(-1)
-        mean, log_scale = out.chunk(2, dim=-1)
-        return (-0.5 * ((x - mean) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI).sum(
-            -1
-        )
+        return self.likelihood.log_prob(out, x.flatten(1))
 
 
 class LinearGaussianModel(LatentVariableModel):
