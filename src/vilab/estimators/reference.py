@@ -8,7 +8,8 @@ Two scores, pure functions on arrays:
       e_mean,d = |m̂_d − m_d| / s_d,    e_sd,d = |ŝ_d − s_d| / s_d,
 
   with m̂, ŝ the plain moments of q's draws or the self-normalized ones under weights
-  w_s ∝ exp(log w_s) (PSIS-smoothed log-weights from :mod:`vilab.estimators.importance`);
+  w_s ∝ exp(log w_s) (PSIS-smoothed log-weights;
+  :func:`vilab.estimators.importance.weighted_moments`);
 * the 1-Wasserstein distance between 100 draws of q and the reference draws, beside the
   floor that 100 draws of the reference itself get (Pathfinder's protocol: Zhang,
   Carpenter, Gelman & Vehtari 2022, "Pathfinder: parallel quasi-Newton variational
@@ -29,9 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment, linprog
 from scipy.sparse import coo_matrix, vstack
 from scipy.spatial.distance import cdist
+
+from vilab.estimators.importance import weighted_moments
 
 #: Draws of q per W1, as in Pathfinder.
 W1_DRAWS = 100
@@ -51,23 +55,6 @@ def _2d(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def weighted_moments(
-    x: np.ndarray, log_w: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean, sd)`` of draws ``x (S, P)``: plain, or self-normalized with
-    w̄_s = exp(log w_s − logsumexp log w): m̂ = Σ w̄_s x_s, ŝ² = Σ w̄_s (x_s − m̂)²."""
-    x = _2d(x, "draws")
-    if log_w is None:
-        return x.mean(0), x.std(0, ddof=1)
-    lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
-    if lw.shape[0] != x.shape[0] or np.isnan(lw).any():
-        raise ValueError(f"log_w must be {x.shape[0]} numbers (one per draw), got {lw.shape}")
-    w = np.exp(lw - lw.max())
-    w /= w.sum()
-    mean = w @ x
-    return mean, np.sqrt(w @ (x - mean) ** 2)
-
-
 def moment_errors(
     draws: np.ndarray, reference: np.ndarray, log_w: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +63,14 @@ def moment_errors(
     x, y = _2d(draws, "draws"), _2d(reference, "reference")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"draws have {x.shape[1]} columns, the reference {y.shape[1]}")
-    mean, sd = weighted_moments(x, log_w)
+    if log_w is None:
+        mean, sd = x.mean(0), x.std(0, ddof=1)
+    else:
+        lw = torch.as_tensor(np.asarray(log_w, dtype=np.float64).reshape(-1))
+        if lw.shape[0] != x.shape[0] or torch.isnan(lw).any():
+            raise ValueError(f"log_w must be {x.shape[0]} numbers (one per draw), got {lw.shape}")
+        m_w, s_w = weighted_moments(torch.as_tensor(x), lw - torch.logsumexp(lw, 0))
+        mean, sd = m_w.numpy(), s_w.numpy()
     m, s = y.mean(0), y.std(0, ddof=1)
     if not (s > 0).all():
         raise ValueError(f"reference sds must be > 0, got {s}")
