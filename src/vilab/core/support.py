@@ -138,6 +138,21 @@ class BoundTensors(NamedTuple):
         lo, hi = torch.where(has_lo, lo, 0.0).to(dtype), torch.where(has_hi, hi, 0.0).to(dtype)
         return BoundTensors(lo, hi, has_lo, has_hi)
 
+    @property
+    def is_lower(self) -> Tensor:
+        """Coordinates bounded below only."""
+        return self.has_lo & ~self.has_hi
+
+    @property
+    def is_upper(self) -> Tensor:
+        """Coordinates bounded above only."""
+        return ~self.has_lo & self.has_hi
+
+    @property
+    def is_interval(self) -> Tensor:
+        """Coordinates bounded on both sides."""
+        return self.has_lo & self.has_hi
+
 
 def one_sided(x: Tensor, lower: Lower) -> tuple[Tensor, Tensor]:
     """``(g(x), log g'(x))`` of the increasing map g of R onto (0, ∞)."""
@@ -151,8 +166,7 @@ def to_support(x: Tensor, b: BoundTensors, lower: Lower = "softplus") -> tuple[T
     docstring's table), z kept strictly inside. Shapes: ``x (..., D) -> ((..., D), (..., D))``;
     ``b``'s tensors in x's dtype and on its device."""
     lo, hi = b.lo, b.hi
-    is_interval = b.has_lo & b.has_hi
-    is_lower, is_upper = b.has_lo & ~b.has_hi, ~b.has_lo & b.has_hi
+    is_interval, is_lower, is_upper = b.is_interval, b.is_lower, b.is_upper
     up, ld_up = one_sided(x, lower)  # lower bound: lo + g(x)
     down, ld_down = one_sided(-x, lower)  # upper bound: hi − g(−x)
     width = torch.where(is_interval, hi - lo, 1.0)

@@ -66,18 +66,19 @@ class SupportTransform(Flow):
         b = BoundTensors.of(bounds)
         for name, value in b._asdict().items():
             self.register_buffer(name, value, persistent=False)
-        self.register_buffer("is_lower", b.has_lo & ~b.has_hi, persistent=False)
-        self.register_buffer("is_upper", ~b.has_lo & b.has_hi, persistent=False)
-        self.register_buffer("is_interval", b.has_lo & b.has_hi, persistent=False)
 
     def extra_repr(self) -> str:
         return f"{describe_support(self.bounds)}, lower={self.lower!r}"
 
+    def _bounds(self, like: Tensor) -> BoundTensors:
+        return BoundTensors(
+            self.lo.to(like.dtype), self.hi.to(like.dtype), self.has_lo, self.has_hi
+        )
+
     def forward(
         self, z: Tensor, context: Tensor | None = None, trace: list[Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
-        b = BoundTensors(self.lo.to(z.dtype), self.hi.to(z.dtype), self.has_lo, self.has_hi)
-        out, ld = to_support(z, b, self.lower)
+        out, ld = to_support(z, self._bounds(z), self.lower)
         if trace is not None:
             trace.append(out)
         return out, ld.sum(-1)
@@ -85,30 +86,31 @@ class SupportTransform(Flow):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x = T⁻¹(z)`` and ``log |det ∂T⁻¹/∂z|``; x = 0 and −inf outside the open support
         (NaN stays NaN)."""
-        lo, hi = self.lo.to(z.dtype), self.hi.to(z.dtype)
-        inside = (~self.has_lo | (z > lo)) & (~self.has_hi | (z < hi))
+        b = self._bounds(z)
+        lo, hi = b.lo, b.hi
+        inside = (~b.has_lo | (z > lo)) & (~b.has_hi | (z < hi))
         # evaluate every branch at a point inside, so no branch makes an inf or a NaN
         # (in the value or in the gradient through torch.where)
-        mid = torch.where(self.has_lo, lo + 1.0, hi - 1.0)
-        mid = torch.where(self.is_interval, 0.5 * (lo + hi), mid)
+        mid = torch.where(b.has_lo, lo + 1.0, hi - 1.0)
+        mid = torch.where(b.is_interval, 0.5 * (lo + hi), mid)
         zs = torch.where(inside, z, mid)
-        s_lo = torch.where(self.has_lo, zs - lo, 1.0)  # > 0 where it is used
-        s_hi = torch.where(self.has_hi, hi - zs, 1.0)
+        s_lo = torch.where(b.has_lo, zs - lo, 1.0)  # > 0 where it is used
+        s_hi = torch.where(b.has_hi, hi - zs, 1.0)
         if self.lower == "exp":
             x_lo, x_hi = s_lo.log(), -s_hi.log()
             ld_lo, ld_hi = -x_lo, x_hi  # log |dx/dz| = −log g'(x)
         else:
             x_lo, x_hi = softplus_inv(s_lo), -softplus_inv(s_hi)
             ld_lo, ld_hi = -log_sigmoid(x_lo), -log_sigmoid(-x_hi)
-        width = torch.where(self.is_interval, hi - lo, 1.0)
+        width = torch.where(b.is_interval, hi - lo, 1.0)
         x_int = s_lo.log() - s_hi.log()
         ld_int = width.log() - s_lo.log() - s_hi.log()
-        x = torch.where(self.is_lower, x_lo, zs)
-        x = torch.where(self.is_upper, x_hi, x)
-        x = torch.where(self.is_interval, x_int, x)
-        ld = torch.where(self.is_lower, ld_lo, 0.0)
-        ld = torch.where(self.is_upper, ld_hi, ld)
-        ld = torch.where(self.is_interval, ld_int, ld)
+        x = torch.where(b.is_lower, x_lo, zs)
+        x = torch.where(b.is_upper, x_hi, x)
+        x = torch.where(b.is_interval, x_int, x)
+        ld = torch.where(b.is_lower, ld_lo, 0.0)
+        ld = torch.where(b.is_upper, ld_hi, ld)
+        ld = torch.where(b.is_interval, ld_int, ld)
         ld = torch.where(inside, ld, -math.inf)
         ld = torch.where(torch.isnan(z), math.nan, ld)
         x = torch.where(inside, x, 0.0)
