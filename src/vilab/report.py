@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,14 +46,27 @@ KL_IS = "importance-sampled: log Ẑ − ELBO (log Z unknown); biased low, trust
 
 
 @torch.no_grad()
-def draw_log_weights(
-    family: Family, target: Target, n: int, chunk: int = 10_000
-) -> tuple[Tensor, Tensor]:
-    """``n`` draws of q ``(n, D)`` and their log-weights ``(n,)``, float64, in chunks."""
-    zs, lws = [], []
+class Draws(NamedTuple):
+    """Draws of q scored under the target, float64: ``z (n, D)``, the log-weights
+    log p̃(z) − log q(z) ``(n,)`` (formed in the draws' dtype), log p̃ and log q ``(n,)``."""
+
+    z: Tensor
+    log_w: Tensor
+    log_p: Tensor
+    log_q: Tensor
+
+
+def draw_log_weights(family: Family, target: Target, n: int, chunk: int = 10_000) -> Draws:
+    """``n`` draws of q and their log-weights (:class:`Draws`), in chunks.
+
+    Raises:
+        FloatingPointError: a NaN or +inf log-weight.
+    """
+    zs, lws, lps, lqs = [], [], [], []
     for start in range(0, n, chunk):
         z, log_q = family.rsample_and_log_prob(min(chunk, n - start))
-        lw = (target.log_prob(z) - log_q).double()
+        log_p = target.log_prob(z)
+        lw = (log_p - log_q).double()
         if torch.isnan(lw).any() or torch.isposinf(lw).any():
             bad = int((torch.isnan(lw) | torch.isposinf(lw)).sum())
             raise FloatingPointError(
@@ -62,7 +75,9 @@ def draw_log_weights(
             )
         zs.append(z.detach().double())
         lws.append(lw)
-    return torch.cat(zs), torch.cat(lws)
+        lps.append(log_p.detach().double())
+        lqs.append(log_q.detach().double())
+    return Draws(*(torch.cat(t) for t in (zs, lws, lps, lqs)))
 
 
 def report_card(
@@ -85,7 +100,7 @@ def report_card(
     """
     if samples < 100:
         raise ValueError(f"the report card needs at least 100 draws of q, got {samples}")
-    z, lw = draw_log_weights(family, target, samples)
+    z, lw = draw_log_weights(family, target, samples)[:2]
     s = summarize(lw)
     mean_q, sd_q = z.mean(0), z.std(0)
     mean_psis, sd_psis = weighted_moments(z, s.log_w_smoothed)

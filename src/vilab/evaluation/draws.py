@@ -29,6 +29,7 @@ import torch
 from vilab.core.extras import require
 from vilab.estimators.importance import psis
 from vilab.families.base import Family
+from vilab.report import draw_log_weights
 from vilab.targets.base import Target
 
 #: ``name`` or ``name[i,j,…]`` (Stan's and vilab's parameter names).
@@ -105,8 +106,7 @@ def draws_to_arviz(family: Family, target: Target, n: int, seed: int = 0) -> Any
     az = require("arviz_base", "arviz", "ArviZ draws", "arviz-base")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        z, log_p, log_q = _draw(family, target, n)
-    log_w = log_p - log_q
+        z, log_w, log_p, log_q = (t.cpu() for t in draw_log_weights(family, target, n))
     smoothed, khat = psis(log_w)
     x = target.constrain(z).detach().cpu().double().numpy().reshape(n, -1)
     values, dims, coords = _variables(x, tuple(target.param_names()))
@@ -120,26 +120,6 @@ def draws_to_arviz(family: Family, target: Target, n: int, seed: int = 0) -> Any
     attrs = {"/": about, "sample_stats": {"pareto_k": float(khat)}}
     data = {"posterior": values, "sample_stats": stats}
     return az.from_dict(data, dims=dims, coords=coords, attrs=attrs)
-
-
-def _draw(family: Family, target: Target, n: int, chunk: int = 10_000) -> tuple:
-    """``n`` draws of q ``(n, D)`` with log p̃ ``(n,)`` and log q ``(n,)``, float64 on the
-    CPU, in chunks; a NaN or +inf log-weight is an error (as on the report card)."""
-    zs, lps, lqs = [], [], []
-    for start in range(0, n, chunk):
-        z, log_q = family.rsample_and_log_prob(min(chunk, n - start))
-        log_p = target.log_prob(z)
-        zs.append(z.detach().double().cpu())
-        lps.append(log_p.detach().double().cpu())
-        lqs.append(log_q.detach().double().cpu())
-    log_p, log_q = torch.cat(lps), torch.cat(lqs)
-    bad = int((torch.isnan(log_p - log_q) | torch.isposinf(log_p - log_q)).sum())
-    if bad:
-        raise FloatingPointError(
-            f"{bad} of {n} draws of q give a NaN or +inf log-weight log p̃(z) − log q(z) "
-            f"on target {target.name!r}"
-        )
-    return torch.cat(zs), log_p, log_q
 
 
 def write_netcdf(tree: Any, out: str | Path) -> Path:
