@@ -24,6 +24,7 @@ from vilab.config.fit import (
     OptimConfig,
     StopConfig,
     TargetConfig,
+    anneals_by_default,
     default_stack,
     load_fit_config,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "TargetConfig",
     "TrainConfig",
     "TrainOptimConfig",
+    "anneals_by_default",
     "default_stack",
     "dump_config",
     "load_fit_config",
