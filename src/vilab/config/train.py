@@ -15,11 +15,12 @@ class NetConfig(_Strict):
     """An encoder or decoder network: ``mlp`` (``hidden`` widths), ``resnet`` (the conv
     pair of Kingma et al. 2016 / seed 002, ``channels`` feature maps), ``gated`` (the
     gated-conv pair of van den Berg et al. 2018), or ``identity`` (encoder only: the
-    posterior sees x itself, as UIVI's network μ(ε, x) does)."""
+    posterior sees x itself, as UIVI's network μ(ε, x) does). ``activation`` of an ``mlp``:
+    ``gated`` makes each hidden layer a gated linear unit (the VampPrior paper's GatedDense)."""
 
     kind: Literal["mlp", "resnet", "gated", "identity"] = "mlp"
     hidden: Widths = Field(default_factory=lambda: [256, 256])
-    activation: Literal["relu", "elu", "tanh", "softplus", "gelu"] = "relu"
+    activation: Literal["relu", "elu", "tanh", "softplus", "gelu", "gated"] = "relu"
     channels: int = Field(64, ge=1)
     features: int = Field(256, ge=1)
 
