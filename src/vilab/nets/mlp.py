@@ -42,8 +42,7 @@ class MLP(nn.Sequential):
             raise ValueError(f"widths must be ≥ 2 positive sizes, got {list(widths)}")
         if activation not in ACTIVATIONS and activation != GATED:
             raise ValueError(
-                f"activation must be one of {', '.join([*ACTIVATIONS, GATED])}, "
-                f"got {activation!r}"
+                f"activation must be one of {', '.join([*ACTIVATIONS, GATED])}, got {activation!r}"
             )
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
