@@ -214,7 +214,7 @@ def test_config_sizes_by_default_and_takes_counts_exactly(tmp_path) -> None:
     quick = {"steps": 20, "samples": 64, "figures": False, "threads": 1}
     base = ["target.name=banana", "family.kind=full_rank"]
     cfg = load_fit_config(overrides=base, base=quick)
-    assert cfg.eval_samples is None and cfg.kl.stderr == 1e-3 and cfg.report.min_samples == 5_000
+    assert cfg.eval_samples is None and cfg.kl.stderr == 3e-4 and cfg.report.min_samples == 5_000
     m = run_fit(cfg, tmp_path / "sized", progress=False).metrics
     assert m["kl_stderr"] <= m["kl_stderr_target"] or m["kl_capped"]
     assert m["kl_stderr_target"] == pytest.approx(max(1e-3, 0.01 * m["kl"]))

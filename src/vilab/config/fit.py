@@ -239,11 +239,11 @@ class StopConfig(_Strict):
 class KLSizeConfig(_Strict):
     """How many draws of q the final exact KL takes (:mod:`vilab.estimators.sizing`):
     rounds until its standard error is at most max(``stderr`` nats, ``rel_stderr`` × the
-    KL) — a KL of 20 nats is worth knowing to 0.2, one of 0.002 to 0.001 —, from a pilot
+    KL) — a KL of 20 nats is worth knowing to 0.2, one of 0.002 to 0.0003 —, from a pilot
     of ``min_samples`` draws and never more than ``max_samples`` (the result says when the
     cap is reached). ``eval_samples``, when given, is an exact count instead."""
 
-    stderr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    stderr: float = Field(3e-4, gt=0, allow_inf_nan=False)
     rel_stderr: float = Field(0.01, ge=0, allow_inf_nan=False)
     min_samples: int = Field(10_000, ge=2)
     max_samples: int = Field(1_000_000, ge=2)
