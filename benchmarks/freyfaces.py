@@ -6,7 +6,8 @@ weights of best validation bound, beside the paper's row:
 
 - ``vampprior_vae`` (``configs/vae_freyfaces_vampprior_vae.yaml``): Tomczak & Welling
   (2018), the VAE with a standard prior (MLP 300-300, z = 40, discretized logistic);
-- ``vampprior_iaf``: the same networks with q(z | x) a mean-field Gaussian and 2 IAF steps;
+- ``vampprior_iaf``, ``vampprior_planar``: the same networks with q(z | x) a mean-field
+  Gaussian and 2 IAF steps, or 8 planar flows;
 - ``sylvester_<row>`` for row in vae, planar, iaf, orthogonal, householder, triangular
   (``configs/vae_freyfaces_sylvester_<row>.yaml``): van den Berg et al. (2018), gated
   convolutions, z = 64, a 256-way categorical decoder.
@@ -57,6 +58,7 @@ SYLVESTER = ("vae", "planar", "iaf", "orthogonal", "householder", "triangular")
 PAPER: dict[str, float | None] = {
     "vampprior_vae": 4.63,
     "vampprior_iaf": None,
+    "vampprior_planar": None,
     "sylvester_vae": 4.40,
     "sylvester_planar": 4.31,
     "sylvester_iaf": 4.38,
@@ -65,7 +67,7 @@ PAPER: dict[str, float | None] = {
     "sylvester_triangular": 4.35,
 }
 # The row each flow row is compared with (same networks, likelihood and budget).
-BASELINE = {"vampprior_iaf": "vampprior_vae"} | {
+BASELINE = {"vampprior_iaf": "vampprior_vae", "vampprior_planar": "vampprior_vae"} | {
     f"sylvester_{r}": "sylvester_vae" for r in SYLVESTER if r != "vae"
 }
 
