@@ -77,9 +77,8 @@ def evaluate(
     cost of the whole with ``hint`` (how to make it cheaper); the numbers do not change.
     ``khat``: also the Pareto k̂ of each image's K weights (Yao et al. 2018; needs
     K ≥ 100 and keeps the batch's K × B weights), summarized by :func:`khat_summary`
-    under ``"khat"``. ``per_image``: also each image's log p(x) estimate ``(N,)`` as a list
-    under ``"log_px_per_image"`` (for paired comparisons of two models on the same images,
-    where the spread over images, not the Monte Carlo error, decides). Besides nats per image, bits per dimension, bpd = (−log p(x) +
+    under ``"khat"``. ``per_image``: also each image's estimate, ``"log_px_per_image"``
+    (to compare two models pairwise on the same images). Besides nats per image, bits per dimension, bpd = (−log p(x) +
     D·c) / (D ln 2) for the NLL and the −ELBO, with c = log 256 for a density on dequantized
     8-bit data (Theis et al. 2016) and 0 for a discrete likelihood. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
     sized for the device (:func:`eval_sizes`).
@@ -128,8 +127,6 @@ def evaluate(
     }
     if k is not None:
         out[f"iwae_{k}"] = float(iw.mean())
-    if khat:
-        out["khat"] = khat_summary(kh)
-    if per_image:
-        out["log_px_per_image"] = lp.double().cpu().tolist()
+    out |= {"khat": khat_summary(kh)} if khat else {}
+    out |= {"log_px_per_image": lp.double().cpu().tolist()} if per_image else {}
     return out
