@@ -52,6 +52,17 @@ def khat_summary(khat: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def _check_sizes(samples: int, chunk: int | None, batch: int | None, khat: bool) -> None:
+    """One-line errors for a non-positive size, or k̂ asked of too few samples."""
+    given = {"chunk": chunk, "batch": batch}
+    check_positive(samples=samples, **{k: v for k, v in given.items() if v is not None})
+    if khat and samples < KHAT_MIN_SAMPLES:
+        raise ValueError(
+            f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "
+            f"got {samples}"
+        )
+
+
 def evaluate(
     vae: VAE,
     images: Tensor,
@@ -83,13 +94,7 @@ def evaluate(
     8-bit data (Theis et al. 2016) and 0 for a discrete likelihood. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
     sized for the device (:func:`eval_sizes`).
     """
-    given = {"chunk": chunk, "batch": batch}
-    check_positive(samples=samples, **{k: v for k, v in given.items() if v is not None})
-    if khat and samples < KHAT_MIN_SAMPLES:
-        raise ValueError(
-            f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "
-            f"got {samples}"
-        )
+    _check_sizes(samples, chunk, batch, khat)
     with evaluating(vae):  # sized in eval mode, as it runs
         chunk, batch = eval_sizes(vae, images, samples, chunk, batch)
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
