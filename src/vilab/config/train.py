@@ -174,10 +174,13 @@ class EvalRunConfig(_Strict):
     """``vilab eval RUN_DIR``: log p(x) of a trained VAE run on its ``split`` (``test`` or
     ``valid``; the first ``images`` only, if set) by importance sampling (``method: is``,
     ``samples`` per image drawn ``chunk`` at a time for ``batch`` images; unset: the run's
-    ``eval`` section) or annealed importance sampling (``method: ais``: ``chains`` per
-    image, ``num_dists`` distributions, ``leapfrog`` steps per HMC transition, starting at
-    the encoder's q(z | x) or the ``prior``). ``data_dir`` and ``device`` replace the
-    run's (``None``: the run's own)."""
+    ``eval`` section) or annealed importance sampling (``method: ais``, starting at the
+    encoder's q(z | x) or the ``prior``: the settings of ``ais`` — ``fast``,
+    :data:`vilab.evaluation.ais.FAST`, or ``classic``, the settings before it,
+    :data:`vilab.evaluation.ais.CLASSIC` — with ``chains`` per image, ``num_dists``
+    distributions, ``leapfrog`` steps per HMC transition and ``batch`` images at once
+    replacing the preset's where given). ``data_dir`` and ``device`` replace the run's
+    (``None``: the run's own)."""
 
     split: Literal["test", "valid"] = "test"
     method: Literal["is", "ais"] = "is"
@@ -185,9 +188,10 @@ class EvalRunConfig(_Strict):
     chunk: int | None = Field(None, ge=1)
     batch: int | None = Field(None, ge=1)
     images: int | None = Field(None, ge=1)
-    chains: int = Field(16, ge=1)
-    num_dists: int = Field(500, ge=1)
-    leapfrog: int = Field(5, ge=1)
+    ais: Literal["fast", "classic"] = "fast"
+    chains: int | None = Field(None, ge=1)
+    num_dists: int | None = Field(None, ge=1)
+    leapfrog: int | None = Field(None, ge=1)
     init: Literal["posterior", "prior"] = "posterior"
     data_dir: str | None = None
     device: DeviceSpec | None = None
