@@ -172,6 +172,32 @@ def _fused_transition(
 
 
 @torch.no_grad()
+def _check(
+    num_chains: int,
+    num_leapfrog: int,
+    step_size: float | Tensor,
+    adapt_rate: float,
+    fused: bool,
+    pilots: int,
+    momentum: float,
+) -> None:
+    """One-line errors for the settings of :func:`ais` outside what it accepts."""
+    if num_chains < 1:
+        raise ValueError(f"num_chains must be ≥ 1, got {num_chains}")
+    if num_leapfrog < 1:
+        raise ValueError(f"num_leapfrog must be ≥ 1, got {num_leapfrog}")
+    if not 0.0 <= adapt_rate < 1.0:
+        raise ValueError(f"adapt_rate must be in [0, 1), got {adapt_rate}")
+    if not isinstance(step_size, Tensor) and not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if momentum and not fused:
+        raise ValueError("momentum needs the fused transition")
+    if pilots < 0:
+        raise ValueError(f"pilots must be ≥ 0, got {pilots}")
+
+
 def ais(
     log_init: LogProb,
     sample_init: Callable[[int], Tensor],
@@ -216,23 +242,10 @@ def ais(
             then :func:`vilab.samplers.hmc.hmc_step` (the same chains from the same random
             numbers up to rounding, at about (L + 1.5)/L the cost; kept for comparison).
     """
-    if num_chains < 1:
-        raise ValueError(f"num_chains must be ≥ 1, got {num_chains}")
-    if num_leapfrog < 1:
-        raise ValueError(f"num_leapfrog must be ≥ 1, got {num_leapfrog}")
-    if not 0.0 <= adapt_rate < 1.0:
-        raise ValueError(f"adapt_rate must be in [0, 1), got {adapt_rate}")
+    _check(num_chains, num_leapfrog, step_size, adapt_rate, fused, pilots, momentum)
     betas = sigmoid_schedule(num_dists) if schedule is None else schedule.double()
     if len(betas) < 2 or betas[0] != 0 or betas[-1] != 1 or (betas[1:] < betas[:-1]).any():
         raise ValueError("schedule must rise from β₀ = 0 to β_T = 1")
-    if not isinstance(step_size, Tensor) and not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if momentum and not fused:
-        raise ValueError("momentum needs the fused transition")
-    if pilots < 0:
-        raise ValueError(f"pilots must be ≥ 0, got {pilots}")
     pilots = pilots if adapt_rate else 0  # a fixed ε needs no steering
     z = sample_init(num_chains + pilots)
     eps = torch.as_tensor(step_size, dtype=z.dtype, device=z.device)

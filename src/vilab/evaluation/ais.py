@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 
 from vilab.distributed import SINGLE, World
-from vilab.estimators.ais import ais, schedule
+from vilab.estimators.ais import LogProb, ais, schedule
 from vilab.estimators.loglik import mean_with_stderr
 from vilab.evaluation.batches import check_positive, evaluating, per_batch
-from vilab.families.gaussian import DiagonalGaussian, StandardNormal, std_normal_log_prob
+from vilab.families.gaussian import StandardNormal, std_normal_log_prob
 from vilab.likelihoods import bits_per_dim
 from vilab.vae import VAE
 
@@ -64,6 +64,64 @@ CLASSIC = {
 }
 
 
+def _start(vae: VAE, x: Tensor, h: Tensor, init: str) -> tuple[Any, LogProb]:
+    """The start distribution (q's base space for a flow posterior, the family itself
+    where it has none, or the prior) and the log joint in its coordinates,
+    log p(x, T(ε)) + log |det ∂T/∂ε|."""
+    if init == "prior":
+        return StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h), partial(
+            vae.model.log_joint, x
+        )
+    base, push = vae.posterior.family.base_and_push()
+    if push is None:
+        return base, partial(vae.model.log_joint, x)
+
+    def log_joint(e: Tensor) -> Tensor:
+        z, logdet = push(e, h)
+        return vae.model.log_joint(x, z) + logdet
+
+    return base, log_joint
+
+
+def _path(base: Any, h: Tensor, log_joint: LogProb, standardize: bool) -> tuple[Any, ...]:
+    """``(log_init, sample_init, log_target)`` of the AIS path from ``base`` (context
+    ``h``) to ``log_joint``. With ``standardize`` and a diagonal Gaussian start (a base with
+    ``loc_scale``, the diagonal Gaussians' shared method) N(μ, σ²), in u = (ε − μ)/σ: the
+    start N(0, I), the target log_joint(μ + σ u) + Σ log σ (a change of variables, the
+    same Z)."""
+    loc_scale = getattr(base, "loc_scale", None) if standardize else None
+    if loc_scale is None:
+        return (
+            partial(base.log_prob, context=h),
+            lambda c: base.rsample_and_log_prob(c, h)[0],
+            log_joint,
+        )
+    loc, scale = loc_scale(h)
+    log_det = scale.log().sum(-1)
+    return (
+        std_normal_log_prob,
+        lambda c: torch.randn((c, *loc.shape), dtype=loc.dtype, device=loc.device),
+        lambda u: log_joint(loc + scale * u) + log_det,
+    )
+
+
+def _checked_batch(
+    init: str, n: int, batch: int | None, images: Tensor, world: World, step_size: float
+) -> int:
+    """The images per batch (``None``: all of this process's at once, on the CPU at most
+    :data:`CPU_BATCH`); one-line errors for a bad ``init``, batch or step size."""
+    if init not in ("posterior", "prior"):
+        raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
+    if batch is None:  # every image at once, shared evenly among the processes
+        batch = max(1, math.ceil(n / world.size))
+        if images.device.type == "cpu":  # bounded memory (~0.3 GB per 1000 images)
+            batch = min(batch, CPU_BATCH)
+    check_positive(batch=batch)
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+    return batch
+
+
 @torch.no_grad()
 def evaluate_ais(
     vae: VAE,
@@ -90,16 +148,11 @@ def evaluate_ais(
     """log p(x) by annealed importance sampling (:func:`vilab.estimators.ais.ais`).
 
     The path starts at the encoder's q(z | x) — in the base space of a flow posterior,
-    where the start density is the Gaussian base and the target is
-    p(x, T(ε)) |det ∂T/∂ε| (seed 002) — or at the prior (``init="prior"``). With
-    ``standardize`` and a diagonal Gaussian start N(μ(x), σ(x)²) the chains move in
-    u = (ε − μ)/σ, where the start is N(0, I) and the target gains log |det σ| — the same
-    Z (a change of variables), and HMC with the encoder's σ² as its inverse mass: one
-    step size suits dimensions whose posterior widths differ by orders of magnitude.
-
+    where the start is the Gaussian base and the target p(x, T(ε)) |det ∂T/∂ε| (seed 002)
+    — or at the prior (``init="prior"``); ``standardize``: in the start's standardized
+    coordinates (:func:`_path`), i.e. HMC with the encoder's σ² as its inverse mass.
     Batched over ``batch`` images (``None``: all of this process's images at once, on
-    the CPU at most :data:`CPU_BATCH`) and
-    ``chains`` chains each; ``num_dists`` distributions on a ``schedule_kind`` schedule
+    the CPU at most :data:`CPU_BATCH`) and ``chains`` chains each; ``num_dists`` distributions on a ``schedule_kind`` schedule
     (:func:`vilab.estimators.ais.schedule`), ``num_leapfrog`` leapfrog steps per
     transition with partial momentum refreshment ``momentum``, ε from ``step_size``
     steered toward ``target_accept`` at ``adapt_rate`` by ``pilots`` extra chains per image
@@ -109,68 +162,18 @@ def evaluate_ais(
     ``per_image``, a list, receives the per-image estimates. ``seed``, ``world``,
     ``progress`` and ``hint`` as for :func:`evaluate`.
     """
-    if init not in ("posterior", "prior"):
-        raise ValueError(f"init must be 'posterior' or 'prior', got {init!r}")
     n = images.shape[0]
-    if batch is None:  # every image at once, shared evenly among the processes
-        batch = max(1, math.ceil(n / world.size))
-        if images.device.type == "cpu":  # bounded memory (~0.3 GB per 1000 images)
-            batch = min(batch, CPU_BATCH)
-    check_positive(chains=chains, num_dists=num_dists, num_leapfrog=num_leapfrog, batch=batch)
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
+    batch = _checked_batch(init, n, batch, images, world, step_size)
+    check_positive(chains=chains, num_dists=num_dists, num_leapfrog=num_leapfrog)
     betas = schedule(num_dists, schedule_kind)
-    family, model = vae.posterior.family, vae.model
+    kw = dict(step_size=step_size, adapt_rate=adapt_rate, fused=fused, pilots=pilots)
+    kw |= dict(momentum=momentum, target_accept=target_accept)
 
     def one(x: Tensor) -> tuple[Tensor, ...]:
         h = vae.posterior.context(x)
-        if init == "prior":
-            base: Any = StandardNormal(vae.latent_dim, context_dim=h.shape[-1]).to(h)
-            push = None
-        else:  # a flow's base space; the family itself where it has none
-            base, push = family.base_and_push()
-
-        def log_joint(e: Tensor) -> Tensor:
-            if push is None:
-                return model.log_joint(x, e)
-            z, logdet = push(e, h)
-            return model.log_joint(x, z) + logdet
-
-        if standardize and isinstance(base, DiagonalGaussian):
-            loc, scale = base.loc_scale(h)
-            log_det = scale.log().sum(-1)
-
-            def log_init(u: Tensor) -> Tensor:
-                return std_normal_log_prob(u)
-
-            def sample_init(c: int) -> Tensor:
-                return torch.randn((c, *loc.shape), dtype=loc.dtype, device=loc.device)
-
-            def log_target(u: Tensor) -> Tensor:
-                return log_joint(loc + scale * u) + log_det
-
-        else:
-            log_init = partial(base.log_prob, context=h)
-
-            def sample_init(c: int) -> Tensor:
-                return base.rsample_and_log_prob(c, h)[0]
-
-            log_target = log_joint
-
-        est = ais(
-            log_init,
-            sample_init,
-            log_target,
-            chains,
-            num_leapfrog=num_leapfrog,
-            step_size=step_size,
-            schedule=betas,
-            adapt_rate=adapt_rate,
-            fused=fused,
-            pilots=pilots,
-            momentum=momentum,
-            target_accept=target_accept,
-        )
+        base, log_joint = _start(vae, x, h, init)
+        path = _path(base, h, log_joint, standardize)
+        est = ais(*path, chains, num_leapfrog=num_leapfrog, schedule=betas, **kw)
         return est.log_z, est.stderr, torch.full_like(est.log_z, est.accept_rate)
 
     label = f"AIS log p(x), {chains} chains × {num_dists} steps" if progress else None
@@ -185,18 +188,10 @@ def evaluate_ais(
         "log_px_stderr": stderr,
         "nll": -log_px,
         "bpd": bits_per_dim(-log_px, int(images[0].numel()), vae.likelihood.offset_nats),
-        "chains": chains,
-        "num_dists": num_dists,
-        "num_leapfrog": num_leapfrog,
-        "schedule": schedule_kind,
-        "step_size": step_size,
-        "adapt_rate": adapt_rate,
-        "standardize": standardize,
-        "pilots": pilots,
-        "momentum": momentum,
-        "target_accept": target_accept,
-        "batch": batch,
-        "init": init,
+        **dict(chains=chains, num_dists=num_dists, num_leapfrog=num_leapfrog),
+        **dict(schedule=schedule_kind, step_size=step_size, adapt_rate=adapt_rate),
+        **dict(standardize=standardize, pilots=pilots, momentum=momentum),
+        **dict(target_accept=target_accept, batch=batch, init=init),
         "accept_rate": float(acc.mean()),
         "images": int(n),
     }
