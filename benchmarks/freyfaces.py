@@ -31,7 +31,7 @@ Run::
 
 A row trains until its preset's steps or ``--minutes`` of training (``max_seconds``),
 whichever comes first, into ``--runs-dir``/<row> (an existing finished run there is
-evaluated, not retrained: delete it to train again). Data: ``--data-dir``, else
+evaluated, not retrained: delete it to train again; an interrupted one is resumed). Data: ``--data-dir``, else
 ``$VILAB_DATA_DIR``, else ``../shared/data``.
 """
 
@@ -89,9 +89,10 @@ def train_row(row: str, args: Any) -> dict[str, Any]:
         wall = metrics.get("seconds", math.nan)
     else:
         config = load_train_config(preset(row), extra)
+        resume = (run_dir / "checkpoint.pt").is_file()  # an interrupted run: go on with it
         print(f"  training {row} into {run_dir} …", file=sys.stderr, flush=True)
         (metrics,), wall = common.time_block(
-            lambda: train_vae(config, run_dir, progress=sys.stderr.isatty())
+            lambda: train_vae(config, run_dir, progress=sys.stderr.isatty(), resume=resume)
         )
     config, vae, _ = load_trained_vae(run_dir, "cpu", args.data_dir)
     test = vae_data_for(config, None).test
