@@ -17,7 +17,7 @@ from vilab.config import (
     dump_config,
     load_fit_config,
 )
-from vilab.config.fit import SMALL_DIM, FlowConfig, default_stack
+from vilab.config.family import SMALL_DIM, FlowConfig, default_stack
 from vilab.flows import AffineAutoregressive, SplineAutoregressive, Sylvester
 from vilab.flows.iaf import IAF
 from vilab.train.fit import Fitter

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vilab.build import build_family, family_from_config
-from vilab.config.fit import FamilyConfig, default_stack
+from vilab.config.family import FamilyConfig, default_stack
 from vilab.core.params import FreeParams
 from vilab.families import MeanFieldGaussian, StandardNormal
 from vilab.families.base import AtContext

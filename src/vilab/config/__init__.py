@@ -15,17 +15,14 @@ from vilab.config.base import (
     parse_override,
     read_yaml,
 )
+from vilab.config.family import FamilyConfig, FlowConfig, anneals_by_default, default_stack
 from vilab.config.fit import (
-    FamilyConfig,
     FaultConfig,
     FitConfig,
     FitObjectiveConfig,
-    FlowConfig,
     OptimConfig,
     StopConfig,
     TargetConfig,
-    anneals_by_default,
-    default_stack,
     load_fit_config,
 )
 from vilab.config.train import (
