@@ -90,7 +90,7 @@ from vilab.vae import VAE
 
 SEED002 = REPO / "configs" / "vae_seed002_resnet_iaf.yaml"
 SEED002_NLL = 78.74  # REFERENCE.md §3: test, 1000 IS, after 2500 epochs
-DEVICE_TESTS = "tests/test_devices.py"
+DEVICE_TESTS = ["tests/test_devices.py", "tests/test_pyro.py"]
 # The goals of the issue.
 TRAIN_SPEEDUP_GOAL = 2.0  # vilab images/s ≥ 2 × the plain eager loop's
 EVAL_SPEEDUP_GOAL = 5.0  # vilab evaluation ≥ 5 × faster than the plain per-image loop
@@ -132,11 +132,12 @@ class Setup(common.Seed004):
 def part_devices(s: Setup) -> dict[str, Any]:
     args = s.args
     print("## (devices) The device tests\n")
-    path = REPO / args.devices_test
-    if not path.is_file():
-        print(f"Skipped: {args.devices_test} is not in this checkout.\n", flush=True)
-        return {"skipped": f"{args.devices_test} not found"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)]
+    missing = [t for t in args.devices_test if not (REPO / t).is_file()]
+    if missing:
+        print(f"Skipped: {', '.join(missing)} not in this checkout.\n", flush=True)
+        return {"skipped": f"{', '.join(missing)} not found"}
+    paths = [str(REPO / t) for t in args.devices_test]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths]
     if args.quick:
         cmd.append("--collect-only")  # --quick: that they import and collect, not a run
     env = dict(os.environ)
@@ -698,7 +699,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--tf32", action="store_true", help="TF32 matmuls, every row alike [off]")
     d = p.add_argument_group("part (devices)")
-    d.add_argument("--devices-test", default=DEVICE_TESTS, help="[%(default)s]")
+    d.add_argument("--devices-test", nargs="+", default=DEVICE_TESTS, help="[%(default)s]")
     d.add_argument("--devices-timeout", type=float, help="seconds [300; quick: 120]")
     t = p.add_argument_group("part (train)")
     t.add_argument("--train-warmup", type=int, help="warm-up steps per row [50; quick: 2]")

@@ -146,3 +146,58 @@ def test_a_simplex_nested_plates_an_event_site_and_a_deterministic_pass_the_chec
     assert x.shape == (5, len(names)) and torch.allclose(x[:, :3].sum(-1), torch.ones(5))
     with pytest.raises(PyroTargetError, match="site 'b'"):
         from_pyro(_nested(event_as_batch=True))
+
+
+def bounded(y, low, high):
+    """A model with a support whose bounds are tensors (traced again on the draws' device)
+    and a tensor it makes itself (made there by the default-device context)."""
+    s = pyro.sample("s", dist.Uniform(low, high))
+    with pyro.plate("obs", y.shape[0]):
+        pyro.sample("y", dist.Normal(torch.zeros(y.shape[0]), s), obs=y)
+
+
+def test_draws_on_another_device_run_the_model_there() -> None:
+    """z on the meta device (no GPU here): every tensor argument is moved there, the
+    support's bounds follow by a trace on that device, and the result stays there; on
+    the CPU the same target gives Uniform(0.5, 3)'s density times N(y; 0, s²)."""
+    y, low, high = torch.randn(6), torch.tensor(0.5), torch.tensor(3.0)
+    target = from_pyro(bounded, y, low, high)
+    z = torch.zeros(4, 1)
+    s = 0.5 + 2.5 * torch.sigmoid(z[:, 0])
+    jac = math.log(2.5) + torch.nn.functional.logsigmoid(z[:, 0]) * 2 - z[:, 0]
+    want = -math.log(2.5) + jac + torch.distributions.Normal(0.0, s[:, None]).log_prob(y).sum(-1)
+    torch.testing.assert_close(target.log_prob(z), want)
+    with pyro.validation_enabled(False):  # validation reads values: none on meta
+        got = target.log_prob(z.to("meta"))
+    assert got.device.type == "meta" and got.shape == (4,)
+    assert target.on(torch.device("meta"))[0][0].device.type == "meta"
+
+
+Y_BOUND = torch.randn(5)
+
+
+def held_data():
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("obs", 5):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=Y_BOUND)
+
+
+def test_a_model_holding_its_data_on_the_cpu_is_named_off_the_cpu() -> None:
+    target = from_pyro(held_data)
+    with pyro.validation_enabled(False), pytest.raises(PyroTargetError, match="as arguments"):
+        target.log_prob(torch.zeros(3, 1, device="meta"))
+
+
+def test_a_target_on_every_device_matches_the_cpu(device) -> None:
+    """The eight schools' density and gradient with draws on each available device (CUDA
+    where present: `make bench-gpu` runs this file there too) equal the CPU's."""
+    target = from_pyro(eight_schools, Y, SIGMA)
+    z = torch.randn(7, 10, dtype=F64, generator=torch.Generator().manual_seed(5))
+    runs = {}
+    for where in ("cpu", device):
+        zw = z.to(where).requires_grad_(True)
+        lp = target.log_prob(zw)
+        assert lp.device.type == torch.device(where).type
+        runs[str(where)] = (lp.detach().cpu(), torch.autograd.grad(lp.sum(), zw)[0].cpu())
+    for a, b in zip(runs[str(device)], runs["cpu"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -174,3 +174,15 @@ def fork_rng(device: torch.device) -> Iterator[None]:
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         yield
+
+
+def move_tensors(data: Any, device: torch.device) -> Any:
+    """``data`` with every tensor inside it (nested tuples, lists and dicts) moved to
+    ``device``; anything else as it is."""
+    if isinstance(data, Tensor):
+        return data.to(device)
+    if isinstance(data, (tuple, list)):
+        return type(data)(move_tensors(v, device) for v in data)
+    if isinstance(data, dict):
+        return {k: move_tensors(v, device) for k, v in data.items()}
+    return data

@@ -17,6 +17,12 @@ mixes the particle dimension (a ``.sum()`` over a batch, an undeclared plate) wo
 a silently wrong density this way, so the result is checked at load time against one run
 per draw on a few random points (values and gradients), and a mismatch names the sites.
 
+**On any device.** Draws on a GPU run the model there: every tensor among its arguments
+is moved to the draws' device once (:meth:`PyroTarget.on`), the latent sites are traced
+again there (their bijections hold the supports' tensors), and tensors the model makes
+itself default to that device (the ``torch.device`` context). Data bound inside the
+model's file cannot be moved: that is a one-line error saying to pass them as arguments.
+
 Discrete latent sites are refused by name (a target here is a density on R^D). Supports
 are read from the first trace, as Pyro's ``potential_fn`` does: a support that depends on
 another latent value is not followed.
@@ -26,8 +32,9 @@ Reference: Bingham et al. 2019, "Pyro: deep universal probabilistic programming"
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +42,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Transform, biject_to
 
+from vilab.core.device import move_tensors
 from vilab.core.extras import require
 from vilab.targets.base import Target
 
@@ -131,19 +139,40 @@ class PyroTarget(Target):
         check: bool = True,
         seed: int = 0,
     ) -> None:
-        pyro, poutine = _pyro()
         self.model, self.args, self.kwargs = model, tuple(args), dict(kwargs or {})
         self.name = name or getattr(model, "__name__", "pyro_model")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            trace = poutine.trace(self._call).get_trace()
-        self.sites, self.nesting = _latent_sites(poutine.util.prune_subsample_sites(trace))
+        self.seed = seed
+        trace = self._trace(self.args, self.kwargs, None)
+        self.sites, self.nesting = _latent_sites(trace)
         self.dim = sum(s.size for s in self.sites)
         self._init = torch.cat(
             [s.transform.inv(trace.nodes[s.name]["value"]).reshape(-1) for s in self.sites]
         ).detach()
+        #: the arguments and latent sites per device other than the first trace's
+        self._moved: dict[torch.device, tuple[tuple[Any, ...], dict[str, Any], list[LatentSite]]]
+        self._moved = {self._init.device: (self.args, self.kwargs, self.sites)}
         if check:
             check_vectorized(self, seed)
+
+    def _trace(self, args: tuple[Any, ...], kwargs: dict[str, Any], device: Any) -> Any:
+        """One prior run of the model (seeded, the global RNG left as it was), under
+        ``torch.device(device)`` where one is given; subsample sites pruned."""
+        _, poutine = _pyro()
+        cuda = [device] if device is not None and device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), _default_device(device):
+            torch.manual_seed(self.seed)
+            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
+        return poutine.util.prune_subsample_sites(trace)
+
+    def on(self, device: torch.device) -> tuple[tuple[Any, ...], dict[str, Any], list[LatentSite]]:
+        """The model's arguments (every tensor in them moved to ``device``) and its latent
+        sites traced there (their bijections hold the supports' tensors on ``device``):
+        made once per device, so N draws on a GPU run the model on the GPU."""
+        if device not in self._moved:
+            args, kwargs = move_tensors(self.args, device), move_tensors(self.kwargs, device)
+            sites, _ = _latent_sites(self._trace(args, kwargs, device))
+            self._moved[device] = (args, kwargs, sites)
+        return self._moved[device]
 
     def _call(self) -> Any:
         return self.model(*self.args, **self.kwargs)
@@ -154,7 +183,7 @@ class PyroTarget(Target):
     def split(self, z: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """``z (N, D)`` -> site name -> ``(x (N, *shape), log|det J| (N,))``."""
         out, start, n = {}, 0, z.shape[0]
-        for s in self.sites:
+        for s in self.on(z.device)[2]:
             u = z[:, start : start + s.size].reshape(n, *s.unconstrained_shape)
             x = s.transform(u)
             ladj = s.transform.log_abs_det_jacobian(u, x).reshape(n, -1).sum(-1)
@@ -172,24 +201,26 @@ class PyroTarget(Target):
         under the particle plate, and ``"_jacobian"``: Σ_i log |det J_{T_i}|."""
         pyro, poutine = _pyro()
         n, k = z.shape[0], self.nesting
+        args, kwargs, sites = self.on(z.device)
         xs = self.split(z)
         data = {}
-        for s in self.sites:  # (N, 1…1, *batch, *event) with K dims between N and event
+        for s in sites:  # (N, 1…1, *batch, *event) with K dims between N and event
             ones = (1,) * max(k - (len(s.shape) - s.event_rank), 0)
             data[s.name] = xs[s.name][0].reshape(n, *ones, *s.shape)
 
         def particles() -> Any:
             with pyro.plate(PARTICLES, n, dim=-(k + 1)):
-                return self._call()
+                return self.model(*args, **kwargs)
 
-        trace = poutine.trace(poutine.condition(particles, data=data)).get_trace()
-        trace = poutine.util.prune_subsample_sites(trace)
-        trace.compute_log_prob()
+        with _default_device(z.device), _names_device(self.name, z.device):
+            trace = poutine.trace(poutine.condition(particles, data=data)).get_trace()
+            trace = poutine.util.prune_subsample_sites(trace)
+            trace.compute_log_prob()
         out = {}
         for name, site in trace.nodes.items():
             if _scored(site) and name != PARTICLES:
                 out[name] = _per_particle(site["log_prob"], n, k, name)
-        out["_jacobian"] = sum(xs[s.name][1] for s in self.sites)
+        out["_jacobian"] = sum(xs[s.name][1] for s in sites)
         return out
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -216,6 +247,28 @@ class PyroTarget(Target):
                     rows.setdefault(name, []).append(site["log_prob"].sum())
             rows.setdefault("_jacobian", []).append(sum(xs[s.name][1][0] for s in self.sites))
         return {name: torch.stack(v) for name, v in rows.items()}
+
+
+def _default_device(device: torch.device | None) -> Any:
+    """Tensors the model makes itself (``torch.zeros(n)``) on ``device``: the
+    ``torch.device`` context (PyTorch's default-device mechanism); none for the CPU."""
+    return contextlib.nullcontext() if device is None or device.type == "cpu" else device
+
+
+@contextlib.contextmanager
+def _names_device(name: str, device: torch.device) -> Iterator[None]:
+    """A model that holds its own tensors on another device (data bound in its file)
+    fails with torch's device mismatch: say which model and what to do instead."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "device" not in str(err) or device.type == "cpu":
+            raise
+        raise PyroTargetError(
+            f"Pyro model {name!r} on {device}: {err}. Its data must reach it as arguments "
+            "(vilab.targets.from_pyro(model, *data) moves every tensor argument to the "
+            "draws' device), or be created on the device the draws are on"
+        ) from err
 
 
 def _scored(site: dict[str, Any]) -> bool:
@@ -249,7 +302,7 @@ def check_vectorized(
     log-prob differs from the per-draw one (values or gradients)."""
     gen = torch.Generator().manual_seed(seed)
     eps = torch.randn(points, target.dim, generator=gen, dtype=torch.float64)
-    z = (target._init.double() + 0.5 * eps).requires_grad_(True)
+    z = (target._init.double() + 0.5 * eps.to(target._init.device)).requires_grad_(True)
     try:
         vec = target.site_log_probs(z)
     except PyroTargetError:
