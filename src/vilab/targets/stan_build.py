@@ -45,6 +45,18 @@ DEFINES = (
 )
 FLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-pthread")
 QUIET = ("-Wno-sign-compare", "-Wno-deprecated-declarations", "-Wno-ignored-attributes")
+#: What a model links against, from the wheel's ``lib/``: TBB, and SUNDIALS (static) for
+#: the ODE and DAE solvers (CVODES, IDAS) and the algebraic solver (KINSOL), as httpstan
+#: links its own models; ``-z defs`` makes a missing symbol a link error, not a failure
+#: when the library is loaded.
+LIBS = (
+    "-lsundials_cvodes",
+    "-lsundials_idas",
+    "-lsundials_kinsol",
+    "-lsundials_nvecserial",
+    "-ltbb",
+    "-Wl,-z,defs",
+)
 
 
 class StanError(ValueError):
@@ -77,7 +89,7 @@ def cache_root() -> Path:
 def program_key(code: str) -> str:
     """SHA-256 (24 hex digits) of program, toolchain, shim source and flags."""
     h = hashlib.sha256()
-    for part in (code, toolchain_version(), SHIM.read_text(), " ".join(DEFINES + FLAGS)):
+    for part in (code, toolchain_version(), SHIM.read_text(), " ".join(DEFINES + FLAGS + LIBS)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:24]
@@ -125,7 +137,7 @@ def compile_command(unit: Path, out: Path) -> list[str]:
         str(out),
         str(unit),
         f"-L{home / 'lib'}",
-        "-ltbb",
+        *LIBS,
         f"-Wl,-rpath,{home / 'lib'}",
     ]
 
