@@ -7,7 +7,7 @@ log p₀ and log γ again for the weight and f_t's value and gradient again befo
 :func:`vilab.samplers.hmc.hmc_step` — took 284 s per 1000 test images of seed 004's IAF
 model. The fast path (:data:`vilab.evaluation.ais.FAST`, ``vilab eval --method ais``'s
 default) moves every image × chain at once with the fused transition (one gradient per
-leapfrog step), in the start's standardized coordinates, 700 distributions of one leapfrog
+leapfrog step), in the start's standardized coordinates, 600 distributions of one leapfrog
 step with partial momentum refreshment, a pilot chain per image steering the step size;
 the goal is an estimate within 0.3 nats of the old one in ≤ 60 s on 2 cores.
 

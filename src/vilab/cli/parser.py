@@ -216,7 +216,7 @@ def _eval_parser(sub: Any) -> None:
         "--ais",
         default="fast",
         choices=["fast", "classic"],
-        help="AIS settings: fast (4 chains × 700 distributions of 1 leapfrog step with "
+        help="AIS settings: fast (4 chains × 600 distributions of 1 leapfrog step with "
         "partial momentum, a pilot chain steering ε, up to 1000 images at once on the CPU) "
         "or classic (before: 16 chains × 500 distributions, 5 leapfrog steps, 100 images "
         "at a time); the options below replace the preset's",
