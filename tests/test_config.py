@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vilab.config import ConfigError, FitConfig, dump_config, load_fit_config, parse_override
@@ -110,3 +112,31 @@ def test_fit_cli_flags_map_to_the_objective_section() -> None:
     args = build_parser().parse_args(["fit", "--beta-steps", "0", "--stl"])
     cfg = load_fit_config(overrides=_fit_overrides(args))
     assert cfg.objective.beta_steps == 0 and cfg.objective.stl
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_loads(path: Path) -> None:
+    """Every file in configs/ validates as the config it is (a fit has a target)."""
+    from vilab.config import load_train_config
+
+    raw = path.read_text()
+    config = load_fit_config(path) if "\ntarget:" in f"\n{raw}" else load_train_config(path)
+    assert config.model_dump()
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in PRESETS if "freyfaces" in p.stem], ids=lambda p: p.stem
+)
+def test_freyfaces_presets_build_for_28_by_20_faces(path: Path) -> None:
+    """The Frey Faces presets build their VAE for (1, 28, 20) images and score a batch."""
+    import torch
+
+    from vilab.config import load_train_config
+    from vilab.vae import build_vae
+
+    vae = build_vae(load_train_config(path), image_shape=(1, 28, 20))
+    x = torch.randint(0, 256, (2, 560)).float() / 255  # images are served flattened
+    assert torch.isfinite(vae.log_weights(x, 3)).all()

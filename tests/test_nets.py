@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vilab.nets import (
+    MLP,
     GatedConv2d,
     GatedConvDecoder,
     GatedConvEncoder,
@@ -226,3 +227,20 @@ def test_independence_check_catches_batch_norm_in_train_mode() -> None:
     with torch.no_grad():
         changed = _changed_rows(dec, torch.randn(S, B, D, dtype=torch.float64), (1, 2))
     assert changed.all()
+
+
+def test_gated_mlp_layer_is_linear_times_sigmoid_gate() -> None:
+    """activation="gated": each hidden layer is (W x + b) ⊙ σ(V x + c) (GatedDense); the
+    output layer stays linear."""
+    torch.manual_seed(0)
+    net = MLP([5, 3, 2], "gated").double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    lin, out = net[0], net[2]
+    w, v = lin.weight[:3], lin.weight[3:]
+    b, c = lin.bias[:3], lin.bias[3:]
+    h = (x @ w.T + b) * torch.sigmoid(x @ v.T + c)
+    torch.testing.assert_close(net(x), out(h))
+    feats = MLP([5, 3], "gated", final_activation=True)
+    assert feats(torch.randn(2, 5)).shape == (2, 3)
+    with pytest.raises(ValueError, match="gated"):
+        MLP([5, 3], "swish")

@@ -120,6 +120,9 @@ def test_config_changes_lists_only_what_may_not_change() -> None:
     stored = load_fit_config().model_dump(mode="json")
     new = load_fit_config(overrides=["steps=9", "eval_samples=10", "optim.lr=0.1", "seed=2"])
     assert rundir.config_changes(stored, new) == ["optim.lr: 0.002 → 0.1", "seed: 0 → 2"]
+    # how many draws the evaluation takes changes nothing trained
+    sizing = ["report_samples=500", "kl.stderr=0.01", "report.max_samples=50000"]
+    assert rundir.config_changes(stored, load_fit_config(overrides=sizing)) == []
 
 
 def stop_at(monkeypatch, step: int, *signals: signal.Signals) -> None:

@@ -22,6 +22,12 @@ From S draws z_s ~ q and the log-weights log w_s = log p̃(z_s) − log q(z_s)
 
 A semi-implicit q has no closed-form log q(z); its card uses the family's conservative
 (SIVI upper) estimate, which the ``log_q`` field says.
+
+S is given (exactly S draws) or sized (:mod:`vilab.estimators.sizing`,
+:data:`REPORT_SIZING`): a pilot (the floor: k̂'s tail of 3√S ≥ 200 draws), then rounds
+until log Ẑ's delta-method s.e. ≤ max(stderr, rel_stderr × (log Ẑ − ELBO)), up to the
+cap; it stops at a round (×8 at most) whose k̂ ≥ 0.7: the weights' variance is infinite,
+and no count makes log Ẑ trustworthy.
 """
 
 from __future__ import annotations
@@ -33,19 +39,26 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from vilab.estimators.importance import KHAT_OK, summarize, weighted_moments
+from vilab.estimators.importance import (
+    KHAT_OK,
+    log_mean_exp_stderr,
+    pareto_khat,
+    summarize,
+    weighted_moments,
+)
 from vilab.estimators.reference import moment_errors, w1_vs_reference
+from vilab.estimators.sizing import Sized, Sizing, run_sized
 from vilab.families.base import Family
 from vilab.targets.base import Target
 
-#: Draws of q for the card unless the config says otherwise.
-REPORT_SAMPLES = 20_000
+#: The sized card's defaults: target s.e. of log Ẑ, 0.001 nats or 1% of its KL
+#: log Ẑ − ELBO (the larger); pilot (the floor, for k̂) 5,000; cap 100,000 draws.
+REPORT_SIZING = Sizing(1e-3, 5_000, 100_000, rel_stderr=0.01)
 
 KL_EXACT = "exact: log Z known, KL = log Z − ELBO"
 KL_IS = "importance-sampled: log Ẑ − ELBO (log Z unknown); biased low, trust it only when k̂ < 0.7"
 
 
-@torch.no_grad()
 class Draws(NamedTuple):
     """Draws of q scored under the target, float64: ``z (n, D)``, the log-weights
     log p̃(z) − log q(z) ``(n,)`` (formed in the draws' dtype), log p̃ and log q ``(n,)``."""
@@ -56,6 +69,7 @@ class Draws(NamedTuple):
     log_q: Tensor
 
 
+@torch.no_grad()
 def draw_log_weights(family: Family, target: Target, n: int, chunk: int = 10_000) -> Draws:
     """``n`` draws of q and their log-weights (:class:`Draws`), in chunks.
 
@@ -80,32 +94,82 @@ def draw_log_weights(family: Family, target: Target, n: int, chunk: int = 10_000
     return Draws(*(torch.cat(t) for t in (zs, lws, lps, lqs)))
 
 
+def sized_draws(
+    family: Family, target: Target, sizing: Sizing, what: str | None = None
+) -> tuple[Draws, Sized]:
+    """The card's draws (:func:`draw_log_weights`) as ``sizing`` says: by log Ẑ's
+    delta-method s.e. against max(stderr, rel_stderr × (log Ẑ − ELBO)), stopping at a
+    round whose k̂ ≥ 0.7 (module docstring); or a fixed count.
+
+    Raises:
+        ValueError: fewer than 100 draws (no k̂, no card).
+    """
+    first = sizing.fixed if sizing.fixed is not None else sizing.min_samples
+    if first < 100:
+        raise ValueError(f"the report card needs at least 100 draws of q, got {first}")
+    parts: list[Draws] = []
+
+    def draw(m: int) -> None:
+        parts.append(draw_log_weights(family, target, m, chunk=m))
+
+    def log_w() -> Tensor:
+        if len(parts) > 1:
+            parts[:] = [Draws(*(torch.cat(t) for t in zip(*parts)))]
+        return parts[0].log_w
+
+    def gap() -> float:  # log Ẑ − ELBO, the scale of a relative target
+        lw = log_w()
+        return float(log_mean_exp_stderr(lw)[0] - lw.mean())
+
+    def settle() -> str | None:
+        lw = log_w()
+        khat = float(pareto_khat(lw))
+        if khat < KHAT_OK:
+            return None
+        return (
+            f"k̂ = {khat:.2f} ≥ {KHAT_OK} at {lw.numel():,} draws: the weights' variance is "
+            "infinite, no count of draws makes log Ẑ or its s.e. trustworthy; stopped there"
+        )
+
+    def stderr() -> float:
+        return float(log_mean_exp_stderr(log_w())[1])
+
+    run = run_sized(draw, stderr, sizing, 10_000, what, settle, "report.max_samples", gap)
+    log_w()  # the rounds gathered into one
+    return parts[0], run
+
+
+@torch.no_grad()
 def report_card(
     family: Family,
     target: Target,
-    samples: int = REPORT_SAMPLES,
+    samples: int | None = None,
     log_z: float | None = None,
     exact_kl: tuple[float, float] | None = None,
+    *,
+    sizing: Sizing | None = None,
+    what: str | None = None,
 ) -> dict[str, Any]:
     """The card of a free family on a context-free target, JSON-ready.
 
     Args:
         family: q (free; fix a context with :class:`~vilab.families.base.AtContext`).
         target: p̃ (fix a context with ``target.at(c)``).
-        samples: S, the draws of q.
+        samples: S, exactly S draws of q; None: as ``sizing`` (:data:`REPORT_SIZING`) says.
         log_z: the exact log Z where known.
-        exact_kl: ``(kl, stderr)`` already measured (e.g. from 10⁵ draws in 2-D), used
-            instead of this card's own log Z − ELBO; the card's ELBO is then log Z − kl,
-            the same measurement's.
+        exact_kl: ``(kl, stderr)`` already measured (the exact KL), used instead of this
+            card's log Z − ELBO; the card's ELBO is then log Z − kl, the same measurement's.
+        what: the phase's name for the cost line and progress bar; None: silent.
     """
-    if samples < 100:
-        raise ValueError(f"the report card needs at least 100 draws of q, got {samples}")
-    z, lw = draw_log_weights(family, target, samples)[:2]
-    s = summarize(lw)
+    fixed = None if samples is None else Sizing(fixed=samples)
+    draws, run = sized_draws(family, target, fixed or sizing or REPORT_SIZING, what)
+    z, s = draws.z, summarize(draws.log_w)
     mean_q, sd_q = z.mean(0), z.std(0)
     mean_psis, sd_psis = weighted_moments(z, s.log_w_smoothed)
     card: dict[str, Any] = {
         "samples": s.samples,
+        "log_z_is_stderr_target": run.target,
+        "capped": run.capped,
         "dim": int(z.shape[-1]),
         "elbo": s.elbo,
         "elbo_stderr": s.elbo_stderr,
@@ -118,6 +182,7 @@ def report_card(
         "ess_fraction": s.ess / s.samples,
         "ess_psis": s.ess_psis,
         "log_q": "exact" if family.has_log_prob else "estimated (semi-implicit, SIVI upper)",
+        **({"sizing_note": run.note} if run.note else {}),
     }
     if log_z is not None:
         card["log_z_is_zscore"] = (s.log_z - log_z) / max(s.log_z_stderr, 1e-300)
@@ -198,12 +263,15 @@ def _err(estimate: Tensor, truth: Tensor, sd: Tensor) -> float:
 
 def summarize_cards(cards: list[dict[str, Any]]) -> dict[str, Any]:
     """One card for an amortized fit from its per-context cards: the worst k̂ and ESS,
-    the mean KL and ELBO (standard errors combined as independent)."""
+    the mean KL and ELBO (standard errors combined as independent), the draws of q of all
+    contexts together."""
     n = len(cards)
     worst = max(cards, key=lambda c: c["khat"])
-    return {
+    notes = [c["sizing_note"] for c in cards if c.get("sizing_note")]
+    out = {
         "contexts": n,
-        "samples": cards[0]["samples"],
+        "samples": sum(c["samples"] for c in cards),
+        "capped": any(c.get("capped", False) for c in cards),
         "dim": cards[0]["dim"],
         "elbo": sum(c["elbo"] for c in cards) / n,
         "elbo_stderr": math.sqrt(sum(c["elbo_stderr"] ** 2 for c in cards)) / n,
@@ -217,6 +285,9 @@ def summarize_cards(cards: list[dict[str, Any]]) -> dict[str, Any]:
         "log_q": cards[0]["log_q"],
         "by_context": cards,
     }
+    if notes:
+        out["sizing_note"] = f"{len(notes)} of {n} contexts: {notes[0]}"
+    return out
 
 
 def format_card(card: dict[str, Any], title: str = "report card", max_dims: int = 4) -> str:
@@ -227,7 +298,7 @@ def format_card(card: dict[str, Any], title: str = "report card", max_dims: int 
             return "—"
         return f"{v:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
 
-    where = f", {card['contexts']} contexts" if "contexts" in card else ""
+    where = f" over {card['contexts']} contexts" if "contexts" in card else ""
     lines = [f"{title} ({card['dim']}-D, {card['samples']:,} draws of q{where})"]
     rows = [("ELBO", pm(card["elbo"], card["elbo_stderr"]))]
     if "log_z_is" in card:
@@ -271,6 +342,8 @@ def format_card(card: dict[str, Any], title: str = "report card", max_dims: int 
         )
     if card["log_q"] != "exact":
         rows.append(("log q(z)", card["log_q"]))
+    if card.get("sizing_note"):
+        rows.append(("draws", card["sizing_note"]))
     width = max(_width(k) for k, _ in rows)
     lines += [f"  {k}{' ' * (width - _width(k))}  {v}" for k, v in rows]
     return "\n".join(lines)

@@ -199,6 +199,6 @@ def _eval_request(args: argparse.Namespace) -> EvalRunConfig:
 
     keys = ("split", "method", "samples", "chunk", "batch", "images", "chains", "num_dists")
     given = {k: getattr(args, k) for k in keys}
-    given.update(leapfrog=args.leapfrog, init=args.init, data_dir=args.data_dir)
+    given.update(leapfrog=args.leapfrog, init=args.init, data_dir=args.data_dir, ais=args.ais)
     given["device"] = args.device
     return EvalRunConfig(**{k: v for k, v in given.items() if v is not None})

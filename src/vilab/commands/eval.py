@@ -18,6 +18,7 @@ from vilab.config import EvalRunConfig
 from vilab.core.seeding import Stream, derive_seed
 from vilab.distributed import SINGLE, World
 from vilab.evaluation import KHAT_MIN_SAMPLES, evaluate, evaluate_ais
+from vilab.evaluation.ais import CLASSIC, FAST
 from vilab.train.run import record
 from vilab.train.runs import load_trained_vae
 from vilab.train.vae import vae_data_for
@@ -27,6 +28,19 @@ HINTS = {
     "is": "cheaper: --samples N or --images N",
     "ais": "cheaper: --num-dists N, --chains N or --images N",
 }
+
+
+def ais_settings(r: EvalRunConfig, run_batch: int | None = None) -> dict[str, Any]:
+    """The keyword settings of :func:`evaluate_ais` that ``r`` asks for: its preset
+    (``fast``: :data:`FAST`; ``classic``: :data:`CLASSIC`, 100 images at a time at most,
+    fewer if the run's ``eval.batch`` says so) with ``chains``, ``num_dists``,
+    ``leapfrog`` and ``batch`` replaced where given."""
+    settings = dict(FAST if r.ais == "fast" else CLASSIC)
+    if r.ais == "classic":
+        settings["batch"] = min(run_batch or 100, 100)
+    given = {"chains": r.chains, "num_dists": r.num_dists, "num_leapfrog": r.leapfrog}
+    settings.update({k: v for k, v in {**given, "batch": r.batch}.items() if v is not None})
+    return settings
 
 
 def evaluate_run(
@@ -70,8 +84,17 @@ def evaluate_run(
             khat=samples >= KHAT_MIN_SAMPLES,
         )
     else:
-        ais = (r.chains, r.num_dists, r.leapfrog, min(batch or 100, 100), r.init)
-        result = evaluate_ais(vae, x, *ais, seed, world, progress, HINTS["ais"])
+        settings = ais_settings(r, e.batch)
+        result = evaluate_ais(
+            vae,
+            x,
+            init=r.init,
+            seed=seed,
+            world=world,
+            progress=progress,
+            hint=HINTS["ais"],
+            **settings,
+        )
     result["seconds"] = time.perf_counter() - t0
     result["device"] = str(where)
     result["weights"] = weights.name

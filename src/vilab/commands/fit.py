@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from vilab.config import FitConfig, load_fit_config, read_yaml
 from vilab.config.base import merge
+from vilab.core.progress import FEW_SECONDS, duration, say
+from vilab.estimators.sizing import Sizing
 from vilab.evaluation.fit import eval_context_rows, evaluate_fit, target_log_z
-from vilab.families.base import Family
-from vilab.targets.base import Target
+from vilab.families.base import AtContext, Family
+from vilab.targets.base import Target, default_eval_contexts
 from vilab.train.fit import Fitter
 from vilab.train.logging import RunLogger, read_metrics
 from vilab.train.run import execute
@@ -93,16 +97,19 @@ class FitJob:
     def finish(
         self, fitter: Fitter, run_dir: Path, interrupted: bool, progress: bool
     ) -> dict[str, Any]:
-        """The exact KL and report card and, with ``figures``, the pictures."""
+        """The exact KL and report card (sized by ``kl`` and ``report``, or the counts
+        ``eval_samples`` and ``report_samples``) and, with ``figures``, the pictures; the
+        seconds of each under ``evaluation_seconds``."""
         cfg, family, target = fitter.config, fitter.family, fitter.target
         out = evaluate_fit(
             family,
             target,
-            cfg.eval_samples,
-            cfg.report_samples,
+            eval_sizing(cfg),
+            report_sizing(cfg),
             self.contexts,
             dtype=fitter.dtype,
             device=fitter.device,
+            progress=progress,
         )
         out["steps_per_second"] = fitter.step / max(fitter.seconds, 1e-9)
         out.update(fitter.stop_summary(interrupted))
@@ -111,10 +118,61 @@ class FitJob:
         if cfg.figures:
             from vilab.plots.density2d import plot_run
 
+            t0 = time.perf_counter()
             records = read_metrics(run_dir / "metrics.jsonl")
             on_cpu = copy.deepcopy(family).cpu()  # the grids of the figures are CPU's
+            if progress:
+                figures_cost_line(on_cpu, target, self.contexts)
             plot_run(on_cpu, target, records, run_dir, self.contexts)
+            out["evaluation_seconds"]["figures"] = time.perf_counter() - t0
         return out
+
+
+#: Points of q's density grid in the 2-D figures (200 × 200) and of the probe that times it.
+GRID_POINTS, PROBE_POINTS = 200 * 200, 400
+
+
+@torch.no_grad()
+def figures_cost_line(
+    family: Family, target: Target, contexts: list[list[float]] | None = None
+) -> None:
+    """Before the figures of a 2-D fit, the cost of their dominant part, q's density on
+    the 200 × 200 grid of ``learned_density.png``, predicted from q's log-density at
+    :data:`PROBE_POINTS` points of the box; said when past a few seconds."""
+    if target.dim != 2 or not family.has_log_prob:
+        return
+    q: Family = family
+    if target.context_dim is not None:
+        row = (contexts or default_eval_contexts(target))[0]
+        dtype = next(iter(family.parameters()), torch.zeros(())).dtype
+        q, target = (
+            AtContext(family, torch.tensor([row], dtype=dtype)),
+            target.at(torch.tensor(row, dtype=dtype)),
+        )
+    x0, x1, y0, y1 = target.plot_box or (-4.0, 4.0, -4.0, 4.0)
+    dtype = next(iter(family.parameters()), torch.zeros(())).dtype
+    u = torch.rand(PROBE_POINTS, 2, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    pts = torch.stack([x0 + (x1 - x0) * u[:, 0], y0 + (y1 - y0) * u[:, 1]], -1)
+    t0 = time.perf_counter()
+    q.log_prob(pts)
+    seconds = (time.perf_counter() - t0) * GRID_POINTS / PROBE_POINTS
+    if seconds > FEW_SECONDS:
+        say(
+            f"figures: ~{duration(seconds)} for q on the 200×200 grid of learned_density.png, "
+            "then the drawing (--no-figures skips them)"
+        )
+
+
+def eval_sizing(cfg: FitConfig) -> Sizing:
+    """The exact KL's draws: exactly ``eval_samples`` when given, else sized by ``kl``."""
+    k = cfg.kl
+    return Sizing.of(cfg.eval_samples, k.stderr, k.min_samples, k.max_samples, k.rel_stderr)
+
+
+def report_sizing(cfg: FitConfig) -> Sizing:
+    """The report card's draws: exactly ``report_samples`` when given, else by ``report``."""
+    r = cfg.report
+    return Sizing.of(cfg.report_samples, r.stderr, r.min_samples, r.max_samples, r.rel_stderr)
 
 
 def run_fit(

@@ -236,15 +236,49 @@ class StopConfig(_Strict):
     anneal_steps: int = Field(800, ge=0)
 
 
+class KLSizeConfig(_Strict):
+    """How many draws of q the final exact KL takes (:mod:`vilab.estimators.sizing`):
+    rounds until its standard error is at most max(``stderr`` nats, ``rel_stderr`` × the
+    KL) — a KL of 20 nats is worth knowing to 0.2, one of 0.002 to 0.0003 —, from a pilot
+    of ``min_samples`` draws and never more than ``max_samples`` (the result says when the
+    cap is reached). ``eval_samples``, when given, is an exact count instead."""
+
+    stderr: float = Field(3e-4, gt=0, allow_inf_nan=False)
+    rel_stderr: float = Field(0.01, ge=0, allow_inf_nan=False)
+    min_samples: int = Field(10_000, ge=2)
+    max_samples: int = Field(1_000_000, ge=2)
+
+    @model_validator(mode="after")
+    def _floor_below_cap(self) -> KLSizeConfig:
+        if self.min_samples > self.max_samples:
+            raise ValueError(
+                f"min_samples ({self.min_samples}) must be ≤ max_samples ({self.max_samples})"
+            )
+        return self
+
+
+class ReportSizeConfig(KLSizeConfig):
+    """How many draws of q the report card takes: rounds until the delta-method standard
+    error of its log Ẑ is at most max(``stderr`` nats, ``rel_stderr`` × the KL
+    log Ẑ − ELBO), from a pilot of ``min_samples`` (the floor that gives Pareto k̂ a
+    tail to fit; the card stops at a round whose k̂ ≥ 0.7) and never more than
+    ``max_samples``. ``report_samples``, when given, is an exact count instead."""
+
+    min_samples: int = Field(5_000, ge=100)
+    max_samples: int = Field(100_000, ge=100)
+
+
 class FitConfig(_Strict):
     """Fit a family to a target by maximizing the reverse-KL ELBO.
 
     ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
     family). ``steps``: exactly this many steps when given, else the cap of a fit that
-    stops on convergence (``stop``, :class:`StopConfig`). ``eval_samples``: samples for
-    the exact KL; ``report_samples``: draws of q for the report card (Pareto k̂, ESS, importance-sampled log Z, corrected moments;
-    :mod:`vilab.report`). ``max_seconds``: stop early after
+    stops on convergence (``stop``, :class:`StopConfig`). The exact KL and the report card
+    (Pareto k̂, ESS, importance-sampled log Z, corrected moments; :mod:`vilab.report`)
+    take as many draws of q as bring their standard errors under their targets (``kl``,
+    ``report``: :class:`KLSizeConfig`, :class:`ReportSizeConfig`), or exactly
+    ``eval_samples`` and ``report_samples`` when these are given. ``max_seconds``: stop early after
     this much training time. ``device``: where the family, the target's log-density, the
     samples and the exact KL compute (``auto``: CUDA when present; ``cpu``, ``cuda``,
     ``cuda:N``).
@@ -259,8 +293,10 @@ class FitConfig(_Strict):
     contexts: int = Field(16, ge=1)
     eval_contexts: list[float] | None = None
     seed: int = 0
-    eval_samples: int = Field(100_000, ge=2)
-    report_samples: int = Field(20_000, ge=100)
+    eval_samples: int | None = Field(None, ge=2)
+    report_samples: int | None = Field(None, ge=100)
+    kl: KLSizeConfig = Field(default_factory=KLSizeConfig)
+    report: ReportSizeConfig = Field(default_factory=ReportSizeConfig)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     dtype: Literal["float32", "float64"] = "float32"

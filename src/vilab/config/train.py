@@ -15,11 +15,12 @@ class NetConfig(_Strict):
     """An encoder or decoder network: ``mlp`` (``hidden`` widths), ``resnet`` (the conv
     pair of Kingma et al. 2016 / seed 002, ``channels`` feature maps), ``gated`` (the
     gated-conv pair of van den Berg et al. 2018), or ``identity`` (encoder only: the
-    posterior sees x itself, as UIVI's network μ(ε, x) does)."""
+    posterior sees x itself, as UIVI's network μ(ε, x) does). ``activation`` of an ``mlp``:
+    ``gated`` makes each hidden layer a gated linear unit (the VampPrior paper's GatedDense)."""
 
     kind: Literal["mlp", "resnet", "gated", "identity"] = "mlp"
     hidden: Widths = Field(default_factory=lambda: [256, 256])
-    activation: Literal["relu", "elu", "tanh", "softplus", "gelu"] = "relu"
+    activation: Literal["relu", "elu", "tanh", "softplus", "gelu", "gated"] = "relu"
     channels: int = Field(64, ge=1)
     features: int = Field(256, ge=1)
 
@@ -173,10 +174,13 @@ class EvalRunConfig(_Strict):
     """``vilab eval RUN_DIR``: log p(x) of a trained VAE run on its ``split`` (``test`` or
     ``valid``; the first ``images`` only, if set) by importance sampling (``method: is``,
     ``samples`` per image drawn ``chunk`` at a time for ``batch`` images; unset: the run's
-    ``eval`` section) or annealed importance sampling (``method: ais``: ``chains`` per
-    image, ``num_dists`` distributions, ``leapfrog`` steps per HMC transition, starting at
-    the encoder's q(z | x) or the ``prior``). ``data_dir`` and ``device`` replace the
-    run's (``None``: the run's own)."""
+    ``eval`` section) or annealed importance sampling (``method: ais``, starting at the
+    encoder's q(z | x) or the ``prior``: the settings of ``ais`` — ``fast``,
+    :data:`vilab.evaluation.ais.FAST`, or ``classic``, the settings before it,
+    :data:`vilab.evaluation.ais.CLASSIC` — with ``chains`` per image, ``num_dists``
+    distributions, ``leapfrog`` steps per HMC transition and ``batch`` images at once
+    replacing the preset's where given). ``data_dir`` and ``device`` replace the run's
+    (``None``: the run's own)."""
 
     split: Literal["test", "valid"] = "test"
     method: Literal["is", "ais"] = "is"
@@ -184,9 +188,10 @@ class EvalRunConfig(_Strict):
     chunk: int | None = Field(None, ge=1)
     batch: int | None = Field(None, ge=1)
     images: int | None = Field(None, ge=1)
-    chains: int = Field(16, ge=1)
-    num_dists: int = Field(500, ge=1)
-    leapfrog: int = Field(5, ge=1)
+    ais: Literal["fast", "classic"] = "fast"
+    chains: int | None = Field(None, ge=1)
+    num_dists: int | None = Field(None, ge=1)
+    leapfrog: int | None = Field(None, ge=1)
     init: Literal["posterior", "prior"] = "posterior"
     data_dir: str | None = None
     device: DeviceSpec | None = None

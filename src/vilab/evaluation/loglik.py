@@ -52,6 +52,17 @@ def khat_summary(khat: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def _check_sizes(samples: int, chunk: int | None, batch: int | None, khat: bool) -> None:
+    """One-line errors for a non-positive size, or k̂ asked of too few samples."""
+    given = {"chunk": chunk, "batch": batch}
+    check_positive(samples=samples, **{k: v for k, v in given.items() if v is not None})
+    if khat and samples < KHAT_MIN_SAMPLES:
+        raise ValueError(
+            f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "
+            f"got {samples}"
+        )
+
+
 def evaluate(
     vae: VAE,
     images: Tensor,
@@ -64,6 +75,7 @@ def evaluate(
     progress: bool = False,
     hint: str = "",
     khat: bool = False,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Importance-sampled log p(x) over ``images`` with K = ``samples`` per image.
 
@@ -76,18 +88,13 @@ def evaluate(
     cost of the whole with ``hint`` (how to make it cheaper); the numbers do not change.
     ``khat``: also the Pareto k̂ of each image's K weights (Yao et al. 2018; needs
     K ≥ 100 and keeps the batch's K × B weights), summarized by :func:`khat_summary`
-    under ``"khat"``. Besides nats per image, bits per dimension, bpd = (−log p(x) +
+    under ``"khat"``. ``per_image``: also each image's estimate, ``"log_px_per_image"``
+    (to compare two models pairwise on the same images). Besides nats per image, bits per dimension, bpd = (−log p(x) +
     D·c) / (D ln 2) for the NLL and the −ELBO, with c = log 256 for a density on dequantized
     8-bit data (Theis et al. 2016) and 0 for a discrete likelihood. ``images`` are on the model's device; ``chunk`` and ``batch`` None:
     sized for the device (:func:`eval_sizes`).
     """
-    given = {"chunk": chunk, "batch": batch}
-    check_positive(samples=samples, **{k: v for k, v in given.items() if v is not None})
-    if khat and samples < KHAT_MIN_SAMPLES:
-        raise ValueError(
-            f"per-image Pareto k̂ needs at least {KHAT_MIN_SAMPLES} importance samples, "
-            f"got {samples}"
-        )
+    _check_sizes(samples, chunk, batch, khat)
     with evaluating(vae):  # sized in eval mode, as it runs
         chunk, batch = eval_sizes(vae, images, samples, chunk, batch)
     k = None if iwae_k is None else min(iwae_k, chunk, samples)
@@ -125,6 +132,6 @@ def evaluate(
     }
     if k is not None:
         out[f"iwae_{k}"] = float(iw.mean())
-    if khat:
-        out["khat"] = khat_summary(kh)
+    out |= {"khat": khat_summary(kh)} if khat else {}
+    out |= {"log_px_per_image": lp.double().cpu().tolist()} if per_image else {}
     return out
