@@ -219,3 +219,68 @@ def test_posteriordb_benchmark_names_the_issues_15_posteriors_and_two_quick_ones
     assert set(posteriordb.VILAB) | set(posteriordb.peers()) == set(full.methods)
     with pytest.raises(SystemExit):
         posteriordb.parse_args(["--methods", "zuko_maf"])  # the goals are about the default
+
+
+def _card(elbo: float, khat: float = 0.5, err: float = 0.05, draws: bool = True) -> dict:
+    ref = {f"{m}_error_{k}": err for m in ("mean", "sd") for k in ("q", "psis")}
+    key = "reference_draws" if draws else "reference"
+    if draws:
+        ref |= {"w1": 1.0, "w1_floor": 1.0}
+    return {"elbo": elbo, "elbo_stderr": 0.01, "khat": khat, key: ref}
+
+
+def test_posteriordb_benchmark_options_clock_seeds_suite_targets_and_optional_methods():
+    posteriordb = __import__("posteriordb")
+    full = posteriordb.parse_args([])
+    assert (full.clock, full.seeds) == ("cpu", 1) and "default_2d" not in full.methods
+    args = posteriordb.parse_args(
+        ["--posteriors", "funnel10", "--methods", "default", "default_2d", "--seeds", "3"]
+    )
+    assert args.posteriors == ["funnel10"] and args.seeds == 3
+    assert posteriordb.parse_args(["--clock", "wall"]).clock == "wall"
+    for bad in (["--seeds", "0"], ["--clock", "gpu"]):
+        with pytest.raises(SystemExit):
+            posteriordb.parse_args(bad)
+    cfg = load_fit_config(overrides=["target.name=funnel10", *posteriordb.OPTIONAL["default_2d"]])
+    from vilab.config import default_stack
+
+    assert cfg.family.stack == default_stack(2)
+
+
+def test_posteriordb_training_clock_reads_cpu_time_inside_only():
+    import time
+
+    from vilab.train import state
+
+    posteriordb = __import__("posteriordb")
+    with posteriordb.training_clock("cpu"):
+        assert state.time.perf_counter is time.process_time
+    assert state.time is time
+    with posteriordb.training_clock("wall"):
+        assert state.time.perf_counter is time.perf_counter
+
+
+def test_posteriordb_tables_average_over_seeds_and_goals_leave_suite_targets_out():
+    posteriordb = __import__("posteriordb")
+    Fit = posteriordb.PosteriorFit
+    p, suite = "eight_schools-eight_schools_centered", "funnel10"
+    fits = [
+        Fit(target=t, method=m, seed=s, card=_card(e + s, draws=t == p), steps=100, seconds=60)
+        for t in (p, suite)
+        for s in (0, 1)
+        for m, e in (("default", 7.9), ("zuko_maf", 7.0))
+    ]
+    fits.append(Fit(target=p, method="pyro_iaf", seed=0, error="RuntimeError"))
+    by = {t: posteriordb.summaries([f for f in fits if f.target == t]) for t in (p, suite)}
+    default = by[p][0]
+    assert (default.method, default.seeds) == ("default", 2)
+    assert default.elbo == pytest.approx(8.4) and default.elbo_se == pytest.approx(0.5)
+    assert default.get("w1") == 1.0 and default.meets_goal()
+    text = posteriordb.table(p, by[p])
+    assert "(2 seeds)" in text and "8.40 ± 0.50" in text and "s.e. over seeds" in text
+    assert "| pyro_iaf | | | failed (seed 0: RuntimeError)" in text
+    assert "nan" in posteriordb.table(suite, by[suite])  # no W1 against a closed form
+    lines = posteriordb.goals(by, [], quick=False)
+    assert "1 of 1 measured" in lines[0] and "behind on 0 of 1" in lines[2]
+    one = posteriordb.summaries([f for f in fits if f.target == p and f.seed == 0])
+    assert one[0].elbo_se == 0.01  # one seed: the card's Monte Carlo s.e.

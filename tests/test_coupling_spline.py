@@ -1,11 +1,12 @@
 """Coupling, neural spline and neural autoregressive flows (src/vilab/flows/coupling.py,
-autoregressive.py, spline.py, naf.py), in float64.
+autoregressive.py, spline.py, naf.py, iaf.py's affine one), in float64.
 
 * the rational-quadratic spline alone: knots, interpolation of the knot values and
   derivatives, monotone, inverse(forward(x)) = x, the log-derivative against autograd,
   identity tails joined continuously at ±B, gradients against finite differences;
 * the deep sigmoidal transform of the NAF: identity at zero, monotone onto R, its inverse;
-* each flow (affine coupling, spline coupling, autoregressive spline, NAF), free and
+* each flow (affine coupling, spline coupling, autoregressive spline, NAF, affine
+  autoregressive), free and
   amortized, one layer and a built stack: log-determinant = log |det| of the autograd Jacobian,
   inverse(forward(z)) = z, rows of an amortized flow use their own context;
 * FlowFamily: log_prob(rsample) = the returned log q, densities integrate to one on a box,
@@ -28,6 +29,7 @@ from vilab.build import build_family, build_flows, family_from_config
 from vilab.config import ConfigError, FamilyConfig, load_fit_config, load_train_config
 from vilab.families import MeanFieldGaussian, StandardNormal
 from vilab.flows import (
+    AffineAutoregressive,
     AffineCoupling,
     FlowFamily,
     NeuralAutoregressive,
@@ -49,8 +51,14 @@ C = 3  # context width of amortized flows
 S, B = 3, 2  # amortized: S samples for each of B context rows
 N = 6  # free: number of points
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KINDS = ["affine_coupling", "spline_coupling", "spline_autoregressive", "naf"]
-AUTOREGRESSIVE = ("spline_autoregressive", "naf")
+KINDS = [
+    "affine_coupling",
+    "spline_coupling",
+    "spline_autoregressive",
+    "naf",
+    "affine_autoregressive",
+]
+AUTOREGRESSIVE = ("spline_autoregressive", "naf", "affine_autoregressive")
 AMORTIZED = pytest.mark.parametrize("amortized", [False, True], ids=["free", "amortized"])
 
 
@@ -70,6 +78,8 @@ def make_flow(kind: str, dim: int, context_dim: int | None = None, alt: bool = F
         flow = SplineCoupling(dim, (8, 8), context_dim, flip=alt, bins=5, tail_bound=3.0)
     elif kind == "spline_autoregressive":
         flow = SplineAutoregressive(dim, (8, 8), context_dim, reverse=alt, bins=5, tail_bound=3.0)
+    elif kind == "affine_autoregressive":
+        flow = AffineAutoregressive(dim, (8, 8), context_dim, reverse=alt)
     else:
         flow = NeuralAutoregressive(dim, (8, 8), context_dim, reverse=alt, units=4)
     return perturb(flow.double())

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vilab.build import build_family, family_from_config
-from vilab.config.fit import FamilyConfig
+from vilab.config.family import FamilyConfig, default_stack
 from vilab.core.params import FreeParams
 from vilab.families import MeanFieldGaussian, StandardNormal
 from vilab.families.base import AtContext
@@ -311,8 +311,7 @@ def test_default_stack_log_prob_equals_sample_log_q(amortized):
     stack amortized through ``build_family``, score their own samples exactly."""
     ctx = C if amortized else None
     if amortized:
-        cfg = FamilyConfig()
-        specs = [s.model_dump() for s in cfg.stack]
+        specs = [s.model_dump() for s in default_stack(2)]
         family = build_family("stack", 2, ctx, stack=specs)
     else:
         family = family_from_config(FamilyConfig(), 2)

@@ -14,7 +14,14 @@ from typing import Any
 
 from torch import Tensor
 
-from vilab.config import FAMILY_KINDS, FLOW_KINDS, FamilyConfig, FlowConfig, TargetConfig
+from vilab.config import (
+    FAMILY_KINDS,
+    FLOW_KINDS,
+    FamilyConfig,
+    FlowConfig,
+    TargetConfig,
+    default_stack,
+)
 from vilab.config.base import validated
 from vilab.core.support import Bounds, describe_support
 from vilab.families.base import Family
@@ -23,7 +30,7 @@ from vilab.families.semi_implicit import SemiImplicit
 from vilab.flows.base import Flow
 from vilab.flows.coupling import AffineCoupling
 from vilab.flows.flow import FlowFamily, followed_by
-from vilab.flows.iaf import IAF
+from vilab.flows.iaf import IAF, AffineAutoregressive
 from vilab.flows.naf import NeuralAutoregressive
 from vilab.flows.planar import Planar
 from vilab.flows.radial import Radial
@@ -44,6 +51,7 @@ __all__ = [
     "build_family",
     "build_flows",
     "family_from_config",
+    "stack_for",
     "target_from_config",
 ]
 
@@ -72,6 +80,9 @@ FLOWS: dict[str, FlowBuilder] = {
     "radial": lambda cfg, dim, c: [Radial(dim, cfg.layers, c)],
     **{f"sylvester_{q}": _sylvester(q) for q in ("orthogonal", "householder", "triangular")},
     "iaf": _alternating(lambda cfg, dim, c, odd: IAF(dim, cfg.hidden, c, reverse=odd)),
+    "affine_autoregressive": _alternating(
+        lambda cfg, dim, c, odd: AffineAutoregressive(dim, cfg.hidden, c, reverse=odd)
+    ),
     "affine_coupling": _alternating(
         lambda cfg, dim, c, odd: AffineCoupling(dim, cfg.hidden, c, flip=odd)
     ),
@@ -97,11 +108,18 @@ BASES: dict[str, Callable[[int, int | None], Family]] = {
 
 
 def _flow_family(cfg: FamilyConfig, dim: int, c: int | None) -> Family:
-    """The flows of ``cfg.stack`` (``kind: stack``) or of ``cfg`` itself on ``cfg.base``
-    (the flows are built first, then the base: the order of the random initialisations)."""
-    specs = cfg.stack if cfg.kind == "stack" else [cfg]
+    """The flows of ``cfg.stack`` (``kind: stack``; unset: vilab's default for D,
+    :func:`~vilab.config.default_stack`) or of ``cfg`` itself on ``cfg.base`` (the flows
+    are built first, then the base: the order of the random initialisations)."""
+    specs = stack_for(cfg, dim) if cfg.kind == "stack" else [cfg]
     flows = [f for spec in specs for f in FLOWS[spec.kind](spec, dim, c)]
     return FlowFamily(BASES[cfg.base](dim, c), flows)
+
+
+def stack_for(cfg: FamilyConfig, dim: int) -> list[FlowConfig]:
+    """The flows a ``kind: stack`` family chains in dimension ``dim``: ``cfg.stack`` when
+    given, else vilab's default for that dimension (:func:`~vilab.config.default_stack`)."""
+    return default_stack(dim) if cfg.stack is None else cfg.stack
 
 
 def _semi_implicit(cfg: FamilyConfig, dim: int, c: int | None) -> Family:

@@ -15,16 +15,14 @@ from vilab.config.base import (
     parse_override,
     read_yaml,
 )
+from vilab.config.family import FamilyConfig, FlowConfig, anneals_by_default, default_stack
 from vilab.config.fit import (
-    FamilyConfig,
     FaultConfig,
     FitConfig,
     FitObjectiveConfig,
-    FlowConfig,
     OptimConfig,
     StopConfig,
     TargetConfig,
-    default_stack,
     load_fit_config,
 )
 from vilab.config.train import (
@@ -59,6 +57,7 @@ __all__ = [
     "TargetConfig",
     "TrainConfig",
     "TrainOptimConfig",
+    "anneals_by_default",
     "default_stack",
     "dump_config",
     "load_fit_config",

@@ -14,6 +14,7 @@ FLOW_KINDS = (
     "planar",
     "radial",
     "iaf",
+    "affine_autoregressive",
     "sylvester_orthogonal",
     "sylvester_householder",
     "sylvester_triangular",

@@ -9,15 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from vilab.config.base import (
-    FAMILY_KINDS,
-    FLOW_KINDS,
-    DeviceSpec,
-    Widths,
-    _load,
-    _one_of,
-    _Strict,
-)
+from vilab.config.base import DeviceSpec, _load, _Strict
+from vilab.config.family import FamilyConfig
 
 
 class TargetConfig(_Strict):
@@ -88,74 +81,6 @@ def _bound(b: object, none: float) -> float | None:
     return float(b)
 
 
-class FlowConfig(_Strict):
-    """One kind of flow: ``kind`` (see FLOW_KINDS), depth ``layers``, hidden widths of the
-    MADE (IAF, spline_autoregressive, naf) or of the coupling conditioner (affine_coupling,
-    spline_coupling), Sylvester options, the spline's ``bins`` K (≥ 2) and ``tail_bound``
-    B (> 0: the spline maps [−B, B] onto itself, the identity outside), and the sigmoid
-    ``units`` M per coordinate of a neural autoregressive flow (naf).
-
-    B = 5 (zuko's default too) keeps a standard-normal base's samples inside the spline
-    but for about 6 in 10 million per coordinate and covers U1–U4 (which live in
-    [−4, 4]²) and a VAE's latents under their N(0, I) prior; a target on a larger scale
-    (the banana reaches y ≈ −8) needs a larger B or a mean-field base that scales to it."""
-
-    kind: str = "sylvester_orthogonal"
-    layers: int = Field(32, ge=1, le=10_000)
-    hidden: Widths = Field(default_factory=lambda: [64, 64])
-    num_ortho: int | None = Field(None, ge=1)
-    num_householder: int = Field(2, ge=1)
-    bins: int = Field(8, ge=2, le=256)
-    tail_bound: float = Field(5.0, gt=0, le=1e6, allow_inf_nan=False)
-    units: int = Field(8, ge=1, le=256)
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str) -> str:
-        return _one_of(v, FLOW_KINDS, "flow")
-
-
-def default_stack() -> list[FlowConfig]:
-    """vilab's default family, chosen by ``benchmarks/peers2d.py`` (eight 2-D targets
-    against zuko's and normflows' flows at equal CPU time): 16 orthogonal Sylvester layers
-    (they move mass between modes and keep both moons of TwoMoons), 3 autoregressive
-    rational-quadratic spline layers (bins 8, tail bound 5: the shapes of rings and
-    curved ridges) and 2 IAF steps (scales and the tails beyond the spline's bound)."""
-    return [
-        FlowConfig(kind="sylvester_orthogonal", layers=16),
-        FlowConfig(kind="spline_autoregressive", layers=3, hidden=[64, 64]),
-        FlowConfig(kind="iaf", layers=2, hidden=[64, 64]),
-    ]
-
-
-class FamilyConfig(FlowConfig):
-    """What q is: ``kind`` (see FAMILY_KINDS) with the flow options of :class:`FlowConfig`
-    and the ``base`` of a flow; ``kind: stack`` (the default) chains the flows listed in
-    ``stack`` on the base (``stack`` is ignored by the other kinds); ``kind: uivi`` uses
-    ``noise_dim``, ``hidden`` (its network μ(ε [, h])), ``log_q_samples`` (the K draws
-    of ε that estimate log q(z) for reported KLs and log-likelihoods) and
-    ``train_log_q_samples`` (the draws for the log q(z) of the bound logged while
-    training, paid at every logged step)."""
-
-    kind: str = "stack"
-    base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
-    stack: list[FlowConfig] = Field(default_factory=default_stack)
-    noise_dim: int = Field(10, ge=1)
-    log_q_samples: int = Field(1000, ge=1)
-    train_log_q_samples: int = Field(100, ge=1)
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str) -> str:
-        return _one_of(v, FAMILY_KINDS, "family")
-
-    @model_validator(mode="after")
-    def _stack_given(self) -> FamilyConfig:
-        if self.kind == "stack" and not self.stack:
-            raise ValueError("family.kind=stack needs family.stack: a list of flows")
-        return self
-
-
 class OptimConfig(_Strict):
     """The optimizer (:mod:`vilab.train.optim`): ``adam``, ``adamax`` (Sylvester paper) or
     ``rmsprop`` (centered, seed 004), with a learning-rate schedule: linear warm-up, then
@@ -207,7 +132,8 @@ class FitObjectiveConfig(_Strict):
     ``beta_start``/``beta_steps``: β-annealing β_t = min(1, beta_start + t / beta_steps)
     on log p̃ (Rezende & Mohamed 2015), t the steps done measured by the run's progress (a
     ``max_seconds`` budget moves it ahead); ``beta_steps = 0`` turns it off and the default
-    (None) anneals over the first 40% of the steps. Annealing lets q spread over every mode
+    (None) anneals over the first 40% of the steps, except for vilab's default family
+    above 2-D, which is not annealed (:func:`anneals_by_default`). Annealing lets q spread over every mode
     before it sharpens: without it a flow on U1 typically keeps one of the two halves
     (KL ≈ log 2). ``stl``: the sticking-the-landing gradient (Roeder et al. 2017), for
     families with a log_prob.

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from vilab.config.base import FAMILY_KINDS, DeviceSpec, Widths, _load, _one_of, _Strict
-from vilab.config.fit import FamilyConfig, FaultConfig, FlowConfig, OptimConfig, refuse_renamed
+from vilab.config.family import FamilyConfig, FlowConfig
+from vilab.config.fit import FaultConfig, OptimConfig, refuse_renamed
 
 
 class NetConfig(_Strict):

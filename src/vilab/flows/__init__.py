@@ -5,7 +5,7 @@ from vilab.flows.autoregressive import Autoregressive
 from vilab.flows.base import Flow
 from vilab.flows.coupling import AffineCoupling
 from vilab.flows.flow import FlowFamily
-from vilab.flows.iaf import IAF
+from vilab.flows.iaf import IAF, AffineAutoregressive
 from vilab.flows.made import MADE
 from vilab.flows.naf import NeuralAutoregressive
 from vilab.flows.planar import Planar
@@ -17,6 +17,7 @@ from vilab.flows.sylvester import Sylvester
 __all__ = [
     "IAF",
     "MADE",
+    "AffineAutoregressive",
     "AffineCoupling",
     "Autoregressive",
     "Flow",

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vilab.build import family_from_config, target_from_config
-from vilab.config import FitConfig
+from vilab.config import FitConfig, anneals_by_default
 from vilab.core.device import resolve_device, rng_state, set_rng_state
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import Family
@@ -64,10 +64,15 @@ class Fitter(TrainerState):
         self.target = target_from_config(config.target, target)
         self.dtype = DTYPES[config.dtype]
         self.family_name = config.family.kind if family is None else type(family).__name__
+        #: ``objective.beta_steps`` as this fit uses it: unset, 0 (no β-annealing) for
+        #: vilab's default family above 2-D (:func:`vilab.config.anneals_by_default`)
+        self.beta_steps = config.objective.beta_steps
         if family is None:
             t = self.target
             family = family_from_config(config.family, t.dim, t.context_dim, t.support)
             family = family.to(self.dtype)
+            if self.beta_steps is None and not anneals_by_default(config.family, t.dim):
+                self.beta_steps = 0
         self.family = family.to(self.device)  # built on the CPU: the same start anywhere
         if config.objective.stl and not self.family.has_log_prob:
             raise ValueError(
@@ -133,7 +138,7 @@ class Fitter(TrainerState):
         (:mod:`vilab.train.stopping`); else the configured schedule over ``steps``."""
         cfg, obj = self.config, self.config.objective
         if cfg.stop.auto:
-            anneal = cfg.stop.anneal_steps if obj.beta_steps is None else obj.beta_steps
+            anneal = cfg.stop.anneal_steps if self.beta_steps is None else self.beta_steps
             beta = beta_at(self.step, beta_start=obj.beta_start, beta_steps=anneal)
             scale = self.guard.lr_scale * self.convergence.lr_scale
             return beta, apply_lr(self.optimizer, cfg.optim, self.step, 0.0, scale)
@@ -141,7 +146,7 @@ class Fitter(TrainerState):
         beta = beta_at(
             self.step,
             beta_start=obj.beta_start,
-            beta_steps=obj.beta_steps,
+            beta_steps=self.beta_steps,
             total_steps=cfg.steps,
             frac=frac,
         )
