@@ -143,6 +143,7 @@ def kl_config(kind: str, target: str, recipe: KLRecipe) -> FitConfig:
     time budget, threads, seed and evaluation size."""
     family: dict[str, Any] = {"kind": kind}
     if kind == "uivi":
+        family["log_q_stderr"] = None  # the fit's own KL at fixed K; reevaluate_uivi sizes
         if recipe.uivi_noise_dim is not None:
             family["noise_dim"] = recipe.uivi_noise_dim
         if recipe.uivi_hidden is not None:

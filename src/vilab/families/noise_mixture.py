@@ -165,7 +165,8 @@ class NoiseMixture(Family):
         return self._record.summary(self.log_q_stderr)
 
     def reset_log_q_summary(self) -> None:
-        """Start :meth:`log_q_summary` afresh (before the estimate it should cover)."""
+        """Start :meth:`log_q_summary` afresh (before the estimate it should cover;
+        :func:`vilab.evaluation.fit.kl_bracket` does)."""
         self._record = LogQRecord()
 
     def rsample_and_log_q_bounds(
