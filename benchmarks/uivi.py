@@ -43,12 +43,21 @@ What it measures, in one process on one machine (REFERENCE.md §1 and §3):
     1000 images, and the difference AIS − IS with its standard error over the paired
     batches (the same images for both).
 
+(speed) **A UIVI training step against its floor** on the banana (``FitConfig``
+    defaults, ``--speed-samples`` 1000 samples/step, one thread): seconds per step of a
+    mean-field fit and of a UIVI fit, steps as the fit loop runs them (one in
+    ``log_every`` logged), and of one pass of UIVI's network alone (μ(ε) for every chain
+    and autograd's backward to ε), in alternating rounds, medians. The floor is a
+    mean-field step plus the network passes of UIVI's HMC reverse sampler at the paper's
+    settings: 1 + (5 burn-in + 5 kept transitions) × 5 leapfrog steps = 51.
+
 A Goals section ends the run with the measured figure and PASS/MISS for each goal.
 
 Run (``make bench-env`` builds the environment)::
 
-    make bench-uivi                                            # all three parts
+    make bench-uivi                                            # all four parts
     .venv-bench/bin/python benchmarks/uivi.py --part kl        # (1): ~20 min
+    .venv-bench/bin/python benchmarks/uivi.py --part speed     # (speed): ~1 min
     .venv-bench/bin/python benchmarks/uivi.py --part vae       # (2): ~55 min
     .venv-bench/bin/python benchmarks/uivi.py --part ais [--iaf-run runs/bench_uivi/iaf]
     .venv-bench/bin/python benchmarks/uivi.py --quick          # smoke run, ~1 minute
@@ -71,6 +80,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -121,6 +131,7 @@ class KLRecipe:
     uivi_noise_dim: int | None
     uivi_hidden: list[int] | None
     uivi_log_q_samples: int | None
+    uivi_log_q_stderr: float | None
     eval_samples: int
     threads: int
     jobs: int
@@ -132,6 +143,7 @@ def kl_config(kind: str, target: str, recipe: KLRecipe) -> FitConfig:
     time budget, threads, seed and evaluation size."""
     family: dict[str, Any] = {"kind": kind}
     if kind == "uivi":
+        family["log_q_stderr"] = None  # the fit's own KL at fixed K; reevaluate_uivi sizes
         if recipe.uivi_noise_dim is not None:
             family["noise_dim"] = recipe.uivi_noise_dim
         if recipe.uivi_hidden is not None:
@@ -161,6 +173,7 @@ class KLResult(common.FitFigures):
     kl_lower_stderr: float | None = None
     kl_samples: int | None = None
     log_q_samples: int | None = None
+    log_q_stderr: float | None = None
     hmc_accept_rate: float | None = None
     hmc_step_size: float | None = None
 
@@ -181,14 +194,21 @@ class KLResult(common.FitFigures):
         return self.cell(self.kl, self.kl_stderr)
 
 
-def reevaluate_uivi(config: FitConfig, run_dir: Path, log_z: float, k: int) -> dict[str, Any]:
-    """The KL bounds of a fitted UIVI family again, with K = ``k`` draws of ε."""
+def reevaluate_uivi(
+    config: FitConfig, run_dir: Path, log_z: float, k: int | None, stderr: float | None = None
+) -> dict[str, Any]:
+    """The KL bounds of a fitted UIVI family again, with K = ``k`` draws of ε (else the
+    family's), sized to the standard error ``stderr`` of log q(z) if given."""
     fitter = Fitter(config)
     fitter.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt"))
     family = fitter.family
     if not isinstance(family, SemiImplicit):
         raise TypeError(f"expected a SemiImplicit family, got {type(family).__name__}")
-    family.log_q_samples = k
+    if k is not None:
+        family.log_q_samples = k
+        family.max_log_q_samples = max(k, family.max_log_q_samples)
+    family.log_q_stderr = stderr
+    family.reset_log_q_summary()
     torch.manual_seed(config.seed + 1)
     return kl_bracket(family, fitter.target, log_z, config.eval_samples)
 
@@ -198,16 +218,16 @@ def run_kl_fit(kind: str, target: str, recipe: KLRecipe) -> KLResult:
     recorded, not raised."""
     result = KLResult(kind, target)
     config = kl_config(kind, target, recipe)
-    k = recipe.uivi_log_q_samples
+    k, se = recipe.uivi_log_q_samples, recipe.uivi_log_q_stderr
 
     def again(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-        """UIVI's KL bounds re-evaluated with K = ``k`` draws of ε."""
-        assert k is not None
-        new = reevaluate_uivi(config, run_dir, metrics["log_z"], k)
-        keys = ("kl", "kl_stderr", "kl_lower", "kl_lower_stderr")
-        return {key: new[key] for key in keys} | {"log_q_samples": k}
+        """UIVI's KL bounds re-evaluated with K = ``k`` draws of ε, or sized to ``se``."""
+        new = reevaluate_uivi(config, run_dir, metrics["log_z"], k, se)
+        keys = ("kl", "kl_stderr", "kl_lower", "kl_lower_stderr", "log_q_stderr")
+        return {key: new[key] for key in keys} | {"log_q_samples": int(new["log_q_draws"])}
 
-    metrics = result.run(config, again if kind == "uivi" and k is not None else None)
+    redo = kind == "uivi" and (k is not None or se is not None)
+    metrics = result.run(config, again if redo else None)
     if not metrics:
         return result
     result.parameters = int(metrics["parameters"])
@@ -217,7 +237,10 @@ def run_kl_fit(kind: str, target: str, recipe: KLRecipe) -> KLResult:
     )
     result.kl_samples = metrics.get("kl_samples")
     if kind == "uivi":
-        result.log_q_samples = metrics.get("log_q_samples", SemiImplicit(2).log_q_samples)
+        result.log_q_samples = metrics.get(
+            "log_q_samples", metrics.get("log_q_draws", SemiImplicit(2).log_q_samples)
+        )
+        result.log_q_stderr = metrics.get("log_q_stderr")
         result.hmc_accept_rate = metrics.get("hmc_accept_rate")
         result.hmc_step_size = metrics.get("hmc_step_size")
     return result
@@ -297,13 +320,22 @@ def part_kl(targets: Sequence[str], recipe: KLRecipe) -> list[KLResult]:
     uivi = [r for r in results if r.family == "uivi" and r.kl is not None]
     k = uivi[0].log_q_samples if uivi else None
     n = uivi[0].kl_samples if uivi else None
+    sized = (
+        f" (up to: sized to a standard error of log q(z) ≤ {recipe.uivi_log_q_stderr:g} "
+        "nats, rms over the samples)"
+        if recipe.uivi_log_q_stderr is not None
+        else " (`family.log_q_samples`)"
+    )
+    errors = ", ".join(
+        f"{r.target} {r.log_q_stderr:.3f}" for r in uivi if r.log_q_stderr is not None
+    )
     print(
         f"\nKL: mean ± standard error of log q − log p̃ + log Z over {recipe.eval_samples:,} "
         f"samples of q (UIVI: {n or '–'} samples). UIVI's log q(z) is estimated by "
-        f"importance sampling over ε with K = {k or '–'} prior draws "
-        "(`family.log_q_samples`): the upper row adds the generating ε (the SIVI bound, "
-        "conservative), the lower row is the plain estimate (biased low); the true KL lies "
-        "between them in expectation."
+        f"importance sampling over ε with K = {k or '–'} prior draws{sized}: the upper "
+        "row adds the generating ε (the SIVI bound, conservative), the lower row is the "
+        "plain estimate (biased low); the true KL lies between them in expectation."
+        + (f" Standard error of log q(z) per sample (rms): {errors}." if errors else "")
     )
     if uivi:
         rates = ", ".join(f"{r.target} {r.hmc_accept_rate:.2f}" for r in uivi)
@@ -619,6 +651,151 @@ def part_ais(args: argparse.Namespace, data_dir: str | None) -> dict[str, Any]:
     }
 
 
+# -- part (speed): a UIVI training step against its floor -------------------------------------
+#: (4) a UIVI step within this factor of its floor: a mean-field step plus the network passes
+#: of its HMC reverse sampler
+SPEED_GOAL = 1.3
+
+
+def hmc_network_passes(family: SemiImplicit) -> int:
+    """Network passes (forward and backward to ε) of one UIVI step's HMC reverse sampler:
+    the gradient at the starting ε₀, then one per leapfrog step of every transition,
+    1 + (burn-in + kept) × leapfrog; the paper's 5 + 5 transitions of 5 steps: 51."""
+    return 1 + (family.hmc_burn_in + family.hmc_samples) * family.hmc_leapfrog
+
+
+def network_pass(family: SemiImplicit, n: int) -> Callable[[], None]:
+    """One pass of the family's network at the sampler's batch, timed alone: μ(ε) for
+    ``n`` chains and autograd's backward to ε, the weights frozen (what one gradient of
+    log q(ε | z) costs without the sampler around it)."""
+    ref = family.rho
+    eps = torch.randn(n, family.noise_dim, dtype=ref.dtype, device=ref.device)
+    upstream = torch.randn(n, family.dim, dtype=ref.dtype, device=ref.device)
+    params = list(family.net.parameters())
+
+    def run() -> None:
+        for p in params:
+            p.requires_grad_(False)
+        x = eps.detach().requires_grad_(True)
+        torch.autograd.grad(family.net(x), x, grad_outputs=upstream)
+        for p in params:
+            p.requires_grad_(True)
+
+    return run
+
+
+def sampler_pass(family: SemiImplicit, n: int) -> Callable[[], None]:
+    """One evaluation of the potential vilab's sampler uses: log q(ε | z), its gradient
+    and μ(ε) for ``n`` chains (the network's forward and hand-written backward)."""
+    with torch.no_grad():
+        z, eps = family.rsample_with_noise(n)
+    potential = family.noise_potential(z)
+    return lambda: potential(eps) and None
+
+
+def part_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per training step of UIVI and of mean-field on the banana (``FitConfig``
+    defaults, ``--speed-samples`` samples/step, one thread) and of the network pass alone,
+    in alternating rounds; the floor is a mean-field step plus the HMC's network passes."""
+    print("## (speed) A UIVI training step against its floor\n", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    fitters: dict[str, Fitter] = {}
+    for kind in ("mean_field", "uivi"):
+        base = {
+            "target": {"name": "banana"},
+            "family": {"kind": kind},
+            "samples": args.speed_samples,
+            "seed": args.seed,
+            "threads": 1,
+            "figures": False,
+        }
+        fitters[kind] = Fitter(load_fit_config(base=base))
+    uivi = fitters["uivi"].family
+    assert isinstance(uivi, SemiImplicit)
+    passes = hmc_network_passes(uivi)
+    log_every = fitters["uivi"].config.log_every
+    one_pass = network_pass(uivi, args.speed_samples)
+
+    def block(kind: str) -> Callable[[], object]:
+        """``log_every`` steps as the fit loop runs them: the last one logged."""
+        fitter = fitters[kind]
+        return lambda: [fitter.train_step(log_value=i == log_every - 1) for i in range(log_every)]
+
+    calls = {
+        "mean_field": (block("mean_field"), log_every),
+        "uivi": (block("uivi"), log_every),
+        "pass": (one_pass, 1),
+        "sampler_pass": (sampler_pass(uivi, args.speed_samples), 1),
+    }
+    blocks = {
+        "mean_field": 20 * args.speed_block,
+        "uivi": args.speed_block,
+        "pass": passes,
+        "sampler_pass": passes,
+    }
+    for fn, _ in calls.values():  # warm-up
+        common.time_block(fn, 2)
+    per_call: dict[str, list[float]] = {name: [] for name in calls}
+
+    def run(name: str, r: int) -> None:
+        fn, per = calls[name]
+        n = max(1, blocks[name] // per)
+        _, seconds = common.time_block(fn, n)
+        per_call[name].append(seconds / (n * per))
+
+    common.alternate(list(calls), args.speed_rounds, run, lambda r: f"  speed: round {r + 1} done")
+    torch.set_num_threads(threads)
+    ms = {name: 1e3 * statistics.median(v) for name, v in per_call.items()}
+    floor = ms["mean_field"] + passes * ms["pass"]
+    own_floor = ms["mean_field"] + passes * ms["sampler_pass"]
+    hidden = "-".join(str(m.out_features) for m in uivi.net if isinstance(m, torch.nn.Linear))
+    print(
+        f"The banana, `FitConfig` defaults: {args.speed_samples} samples/step, float32, one "
+        f"thread; steps as the fit loop runs them (one in {log_every} logged: UIVI's "
+        f"logged bound costs {uivi.train_log_q_samples} draws of ε). UIVI: ε ∈ "
+        f"R^{uivi.noise_dim}, network {uivi.noise_dim}-{hidden}; HMC {uivi.hmc_burn_in} "
+        f"burn-in + {uivi.hmc_samples} kept transitions × {uivi.hmc_leapfrog} leapfrog "
+        f"steps. Medians over {args.speed_rounds} alternating rounds.\n"
+    )
+    print("| | ms |\n|---|---:|")
+    print(f"| mean-field step | {ms['mean_field']:.3f} |")
+    print(
+        f"| network pass alone (forward + backward to ε, {args.speed_samples} chains) | "
+        f"{ms['pass']:.3f} |"
+    )
+    print(
+        f"| **floor** = mean-field step + {passes} passes (1 + ({uivi.hmc_burn_in} + "
+        f"{uivi.hmc_samples}) × {uivi.hmc_leapfrog}) | {floor:.2f} |"
+    )
+    print(f"| **UIVI step** | {ms['uivi']:.2f} |")
+    print(
+        f"| the sampler's own pass (log q(ε \\| z), its gradient by the hand-written "
+        f"backward, μ) | {ms['sampler_pass']:.3f} |"
+    )
+    print(f"| stricter floor: mean-field step + {passes} of those | {own_floor:.2f} |")
+    print(
+        f"\nUIVI / floor = **{ms['uivi'] / floor:.2f}** (UIVI / the stricter floor "
+        f"{ms['uivi'] / own_floor:.2f}); UIVI / mean-field = "
+        f"{ms['uivi'] / ms['mean_field']:.1f}. Neither floor counts what a UIVI step does "
+        "beyond the sampler: μ(ε₀) forward and backward to the weights, the chains' "
+        "elementwise work (momenta, leapfrog updates, accept/reject); μ at the kept ε' comes "
+        "with the chains.\n"
+    )
+    return {
+        "samples": args.speed_samples,
+        "rounds": args.speed_rounds,
+        "passes": passes,
+        "ms": ms,
+        "floor_ms": floor,
+        "own_floor_ms": own_floor,
+        "ratio_floor": ms["uivi"] / floor,
+        "ratio_own_floor": ms["uivi"] / own_floor,
+        "ratio_mean_field": ms["uivi"] / ms["mean_field"],
+        "per_call_s": per_call,
+    }
+
+
 # -- goals -------------------------------------------------------------------------------------
 def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
     quick = common.QUICK_NOTE if args.quick else ""
@@ -649,6 +826,19 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     ),
                 )
             )
+    if "speed" in out:
+        sp = out["speed"]
+        lines.append(
+            goal_line(
+                f"(4) a UIVI step within {SPEED_GOAL:g}× its floor (a mean-field step + "
+                f"{sp['passes']} network passes)",
+                f"{sp['ms']['uivi']:.2f} ms vs floor {sp['floor_ms']:.2f} ms: "
+                f"{sp['ratio_floor']:.2f}× (mean-field {sp['ms']['mean_field']:.3f} ms, "
+                f"UIVI {sp['ratio_mean_field']:.0f}× it)",
+                sp["ratio_floor"] <= SPEED_GOAL,
+                quick,
+            )
+        )
     if "vae" in out:
         u, m = out["vae"]["uivi"], out["vae"]["mean_field"]
         nu, nm = u["test"]["nll"], m["test"]["nll"]
@@ -697,7 +887,13 @@ def goals(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 
 # -- command line ----------------------------------------------------------------------------
-PARTS = {"kl": ("kl",), "vae": ("vae",), "ais": ("ais",), "all": ("kl", "vae", "ais")}
+PARTS = {
+    "kl": ("kl",),
+    "speed": ("speed",),
+    "vae": ("vae",),
+    "ais": ("ais",),
+    "all": ("kl", "speed", "vae", "ais"),
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -736,10 +932,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="re-evaluate UIVI's KL with this K [vilab's family.log_q_samples; quick: 50]",
     )
     a.add_argument(
+        "--uivi-log-q-stderr",
+        type=float,
+        help="re-evaluate UIVI's KL with K sized to this s.e. of log q(z), nats [none]",
+    )
+    a.add_argument(
         "--eval-samples",
         type=int,
         help=f"samples for the KL [{common.MIN_EVAL_SAMPLES:,}; quick: 2000]",
     )
+    w = p.add_argument_group("part speed: a UIVI step against its floor")
+    w.add_argument("--speed-samples", type=int, default=1000, help="samples per step [1000]")
+    w.add_argument("--speed-rounds", type=int, help="alternating rounds [9; quick: 2]")
+    w.add_argument("--speed-block", type=int, help="UIVI steps per round [20; quick: 10]")
     v = p.add_argument_group("part vae: UIVI vs mean-field VAE")
     v.add_argument("--vae-minutes", type=float, help="training time of each VAE [20; quick: 0.5]")
     v.add_argument("--vae-steps", type=int, help="also stop at this many steps [none; quick: 5]")
@@ -790,12 +995,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "ais_chains": (2, 1),
         "ais_images": (50, 1000),
         "ais_batch": (25, 100),
+        "speed_rounds": (2, 9),
+        "speed_block": (10, 20),
     }
     common.fill_defaults(args, defaults)
     if args.uivi_samples is None:
         args.uivi_samples = args.samples
     common.require_kl_samples(p, args)
     positive = ["threads", "jobs", "steps", "samples", "uivi_samples", "eval_samples"]
+    positive += ["speed_samples", "speed_rounds", "speed_block"]
     positive += ["vae_batch", "vae_eval_samples", "vae_log_q_samples", "vae_test_images"]
     positive += ["vae_eval_batch", "vae_eval_chunk", "iaf_steps", "is_samples", "ais_dists"]
     positive += [
@@ -808,7 +1016,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ]
     optional = ["vae_steps", "uivi_noise_dim", "uivi_log_q_samples"]
     common.require(p, args, positive + optional)
-    common.require(p, args, ["max_seconds", "vae_minutes", "vae_lr"], 0, strict=True)
+    common.require(
+        p, args, ["max_seconds", "vae_minutes", "vae_lr", "uivi_log_q_stderr"], 0, strict=True
+    )
     return args
 
 
@@ -822,6 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         recipe = common.from_args(KLRecipe, args, threads=max(1, args.threads // args.jobs))
         out["kl"] = [asdict(r) for r in part_kl(args.targets, recipe)]
         torch.set_num_threads(args.threads)
+    if "speed" in parts:
+        out["speed"] = part_speed(args)
     if "vae" in parts:
         out["vae"] = part_vae(args, data_dir)
         torch.set_num_threads(args.threads)

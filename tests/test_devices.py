@@ -261,6 +261,7 @@ def make_family(kind: str, amortized: bool, support: object = None, dim: int = D
         noise_dim=3,
         log_q_samples=6,
         train_log_q_samples=4,
+        log_q_stderr=None,  # K fixed: sizing K reads its error back (evaluation only)
         stack=STACK,
     )
     family = family_from_config(cfg, dim, C if amortized else None, parse_support(support, dim))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vilab.samplers import DualAveraging, hmc, hmc_step
-from vilab.samplers.hmc import log_prob_and_grad
+from vilab.samplers.hmc import hmc_trace, log_prob_and_grad
 from vilab.targets.energies import banana_log_prob
 
 MU = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
@@ -86,3 +86,47 @@ def test_bad_arguments() -> None:
         hmc(lambda x: torch.full(x.shape[:-1], -math.inf), x0, 10)
     with pytest.raises(ValueError, match="positive"):
         hmc(lambda x: -(x * x).sum(-1), x0, 10, step_size=-1.0)
+
+
+def _potential(log_prob):
+    def potential(x: torch.Tensor):
+        lp, g = log_prob_and_grad(log_prob, x)
+        return lp, g, 2.0 * x  # a by-product of the state, carried with it
+
+    return potential
+
+
+def _nasty(x: torch.Tensor) -> torch.Tensor:
+    lp = -0.5 * (x * x).sum(-1)
+    return torch.where(x.abs().max(-1).values > 2.0, torch.full_like(lp, math.nan), lp)
+
+
+@pytest.mark.parametrize("own_gradient", [False, True])
+@pytest.mark.parametrize("name", ["gaussian", "nasty"])
+def test_trace_is_hmc_step_chained(name: str, own_gradient: bool) -> None:
+    """hmc_trace draws what burn-in + kept hmc_step calls draw, bit for bit, with the
+    by-product of each kept state (with or without a gradient-only function for the
+    inner leapfrog steps); non-finite proposals are rejected alike."""
+    log_prob, step = (GAUSS.log_prob, 0.5) if name == "gaussian" else (_nasty, 1.5)
+    x0 = torch.randn(64, 3, dtype=torch.float64).clamp(-1.5, 1.5)  # (nasty: finite at x0)
+    steps = torch.full((64,), step, dtype=torch.float64) * torch.rand(64, dtype=torch.float64)
+    torch.manual_seed(7)
+    grad = (lambda x: log_prob_and_grad(log_prob, x)[1]) if own_gradient else None
+    tr = hmc_trace(
+        _potential(log_prob), x0, steps, 4, burn_in=3, num_samples=4, jitter=0.2, gradient=grad
+    )
+    torch.manual_seed(7)
+    x, current, kept, probs = x0, log_prob_and_grad(log_prob, x0), [], []
+    for i in range(7):
+        x, lp, g, prob, _ = hmc_step(log_prob, x, steps, 4, None, current, 0.2)
+        current = (lp, g)
+        probs.append(prob)
+        if i >= 3:
+            kept.append(x)
+    assert torch.equal(tr.samples, torch.stack(kept))
+    assert torch.equal(tr.extras, 2.0 * torch.stack(kept))
+    assert torch.equal(tr.accept_prob, torch.stack(probs))
+    assert torch.equal(tr.final[1], current[0]) and torch.equal(tr.final[2], current[1])
+    assert torch.isfinite(tr.samples).all() and 0 < float(tr.accept_prob.mean()) < 1
+    with pytest.raises(ValueError, match="num_samples"):
+        hmc_trace(_potential(log_prob), x0, steps, 4, burn_in=0, num_samples=0)

@@ -49,6 +49,7 @@ def make(kind: str, amortized: bool) -> Family:
         stack=STACK,
         log_q_samples=20,
         train_log_q_samples=20,  # = log_q_samples: the same value as rsample_and_log_prob
+        log_q_stderr=None,  # (with K fixed: evaluation sizes K by default)
     ).to(DT)
     with torch.no_grad():  # off the identity initializations, so every term is non-trivial
         for p in family.parameters():

@@ -130,6 +130,8 @@ def _semi_implicit(cfg: FamilyConfig, dim: int, c: int | None) -> Family:
         c,
         log_q_samples=cfg.log_q_samples,
         train_log_q_samples=cfg.train_log_q_samples,
+        log_q_stderr=cfg.log_q_stderr,
+        max_log_q_samples=cfg.max_log_q_samples,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vilab.config.base import FAMILY_KINDS, FLOW_KINDS, Widths, _one_of, _Strict
 
@@ -98,7 +98,11 @@ class FamilyConfig(FlowConfig):
     ``noise_dim``, ``hidden`` (its network μ(ε [, h])), ``log_q_samples`` (the K draws
     of ε that estimate log q(z) for reported KLs and log-likelihoods) and
     ``train_log_q_samples`` (the draws for the log q(z) of the bound logged while
-    training, paid at every logged step)."""
+    training, paid at every logged step). Evaluation sizes K to ``log_q_stderr``: K
+    starts at ``log_q_samples`` and doubles until the root mean square of the per-sample
+    standard errors of log q(z) is at most that many nats, or K reaches
+    ``max_log_q_samples`` (null: K stays ``log_q_samples``;
+    :meth:`vilab.families.noise_mixture.NoiseMixture.log_q_estimate`)."""
 
     kind: str = "stack"
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
@@ -106,11 +110,21 @@ class FamilyConfig(FlowConfig):
     noise_dim: int = Field(10, ge=1)
     log_q_samples: int = Field(1000, ge=1)
     train_log_q_samples: int = Field(100, ge=1)
+    log_q_stderr: float | None = Field(0.05, gt=0, allow_inf_nan=False)
+    max_log_q_samples: int = Field(128_000, ge=1, validate_default=True)
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
         return _one_of(v, FAMILY_KINDS, "family")
+
+    @field_validator("max_log_q_samples")
+    @classmethod
+    def _cap_above_start(cls, v: int, info: ValidationInfo) -> int:
+        start = info.data.get("log_q_samples")
+        if start is not None and v < start:
+            raise ValueError(f"must be ≥ log_q_samples ({start}), the K the sizing starts from")
+        return v
 
     @model_validator(mode="after")
     def _stack_given(self) -> FamilyConfig:

@@ -28,12 +28,16 @@ class NetConfig(_Strict):
 
 class PosteriorConfig(FamilyConfig):
     """q(z | x): a family amortized from the encoder's features (same options as the 2-D
-    families; ``mean_field`` by default)."""
+    families; ``mean_field`` by default). A semi-implicit posterior keeps K =
+    ``log_q_samples`` fixed unless ``log_q_stderr`` is set: a log-likelihood scores
+    images × samples estimates of log q, each of which sizing could take to
+    ``max_log_q_samples`` draws."""
 
     kind: str = "mean_field"
     layers: int = Field(2, ge=1, le=10_000)
     hidden: Widths = Field(default_factory=lambda: [256, 256])
     stack: list[FlowConfig] = Field(default_factory=list)
+    log_q_stderr: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @field_validator("kind")
     @classmethod

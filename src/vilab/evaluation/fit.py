@@ -83,8 +83,11 @@ def kl_bracket(
     (plain importance sampling, biased low) and the upper one (the SIVI bound); ``kl``
     reports the upper, conservative one. From ``n`` draws (a count, or sized by the upper
     estimate's standard error from a pilot of at most :data:`BRACKET_PILOT`), never more
-    than :data:`BRACKET_SAMPLES`."""
+    than :data:`BRACKET_SAMPLES`. The family's record of its log q estimates is reset
+    first, so that the notes returned (:meth:`~vilab.families.base.Family.estimate_notes`:
+    K, the s.e. of log q reached) cover this bracket only."""
     sizing = as_sizing(n, KL_SIZING).capped_at(BRACKET_SAMPLES, BRACKET_PILOT)
+    family.reset_log_q_summary()
     lows: list[Tensor] = []
     ups: list[Tensor] = []
 

@@ -174,6 +174,11 @@ class Family(nn.Module):
         family: its K draws of ε and its HMC statistics); empty for an exact family."""
         return {}
 
+    def reset_log_q_summary(self) -> None:
+        """Forget the log q estimates recorded so far, so that :meth:`estimate_notes`
+        covers only those made after (a family whose log q is an estimate); nothing to
+        forget for an exact family."""
+
     def base_and_push(self) -> tuple[Family, Any]:
         """``(q₀, T)`` with q = T#q₀ and ``T(ε, context) -> (z, log |det ∂T/∂ε|)``: the space
         in which annealed importance sampling moves (a flow's base). A family without such
@@ -253,6 +258,9 @@ class AtContext(Family):
 
     def estimate_notes(self) -> dict[str, float | str]:
         return self.inner.estimate_notes()
+
+    def reset_log_q_summary(self) -> None:
+        self.inner.reset_log_q_summary()
 
     def rsample_trace(self, n: int, context: Tensor | None = None) -> list[Tensor]:
         return [z[:, 0] for z in self.inner.rsample_trace(n, self.context)]

@@ -14,34 +14,51 @@ gradient is that estimate, with ε' ~ q(ε | z) drawn by the shared HMC sampler
 (:mod:`vilab.samplers.hmc`) warm-started at the ε that generated z (the paper's recipe: 5
 burn-in + 5 kept transitions of 5 leapfrog steps). Non-finite HMC proposals are rejected,
 so no NaN reaches the parameters; the step size is adapted across training iterations
-toward the target acceptance rate.
+toward the target acceptance rate, on the device. Every chain moves at once
+(:func:`~vilab.samplers.hmc.hmc_trace`), each leapfrog step costs one pass of the network
+(its forward and a hand-written backward to ε, :func:`~vilab.nets.input_grad.mlp_input_grad`;
+the potential in :mod:`vilab.families.noise_posterior`), and μ(ε') at the kept draws comes
+with the chains: 1 + (5 + 5) × 5 = 51 passes per training step, nothing read back to the
+host.
 
-For reporting, log q(z) is estimated by importance sampling over ε with K prior draws,
+For reporting, log q(z) is estimated by importance sampling over ε with K prior draws
+(the base class :class:`~vilab.families.noise_mixture.NoiseMixture`),
 ``log (1/K) Σ_k N(z; μ(ε_k), σ²)``: biased low for finite K (by Jensen), which makes a KL
 built from it a *lower* estimate; :meth:`log_prob_bounds` also returns the upper estimate
 that includes the generating ε (Yin & Zhou 2018's SIVI bound), so the two bracket it.
 :meth:`SemiImplicit.training_sample` (the Family contract's training call) returns the
 entropy surrogate as the gradient term and, as the value to log, the upper estimate with
 ``train_log_q_samples`` draws (fewer than evaluation's ``log_q_samples``: it is paid every
-logged step).
+logged step). Evaluation can size K to a standard error instead (``log_q_stderr``,
+:meth:`SemiImplicit.log_q_estimate`), and says the error it reached
+(:meth:`SemiImplicit.estimate_notes`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vilab.families.base import Family, TrainingSample
+from vilab.families.base import TrainingSample
 from vilab.families.gaussian import LOG_2PI
+from vilab.families.log_q import LogQEstimate, log_q_note
+from vilab.families.noise_mixture import NoiseMixture
+from vilab.families.noise_posterior import autograd_noise_potential, mlp_noise_target
+from vilab.nets.input_grad import mlp_layers
 from vilab.nets.mlp import MLP
-from vilab.samplers.hmc import hmc_step, log_prob_and_grad
+from vilab.samplers.hmc import Potential, hmc_trace
+
+__all__ = ["LogQEstimate", "SemiImplicit"]
+
+#: The name the network's layer table had here (tests import it from this module).
+_mlp_layers = mlp_layers
 
 
-class SemiImplicit(Family):
+class SemiImplicit(NoiseMixture):
     """UIVI's q(z [| h]), free (``context_dim=None``) or amortized from features h.
 
     Args:
@@ -53,9 +70,14 @@ class SemiImplicit(Family):
         hmc_burn_in, hmc_samples, hmc_leapfrog: the HMC recipe for ε' ~ q(ε | z).
         target_accept: acceptance rate the HMC step size is steered to.
         log_q_samples: K, prior draws of ε for the importance-sampled log q(z) of
-            evaluation (:meth:`rsample_and_log_prob`, reported KLs and log-likelihoods).
+            evaluation (:meth:`rsample_and_log_prob`, reported KLs and log-likelihoods);
+            with ``log_q_stderr``, the K it starts from.
         train_log_q_samples: draws of ε for the log q(z) value of :meth:`training_sample`
             (the bound logged during training).
+        log_q_stderr: if given, evaluation sizes K to it: doubles K until the
+            root-mean-square standard error of the per-sample log q(z) estimates is at
+            most this, in nats (:meth:`log_q_estimate`); None keeps K fixed.
+        max_log_q_samples: the largest K the sizing may reach.
     """
 
     def __init__(
@@ -71,6 +93,8 @@ class SemiImplicit(Family):
         target_accept: float = 0.8,
         log_q_samples: int = 1000,
         train_log_q_samples: int = 100,
+        log_q_stderr: float | None = None,
+        max_log_q_samples: int = 128_000,
     ) -> None:
         super().__init__()
         if noise_dim < 1 or dim < 1:
@@ -90,8 +114,9 @@ class SemiImplicit(Family):
             hmc_samples,
             hmc_leapfrog,
         )
-        self.target_accept, self.log_q_samples = target_accept, log_q_samples
+        self.target_accept = target_accept
         self.train_log_q_samples = train_log_q_samples
+        self._init_log_q(log_q_samples, log_q_stderr, max_log_q_samples)
         self.register_buffer("step_size", torch.tensor(0.1))
         self.register_buffer("accept_rate", torch.tensor(float("nan")))
 
@@ -126,88 +151,21 @@ class SemiImplicit(Family):
         xi = torch.randn(shape, dtype=ref.dtype, device=ref.device)
         return self.mean(eps, context) + self.sigma * xi, eps
 
-    def _conditional_log_prob(self, z: Tensor, mu: Tensor) -> Tensor:
-        sigma = self.sigma
-        r = (z - mu) / sigma
-        return -0.5 * (r * r).sum(-1) - sigma.log().sum() - 0.5 * self.dim * LOG_2PI
-
-    @torch.no_grad()
-    def log_prob_bounds(
-        self,
-        z: Tensor,
-        context: Tensor | None = None,
-        eps0: Tensor | None = None,
-        k: int | None = None,
-        chunk: int = 50,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Importance-sampled log q(z) from K prior draws of ε, ``(S[, B])``, and — when
-        the generating ``eps0`` is given — the SIVI upper estimate that adds it as a
-        (K+1)-th component. E[lower] ≤ log q(z) ≤ E[upper].
-
-        One bank of K draws is shared by the S samples of each context (as in the
-        official UIVI code): K + S network passes instead of K·S, and each sample's
-        estimate keeps its expectation.
-        """
-        k = k or self.log_q_samples
-        proj = None if context is None else self.context_projection(context)
-        parts = []
-        for m in _chunks(k, chunk):
-            bank = torch.randn(m, *z.shape[1:-1], self.noise_dim, dtype=z.dtype, device=z.device)
-            mu = self.mean(bank, context, proj)  # (m, [B,] D)
-            parts.append(
-                torch.logsumexp(self._conditional_log_prob(z.unsqueeze(0), mu.unsqueeze(1)), 0)
-            )
-        lse = torch.logsumexp(torch.stack(parts), 0)  # (S[, B])
-        lower = lse - math.log(k)
-        if eps0 is None:
-            return lower, None
-        own = self._conditional_log_prob(z, self.mean(eps0, context, proj))
-        return lower, torch.logaddexp(lse, own) - math.log(k + 1)
-
-    exact_log_q = False
-
-    def rsample_and_log_q_bounds(
-        self, n: int, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Samples with the plain importance-sampled (lower) and the SIVI (upper) estimate
-        of log q(z) from ``log_q_samples`` draws of ε (:meth:`log_prob_bounds`)."""
-        z, eps0 = self.rsample_with_noise(n, context)
-        lower, upper = self.log_prob_bounds(z, context, eps0)
-        assert upper is not None
-        return z, lower, upper
-
     def estimate_notes(self) -> dict[str, float | str]:
-        return {
-            "kl_note": (
-                f"semi-implicit q: log q(z) estimated by importance sampling over ε with "
-                f"K={self.log_q_samples} prior draws; kl uses the upper (SIVI) estimate "
-                "that adds the generating ε, kl_lower the plain one; the true KL lies "
-                "between them in expectation"
-            ),
+        summary = self.log_q_summary()
+        notes: dict[str, float | str] = {
+            "kl_note": log_q_note(summary, self.log_q_samples),
             "hmc_step_size": float(self.step_size),
             "hmc_accept_rate": float(self.accept_rate),
         }
+        if summary["log_q_estimates"]:
+            notes["log_q_draws"] = float(summary["log_q_draws"])  # type: ignore[arg-type]
+            notes["log_q_stderr"] = float(summary["log_q_stderr"])  # type: ignore[arg-type]
+        return notes
 
     def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
         """Samples without the costly log q(z) estimate."""
         return self.rsample_with_noise(n, context)[0]
-
-    def log_prob_estimate(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        """The importance-sampled log q(z) of an arbitrary z, from ``log_q_samples`` prior
-        draws of ε shared by all z (the lower estimate of :meth:`log_prob_bounds`); its
-        exponential, the mixture (1/K) Σ_k N(z; μ(ε_k), diag σ²), is an unbiased estimate
-        of q(z)."""
-        return self.log_prob_bounds(z, context)[0]
-
-    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Samples and the upper (SIVI) estimate of log q(z) with ``log_q_samples`` draws
-        of ε, without gradient: for evaluation, where it errs on the conservative side
-        (a KL too high, a log p(x) too low, in expectation). Training uses
-        :meth:`entropy_surrogate`."""
-        z, eps0 = self.rsample_with_noise(n, context)
-        _, upper = self.log_prob_bounds(z.detach(), context, eps0)
-        assert upper is not None
-        return z, upper
 
     def training_sample(
         self,
@@ -232,55 +190,73 @@ class SemiImplicit(Family):
         assert log_q is not None
         return TrainingSample(z, log_q, self.entropy_surrogate(z, eps0, context))
 
-    def sample_noise_posterior(self, z: Tensor, eps0: Tensor, context: Tensor | None) -> Tensor:
-        """ε' ~ q(ε | z [, h]) by HMC from ε₀: ``(hmc_samples, ..., e)``."""
-        z, eps0 = z.detach(), eps0.detach()
+    def noise_potential(self, z: Tensor, context: Tensor | None = None) -> Potential:
+        """log q(ε | z [, h]) up to a constant, ``−½|ε|² + log N(z; μ(ε [, h]), diag σ²)``,
+        as an HMC potential ``ε -> (log π, ∇_ε log π, μ(ε))`` with everything but ε held
+        fixed (no graph to the parameters). One network pass each: the forward and a
+        hand-written backward to ε through the MLP's layers
+        (:func:`~vilab.nets.input_grad.mlp_input_grad`), or autograd for a network of
+        other layers."""
+        return self._noise_target(z, context)[0]
+
+    def _noise_target(
+        self, z: Tensor, context: Tensor | None
+    ) -> tuple[Potential, Callable[[Tensor], Tensor]]:
+        """:meth:`noise_potential` and the gradient alone (what the leapfrog steps inside a
+        trajectory need: no log-density to sum)."""
+        z = z.detach()
         ctx = None if context is None else context.detach()
-        params = [p for p in self.net.parameters()]
-        requires = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(False)
-        try:
+        with torch.no_grad():
+            inv_var = self.sigma.detach().pow(-2)
+            const = -self.sigma.detach().log().sum() - 0.5 * self.dim * LOG_2PI
             proj = None if ctx is None else self.context_projection(ctx)
+        layers = mlp_layers(self.net, self.noise_dim)
+        if layers is None:
+            auto = self._autograd_potential(z, ctx, proj, inv_var, const)
+            return auto, lambda eps: auto(eps)[1]
+        return mlp_noise_target(layers, z, proj, inv_var, const)
 
-            def log_post(e: Tensor) -> Tensor:
-                return -0.5 * (e * e).sum(-1) + self._conditional_log_prob(
-                    z, self.mean(e, ctx, proj)
-                )
+    def _autograd_potential(
+        self, z: Tensor, ctx: Tensor | None, proj: Tensor | None, inv_var: Tensor, const: Tensor
+    ) -> Potential:
+        """:meth:`noise_potential` by autograd through :meth:`mean` (a network of layers
+        :func:`~vilab.nets.input_grad.mlp_layers` does not know)."""
+        mean = lambda e: self.mean(e, ctx, proj)  # noqa: E731
+        return autograd_noise_potential(mean, self.net, z, inv_var, const)
 
-            with torch.no_grad():
-                x = eps0
-                current = log_prob_and_grad(log_post, x)
-                step = self.step_size.expand(x.shape[:-1])
-                kept, probs = [], []
-                for i in range(self.hmc_burn_in + self.hmc_samples):
-                    x, lp, g, prob, _ = hmc_step(
-                        log_post, x, step, self.hmc_leapfrog, None, current, 0.2
-                    )
-                    current = (lp, g)
-                    probs.append(prob.mean())
-                    if i >= self.hmc_burn_in:
-                        kept.append(x)
-                rate = torch.stack(probs).mean()
-                # steer the shared step size toward the target across iterations
-                self.step_size.mul_(torch.exp(0.5 * (rate - self.target_accept))).clamp_(1e-4, 10.0)
-                self.accept_rate.copy_(rate)
-        finally:
-            for p, r in zip(params, requires):
-                p.requires_grad_(r)
-        return torch.stack(kept)
+    def sample_noise_posterior(
+        self, z: Tensor, eps0: Tensor, context: Tensor | None, *, return_mean: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """ε' ~ q(ε | z [, h]) by HMC from ε₀: ``(hmc_samples, ..., e)`` (and, with
+        ``return_mean``, μ(ε') ``(hmc_samples, ..., D)``, a by-product of the chains).
+
+        All chains move at once (:func:`~vilab.samplers.hmc.hmc_trace`); the shared step
+        size is steered toward ``target_accept`` across calls by the mean acceptance
+        probability of this call's transitions — on the device, nothing read back."""
+        potential, gradient = self._noise_target(z, context)
+        with torch.no_grad():
+            trace = hmc_trace(
+                potential,
+                eps0.detach(),
+                self.step_size,
+                self.hmc_leapfrog,
+                self.hmc_burn_in,
+                self.hmc_samples,
+                jitter=0.2,
+                gradient=gradient,
+            )
+            rate = trace.accept_prob.flatten(1).mean(1).mean()  # mean of per-transition means
+            # steer the shared step size toward the target across iterations
+            self.step_size.mul_(torch.exp(0.5 * (rate - self.target_accept))).clamp_(1e-4, 10.0)
+            self.accept_rate.copy_(rate)
+        return (trace.samples, trace.extras) if return_mean else trace.samples
 
     def entropy_surrogate(self, z: Tensor, eps0: Tensor, context: Tensor | None = None) -> Tensor:
         """A ``(...)`` term whose gradient with respect to every parameter (through the
         reparameterized z) is the UIVI estimate of ∇ log q(z): ŝ(z) · z with
-        ŝ = mean over ε' of −(z − μ(ε'))/σ², held fixed. Its value is meaningless."""
-        eps_post = self.sample_noise_posterior(z, eps0, context)
+        ŝ = mean over ε' of −(z − μ(ε'))/σ², held fixed. Its value is meaningless.
+        μ(ε') comes with the HMC draws (no network pass of its own)."""
+        _, mu = self.sample_noise_posterior(z, eps0, context, return_mean=True)
         with torch.no_grad():
-            ctx = None if context is None else context.detach()
-            mu = self.mean(eps_post, ctx)
             score = (-(z.detach() - mu) / self.sigma.detach() ** 2).mean(0)
         return (score * z).sum(-1)
-
-
-def _chunks(total: int, size: int) -> list[int]:
-    return [min(size, total - i) for i in range(0, total, size)]

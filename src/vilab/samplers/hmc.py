@@ -14,6 +14,11 @@ ever leaves the sampler and no gradient clamp is needed (seed 000's pain point).
 Step sizes are adapted per chain during burn-in by dual averaging (Nesterov 2009, as in
 Hoffman & Gelman 2014, §3.2.1) toward a target acceptance rate, then frozen at the
 averaged value: the kept samples come from a fixed, π-invariant kernel.
+
+:func:`hmc_trace` runs a fixed number of transitions of :func:`hmc_step`'s kernel (unit
+mass) with a *potential* that returns log π, its gradient and a by-product of the same
+pass (UIVI's μ(ε)), carried along with each chain's state: one call per leapfrog step and
+nothing read back to the host, for samplers that run inside a training step.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import torch
 from torch import Tensor
 
 LogProb = Callable[[Tensor], Tensor]
+#: ``x (..., D) -> (log π(x) (...), ∇log π(x) (..., D), a by-product (..., K))``.
+Potential = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 def log_prob_and_grad(log_prob: LogProb, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,3 +216,89 @@ def hmc(
             kept.append(x)
     samples = torch.stack(kept) if kept else x.new_zeros((0, *x.shape))
     return HMCResult(samples, eps, rate / max(1, num_samples * thin), x)
+
+
+@dataclass(frozen=True)
+class HMCTrace:
+    """What :func:`hmc_trace` returns: ``samples (num_samples, ..., D)``, the potential's
+    by-product at each of them ``extras (num_samples, ..., K)``, ``accept_prob (burn_in +
+    num_samples, ...)`` of every transition, and the final ``(x, log π, ∇log π, extra)``."""
+
+    samples: Tensor
+    extras: Tensor
+    accept_prob: Tensor
+    final: tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def hmc_trace(
+    potential: Potential,
+    x0: Tensor,
+    step_size: Tensor,
+    num_leapfrog: int,
+    burn_in: int,
+    num_samples: int,
+    jitter: float = 0.0,
+    current: tuple[Tensor, Tensor, Tensor] | None = None,
+    gradient: Callable[[Tensor], Tensor] | None = None,
+) -> HMCTrace:
+    """``burn_in + num_samples`` transitions of every chain from ``x0 (..., D)``, keeping
+    the last ``num_samples``: the kernel of :func:`hmc_step` with unit mass, the same
+    random draws in the same order (per transition: the jitter, the momentum, the
+    acceptance uniform) and the same arithmetic as :func:`hmc_step` given ``step_size``
+    expanded to one per chain, so that ``log_prob`` and ``potential`` agreeing gives the
+    same chains. ``step_size`` ``(...)`` or 0-d (shared: expanded, each chain still
+    jittered on its own) stays fixed; adapt it between calls from ``accept_prob``. A rejected chain keeps its state, log-density,
+    gradient and by-product; non-finite proposals are rejected. No host read-back.
+
+    Args:
+        potential: ``x -> (log π(x), ∇log π(x), extra)``; ``extra`` (e.g. a network's
+            output at x) is returned for the kept states.
+        current: the potential at ``x0`` if already known.
+        gradient: ``x -> ∇log π(x)`` alone, for the leapfrog steps inside a trajectory
+            (only its end point's log π and by-product are used); default: the
+            potential's.
+    """
+    if num_leapfrog < 1 or num_samples < 1 or burn_in < 0:
+        raise ValueError(
+            "need num_leapfrog ≥ 1, num_samples ≥ 1, burn_in ≥ 0; got "
+            f"{num_leapfrog}, {num_samples}, {burn_in}"
+        )
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+    x = x0.detach()
+    lp0, g0, e0 = current if current is not None else potential(x)
+    step = step_size.expand(x.shape[:-1]).unsqueeze(-1)  # per chain, jittered per chain
+    kept, extras, probs = [], [], []
+    for t in range(burn_in + num_samples):
+        eps = step
+        if jitter:
+            eps = eps * (1.0 + jitter * (2.0 * torch.rand_like(eps) - 1.0))
+        p0 = torch.randn_like(x)
+        k0 = 0.5 * (p0 * p0).sum(-1)
+        xq, p = x, p0 + 0.5 * eps * g0
+        for i in range(num_leapfrog):
+            xq = xq + eps * p
+            if i < num_leapfrog - 1:
+                g = potential(xq)[1] if gradient is None else gradient(xq)
+                p = p + eps * g
+            else:
+                lp, g, e = potential(xq)
+                p = p + 0.5 * eps * g
+        k1 = 0.5 * (p * p).sum(-1)
+        log_ratio = (lp - k1) - (lp0 - k0)
+        # one finiteness test of log_ratio, x' and ∇ together: a sum times 0 is 0 if all
+        # its terms are finite (and NaN otherwise), a third of the three tests' time
+        ok = torch.isfinite(log_ratio + (xq.sum(-1) + g.sum(-1)) * 0.0)
+        log_ratio = torch.where(ok, log_ratio, torch.full_like(log_ratio, -math.inf))
+        accept_prob = log_ratio.clamp(max=0.0).exp()
+        accepted = torch.rand_like(accept_prob) < accept_prob
+        keep = accepted.unsqueeze(-1)
+        x = torch.where(keep, xq, x)
+        lp0 = torch.where(accepted, lp, lp0)
+        g0 = torch.where(keep, g, g0)
+        e0 = torch.where(keep, e, e0)
+        probs.append(accept_prob)
+        if t >= burn_in:
+            kept.append(x)
+            extras.append(e0)
+    return HMCTrace(torch.stack(kept), torch.stack(extras), torch.stack(probs), (x, lp0, g0, e0))
