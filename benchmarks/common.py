@@ -16,6 +16,7 @@ live in ``baselines.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,10 +26,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 import torch
 
@@ -654,3 +657,19 @@ def report_goals(out: dict[str, Any], lines: list[str], json_path: Path | None) 
     print("\n".join(lines) + "\n")
     out["goals"] = lines
     write_json(out, json_path)
+
+
+#: What a training budget counts: ``cpu`` the process's CPU time (one thread's work on a
+#: machine that others share), ``wall`` the wall clock.
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+@contextlib.contextmanager
+def training_clock(clock: str) -> Iterator[None]:
+    """vilab's training clock (:class:`vilab.train.state.TrainerState`, which ``max_seconds``
+    and the schedules read, for fits and VAEs alike) reads :data:`CLOCKS` [``clock``] while
+    inside."""
+    from vilab.train import state
+
+    with mock.patch.object(state, "time", types.SimpleNamespace(perf_counter=CLOCKS[clock])):
+        yield

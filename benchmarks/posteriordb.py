@@ -36,20 +36,17 @@ above it). A posterior without reference draws is skipped with a note.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import statistics
 import sys
 import time
-import types
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from common import (
+    CLOCKS,
     CardFit,
     base_parser,
     budget_overrides,
@@ -59,6 +56,7 @@ from common import (
     require,
     run_parallel,
     start,
+    training_clock,
 )
 
 from vilab.targets.suite import SUITE
@@ -98,7 +96,6 @@ def _stack_override(dim: int) -> list[str]:
 
 #: vilab methods run only when ``--methods`` names them: the D ≤ 2 default on any D.
 OPTIONAL = {"default_2d": _stack_override(2)}
-CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 GOAL_KHAT, GOAL_ERROR, GOAL_W1, GOAL_COUNT = 0.7, 0.1, 1.1, 13
 
 
@@ -189,17 +186,6 @@ def _spec(posterior: str) -> str:
     """The ``target.name`` of a posterior: a suite target as it is, else
     ``posteriordb:NAME``."""
     return posterior if posterior in SUITE else f"posteriordb:{posterior}"
-
-
-@contextlib.contextmanager
-def training_clock(clock: str) -> Iterator[None]:
-    """vilab's training clock (:class:`vilab.train.state.TrainerState`, which ``max_seconds``
-    and the schedules read) reads :data:`CLOCKS` [``clock``] while inside: with ``cpu``
-    the process's CPU time, one thread's work on a machine that others share."""
-    from vilab.train import state
-
-    with mock.patch.object(state, "time", types.SimpleNamespace(perf_counter=CLOCKS[clock])):
-        yield
 
 
 def fit_one(
