@@ -16,9 +16,19 @@ import torch
 from torch import Tensor
 
 
-def elbo(log_w: Tensor) -> Tensor:
-    """Monte Carlo ELBO: the mean of ``log_w`` over dim 0. ``(S, *B) -> (*B)``."""
-    return log_w.mean(0)
+def elbo(log_w: Tensor, keep: Tensor | None = None) -> Tensor:
+    """Monte Carlo ELBO: the mean of ``log_w`` over dim 0 (over the draws ``keep`` marks,
+    see :func:`kept_mean`). ``(S, *B) -> (*B)``."""
+    return kept_mean(log_w, keep)
+
+
+def kept_mean(x: Tensor, keep: Tensor | None = None) -> Tensor:
+    """The mean over dim 0 of the entries ``keep`` (bool, x's shape) marks,
+    Σ_s keep_s x_s / Σ_s keep_s (NaN where none is kept); the plain mean without ``keep``.
+    The others may be ±inf: they receive no gradient. ``(S, *B) -> (*B)``."""
+    if keep is None:
+        return x.mean(0)
+    return torch.where(keep, x, torch.zeros_like(x)).sum(0) / keep.sum(0)
 
 
 def iwae(log_w: Tensor) -> Tensor:
@@ -26,10 +36,13 @@ def iwae(log_w: Tensor) -> Tensor:
     return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
 
-def annealed_elbo_surrogate(log_p: Tensor, log_q: Tensor, beta: float = 1.0) -> Tensor:
+def annealed_elbo_surrogate(
+    log_p: Tensor, log_q: Tensor, beta: float = 1.0, keep: Tensor | None = None
+) -> Tensor:
     """Surrogate whose gradient is that of E_q[β log p̃(z) − log q(z)] (Rezende & Mohamed
-    2015, §6.1 β-annealing); equals the ELBO at β = 1. ``(S, *B) -> (*B)``."""
-    return (beta * log_p - log_q).mean(0)
+    2015, §6.1 β-annealing); equals the ELBO at β = 1; over the draws ``keep`` marks where
+    given (:func:`kept_mean`). ``(S, *B) -> (*B)``."""
+    return kept_mean(beta * log_p - log_q, keep)
 
 
 def beta_at(

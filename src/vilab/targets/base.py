@@ -41,6 +41,11 @@ class Target:
     quad_box: Box | None = None
     reference: Reference | None = None
     support: Bounds | None = None
+    #: Whether log p̃ = −inf means the program *rejected* the point (a Stan program's
+    #: failed ODE solve, domain error or ``reject``) rather than a zero density q must
+    #: avoid: a fit then drops such draws from its step, as Stan's ADVI drops the draws
+    #: at which the log density throws (Kucukelbir et al. 2017), instead of stopping.
+    rejects: bool = False
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError

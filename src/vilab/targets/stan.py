@@ -57,6 +57,7 @@ class StanTarget(Target):
     """
 
     support = None
+    rejects = True
 
     def __init__(self, model: StanModel, name: str = "stan") -> None:
         self.model, self.name, self.dim = model, name, model.dim

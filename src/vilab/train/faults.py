@@ -4,7 +4,9 @@ Non-finite log p̃ at q's (finite) samples is the target's, not the learning rat
 
 * −inf (zero density where q has mass, KL = ∞; confirmed in float64 so that an overflow
   of a blown-up family is not taken for it) stops the run at once with a
-  :class:`~vilab.targets.base.TargetError` that suggests ``target.support``;
+  :class:`~vilab.targets.base.TargetError` that suggests ``target.support`` — unless the
+  target *rejects* such points (:attr:`~vilab.targets.base.Target.rejects`: a Stan
+  program), whose draws a step drops; only a step that rejects every draw is at fault;
 * NaN or +inf is skipped like any non-finite step (:mod:`vilab.train.guard`), and
   :func:`check_target` returns what happened, with the values, for the step to hand to
   :meth:`~vilab.train.guard.StepGuard.record`: if the rollbacks do not end it, the error
@@ -39,12 +41,18 @@ def check_target(
     z = z.detach()
     bad = ~torch.isfinite(values) & torch.isfinite(z).all(-1)
     neg = bad & torch.isneginf(values)
-    if bool(neg.any()):
+    if bool(neg.any()) and not target.rejects:
         neg = neg & _neg_inf_in_float64(target, z, context)
-    if bool(neg.any()):
-        raise TargetError(_neg_inf_message(target, neg, z, context, step))
+        if bool(neg.any()):
+            raise TargetError(_neg_inf_message(target, neg, z, context, step))
     other = bad & ~torch.isneginf(values)
     if not bool(other.any()):
+        if target.rejects and bool(neg.all()):
+            return (
+                f"target {target.name!r} rejected all {values.numel()} samples of q at step "
+                f"{step} (log p̃ = −inf: a failed solve, a domain error or a reject), e.g. "
+                f"{_example(neg, z, context)}"
+            )
         return None
     what = "NaN" if bool(values[other].isnan().any()) else "+inf"
     return (
@@ -96,3 +104,35 @@ def _example(mask: Tensor, z: Tensor, context: Tensor | None) -> str:
     if context is not None and len(index) > 1:
         where += " at context [" + ", ".join(f"{v:.4g}" for v in context[index[1]].tolist()) + "]"
     return where
+
+
+#: The largest share of a step's draws a rejecting target may reject (checked at logged
+#: steps) before the fit stops.
+MAX_REJECTED = 0.5
+
+
+def check_rejections(
+    target: Target, keep: Tensor, z: Tensor, context: Tensor | None, step: int
+) -> int:
+    """How many of a step's draws ``target`` rejected (``keep`` False: log p̃ = −inf,
+    :attr:`~vilab.targets.base.Target.rejects`); read back, so called at logged steps.
+
+    Dropped draws carry no gradient, so nothing pushes q out of a region the program
+    rejects, and the mean over the kept draws can even rise as q moves into it (entropy
+    gained, its worst draws dropped). Rejections in the far tails of q at the start (a
+    failed ODE solve at extreme parameters) fade as q concentrates; a growing share means
+    q is entering such a region, and the fit stops before its bound misleads.
+
+    Raises:
+        TargetError: more than :data:`MAX_REJECTED` of the draws were rejected.
+    """
+    rejected = int(keep.numel() - keep.sum())
+    if rejected > MAX_REJECTED * keep.numel():
+        raise TargetError(
+            f"target {target.name!r} rejected {rejected} of {keep.numel()} samples of q at "
+            f"step {step} (log p̃ = −inf: a failed solve, a domain error or a reject), e.g. "
+            f"{_example(~keep, z.detach(), context)}: q is moving into a region the program "
+            "cannot evaluate, where dropped draws give it no gradient; check the program "
+            "there, or give priors or bounds that keep the parameters where it can"
+        )
+    return rejected

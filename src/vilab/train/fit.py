@@ -27,7 +27,7 @@ from vilab.core.device import resolve_device, rng_state, set_rng_state
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import Family
 from vilab.targets.base import Target
-from vilab.train.faults import check_target
+from vilab.train.faults import check_rejections, check_target
 from vilab.train.guard import backward_checked
 from vilab.train.optim import load_optimizer_state, make_optimizer
 from vilab.train.schedule import apply_lr, progress
@@ -105,10 +105,12 @@ class Fitter(TrainerState):
         n, context = self.contexts(cfg.samples)
         s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value or watch)
         log_p = self.target.log_prob(s.z, context)
-        loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta).mean()
-        bound = elbo(log_p - s.log_q).mean().detach()
+        keep = ~torch.isneginf(log_p) if self.target.rejects else None  # Target.rejects
+        loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta, keep).mean()
+        bound = elbo(log_p - s.log_q, keep).mean().detach()
         self.optimizer.zero_grad(set_to_none=True)
         finite = backward_checked(loss, list(self.family.parameters()), cfg.optim.grad_clip)
+        finite = finite and (keep is None or bool(keep.any()))  # nothing kept: skipped
         fault = None
         if finite:  # a non-finite step is skipped (vilab.train.guard)
             self.optimizer.step()
@@ -124,6 +126,8 @@ class Fitter(TrainerState):
             self.convergence.observe(self.step, *self._sums.tolist())  # one read-back
             self._sums.zero_()
         values = {"bound": value, "beta": beta, "lr": lr}
+        if keep is not None and log_value:  # draws the target rejected (read back when logged)
+            values["rejected"] = check_rejections(self.target, keep, s.z, context, self.step)
         return StepResult(values, finite, fault)
 
     @property
