@@ -19,13 +19,13 @@ from vilab.train.stopping import Convergence
 NOISE = 0.05  # sd of one step's bound; a window mean of 100 steps has s.e. 0.005
 
 
-def feed(rule: Convergence, bound, steps: int, seed: int = 0) -> int | None:
+def feed(rule: Convergence, bound, steps: int, seed: int = 0, noise: float = NOISE) -> int | None:
     """Feeds ``bound(step, lr_scale) + noise`` at every step, window by window as a fit
     does; the step it stops at, or None."""
     rng = random.Random(seed)
     n = total = total_sq = 0.0
     for step in range(1, steps + 1):
-        v = bound(step, rule.lr_scale) + rng.gauss(0.0, NOISE)
+        v = bound(step, rule.lr_scale) + rng.gauss(0.0, noise)
         n, total, total_sq = n + 1, total + v, total_sq + v * v
         if step % rule.settings.window == 0:
             rule.observe(step, int(n), total, total_sq)
@@ -43,6 +43,18 @@ def test_a_settled_bound_stops_after_the_least_number_of_windows() -> None:
     assert stop == least and rule.reductions_done == s.reductions
     assert rule.lr_scale == pytest.approx(s.lr_factor**s.reductions)
     assert f"converged at step {least}" in rule.reason
+
+
+def test_a_bound_too_noisy_to_judge_never_stalls() -> None:
+    """A flat bound whose steps have sd 50 (window s.e. 5, se_Δ 5 > ``max_se`` = 1)
+    neither lowers the learning rate nor stops; the same stream with ``max_se`` = 100
+    stops at the least number of windows (so ``max_se`` alone is what keeps it going)."""
+    rule = Convergence(StopConfig())
+    assert feed(rule, lambda step, lr: 1.0, 20_000, noise=50.0) is None
+    assert rule.reductions_done == 0 and rule.lr_scale == 1.0
+    s = StopConfig(max_se=100.0)
+    least = (5 + 3 * s.reductions) * s.window
+    assert feed(Convergence(s), lambda step, lr: 1.0, 20_000, noise=50.0) == least
 
 
 def test_a_bound_that_settles_stops_only_after_it_has_settled() -> None:

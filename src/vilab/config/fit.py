@@ -150,13 +150,16 @@ class StopConfig(_Strict):
     learning rate constant until the bound stalls — its mean over the last two of four
     ``window``-step windows within max(``z`` standard errors, ``tol`` nats) of the two
     before, twice in a row — then multiplies it by ``lr_factor``, up to ``reductions``
-    times, and stops at the stall after that (or at ``steps``, the cap). Without ``auto``
-    a fit runs exactly ``steps`` steps with the configured schedule."""
+    times, and stops at the stall after that (or at ``steps``, the cap). Progress is not
+    judged while the standard error of that difference exceeds ``max_se`` nats (a bound
+    too noisy to say anything). Without ``auto`` a fit runs exactly ``steps`` steps with
+    the configured schedule."""
 
     auto: bool = True
     window: int = Field(100, ge=1)
     z: float = Field(2.0, gt=0)
     tol: float = Field(1e-3, ge=0)
+    max_se: float = Field(1.0, gt=0)
     lr_factor: float = Field(0.1, gt=0, lt=1)
     reductions: int = Field(2, ge=0)
     anneal_steps: int = Field(800, ge=0)

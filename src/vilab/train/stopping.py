@@ -17,7 +17,10 @@ read back once per window:
        Δ = ½ (m_k + m_{k−1}) − ½ (m_{k−2} + m_{k−3}),   se_Δ = ½ √(s_k² + … + s_{k−3}²);
 
    the fit *stalls* when Δ ≤ max(z · se_Δ, tol): the latest half is not better than the
-   half before by more than its noise (z = ``z``) and a tolerance in nats.
+   half before by more than its noise (z = ``z``) and a tolerance in nats — judged only
+   while se_Δ ≤ ``max_se`` nats. A bound noisier than that says nothing about progress
+   (gp_pois_regr from q's start: window means of −10⁸ to −10¹⁹, se_Δ ~ 10²⁶, which
+   without this bound "converged" at the earliest step, 1,100, with ELBO −6·10¹⁵).
 3. On a second stall in a row (one alone is a 2-s.e. event every few dozen windows even
    while the fit improves) the learning rate is multiplied by ``lr_factor`` (a smaller step lowers the
    noise floor of the iterates, so the bound usually rises at once); on a stall after
@@ -41,6 +44,7 @@ class _StopSettings(Protocol):
     window: int
     z: float
     tol: float
+    max_se: float
     lr_factor: float
     reductions: int
 
@@ -94,7 +98,7 @@ class Convergence:
         w = self.windows[-4:]
         delta = 0.5 * (w[3].mean + w[2].mean) - 0.5 * (w[1].mean + w[0].mean)
         se = 0.5 * math.sqrt(sum(x.se**2 for x in w))
-        if delta > max(s.z * se, s.tol):
+        if delta > max(s.z * se, s.tol) or not se <= s.max_se:  # (NaN se: not judged)
             self.stalls = 0
             return
         self.stalls += 1
