@@ -186,7 +186,11 @@ def test_a_planted_wrong_increment_is_caught(bug: str, monkeypatch) -> None:
 
 def test_a_planted_missing_metropolis_correction_is_caught(monkeypatch) -> None:
     """Accepting every leapfrog end point leaves f_t no longer invariant: biased."""
-    monkeypatch.setattr(ais_module, "_metropolis", lambda p: torch.ones_like(p, dtype=torch.bool))
+
+    def accept_all(log_ratio, proposal, grad):
+        return log_ratio.clamp(max=0.0).exp(), torch.ones_like(log_ratio, dtype=torch.bool)
+
+    monkeypatch.setattr(ais_module, "metropolis", accept_all)
     err, se = z_hat(eps=0.9)
     assert abs(err) > 4 * se, (err, se)
 

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from vilab.estimators.loglik import delta_stderr
-from vilab.samplers.hmc import hmc_step, log_prob_and_grad
+from vilab.samplers.hmc import hmc_step, log_prob_and_grad, metropolis
 
 LogProb = Callable[[Tensor], Tensor]
 
@@ -106,11 +106,6 @@ def _increment(b_prev: float, b: float, log_init: Tensor, log_target: Tensor) ->
     return (b - b_prev) * (log_target - log_init).double()
 
 
-def _metropolis(accept_prob: Tensor) -> Tensor:
-    """Accept each proposal with its probability (one uniform per chain)."""
-    return torch.rand_like(accept_prob) < accept_prob
-
-
 def _values_and_grads(
     log_init: LogProb, log_target: LogProb, z: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -154,11 +149,7 @@ def _fused_transition(
         g = a * gi_q + beta * gt_q
         p = p + (e if i < num_leapfrog - 1 else 0.5 * e) * g
     k1 = 0.5 * (p * p).sum(-1)
-    log_ratio = (a * li_q + beta * lt_q - k1) - (a * li + beta * lt - k0)
-    ok = torch.isfinite(log_ratio) & torch.isfinite(zq).all(-1) & torch.isfinite(g).all(-1)
-    log_ratio = torch.where(ok, log_ratio, torch.full_like(log_ratio, -math.inf))
-    prob = log_ratio.clamp(max=0.0).exp()
-    acc = _metropolis(prob)
+    prob, acc = metropolis((a * li_q + beta * lt_q - k1) - (a * li + beta * lt - k0), zq, g)
     keep = acc.unsqueeze(-1)
     new = (
         torch.where(keep, zq, z),

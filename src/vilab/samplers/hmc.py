@@ -91,6 +91,18 @@ class DualAveraging:
         return self.log_eps_bar.exp() if self.t else self.log_eps.exp()
 
 
+def metropolis(log_ratio: Tensor, proposal: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """The accept/reject of every chain's proposal: ``(accept_prob, accepted)``, ``(...)``,
+    with accept_prob = min(1, exp(log_ratio)) and one uniform per chain, drawn after the
+    proposal. A proposal whose log-ratio, state ``(..., D)`` or gradient ``(..., D)`` is not
+    finite is rejected (one finiteness test of the three: a sum times 0 is 0 if all its
+    terms are finite, NaN otherwise)."""
+    ok = torch.isfinite(log_ratio + (proposal.sum(-1) + grad.sum(-1)) * 0.0)
+    log_ratio = torch.where(ok, log_ratio, torch.full_like(log_ratio, -math.inf))
+    accept_prob = log_ratio.clamp(max=0.0).exp()
+    return accept_prob, torch.rand_like(accept_prob) < accept_prob
+
+
 def hmc_step(
     log_prob: LogProb,
     x: Tensor,
@@ -130,11 +142,7 @@ def hmc_step(
         lp, g = log_prob_and_grad(log_prob, xq)
         p = p + (eps if i < num_leapfrog - 1 else 0.5 * eps) * g
     k1 = 0.5 * (p * p * inv_m).sum(-1)
-    log_ratio = (lp - k1) - (lp0 - k0)
-    ok = torch.isfinite(log_ratio) & torch.isfinite(xq).all(-1) & torch.isfinite(g).all(-1)
-    log_ratio = torch.where(ok, log_ratio, torch.full_like(log_ratio, -math.inf))
-    accept_prob = log_ratio.clamp(max=0.0).exp()
-    accepted = torch.rand_like(accept_prob) < accept_prob
+    accept_prob, accepted = metropolis((lp - k1) - (lp0 - k0), xq, g)
     keep = accepted.unsqueeze(-1)
     x_new = torch.where(keep, xq, x)
     lp_new = torch.where(accepted, lp, lp0)
@@ -285,13 +293,7 @@ def hmc_trace(
                 lp, g, e = potential(xq)
                 p = p + 0.5 * eps * g
         k1 = 0.5 * (p * p).sum(-1)
-        log_ratio = (lp - k1) - (lp0 - k0)
-        # one finiteness test of log_ratio, x' and ∇ together: a sum times 0 is 0 if all
-        # its terms are finite (and NaN otherwise), a third of the three tests' time
-        ok = torch.isfinite(log_ratio + (xq.sum(-1) + g.sum(-1)) * 0.0)
-        log_ratio = torch.where(ok, log_ratio, torch.full_like(log_ratio, -math.inf))
-        accept_prob = log_ratio.clamp(max=0.0).exp()
-        accepted = torch.rand_like(accept_prob) < accept_prob
+        accept_prob, accepted = metropolis((lp - k1) - (lp0 - k0), xq, g)
         keep = accepted.unsqueeze(-1)
         x = torch.where(keep, xq, x)
         lp0 = torch.where(accepted, lp, lp0)
