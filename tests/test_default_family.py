@@ -19,6 +19,7 @@ from vilab.config import (
 )
 from vilab.config.family import SMALL_DIM, FlowConfig, default_stack
 from vilab.flows import AffineAutoregressive, SplineAutoregressive, Sylvester
+from vilab.flows.affine import FixedAffine
 from vilab.flows.iaf import IAF
 from vilab.train.fit import Fitter
 
@@ -67,10 +68,12 @@ def test_the_2d_default_family_is_unchanged_parameter_for_parameter() -> None:
 
 def test_a_10d_target_gets_the_affine_autoregressive_family() -> None:
     fitter = Fitter(load_fit_config(overrides=["target.name=funnel10", "samples=8"]))
-    flows = list(fitter.family.flows)
+    *flows, affine = list(fitter.family.flows)
     assert [type(f) for f in flows] == [AffineAutoregressive] * 3
     assert [f.order[0] for f in flows] == [0, 9, 0]  # the orders alternate
+    assert isinstance(affine, FixedAffine) and not affine.ready  # the pilot's, unset
     assert torch.isfinite(torch.tensor(fitter.train_step().values["bound"]))
+    assert affine.ready and fitter.pilot is not None
 
 
 def test_a_stored_config_keeps_the_rule(tmp_path) -> None:

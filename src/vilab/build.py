@@ -21,12 +21,14 @@ from vilab.config import (
     FlowConfig,
     TargetConfig,
     default_stack,
+    preconditions,
 )
 from vilab.config.base import validated
 from vilab.core.support import Bounds, describe_support
 from vilab.families.base import Family
 from vilab.families.gaussian import FullRankGaussian, MeanFieldGaussian, StandardNormal
 from vilab.families.semi_implicit import SemiImplicit
+from vilab.flows.affine import FixedAffine
 from vilab.flows.base import Flow
 from vilab.flows.coupling import AffineCoupling
 from vilab.flows.flow import FlowFamily, followed_by
@@ -152,23 +154,29 @@ def family_from_config(
     None) or amortized from a context of that size.
 
     With a ``support`` (a target's, in normal form: :func:`vilab.core.support.parse_support`)
-    the family is built on R^D and followed by
-    the bijection T onto it (:class:`~vilab.flows.support.SupportTransform`).
+    the family is built on R^D and followed by the bijection T onto it
+    (:class:`~vilab.flows.support.SupportTransform`). A family that is preconditioned
+    (:func:`~vilab.config.preconditions`) ends, before T, in the identity
+    :class:`~vilab.flows.affine.FixedAffine` that the fit's pilot sets
+    (:mod:`vilab.train.pilot`).
 
     Raises:
-        ValueError: a support with a family whose log q is an estimate (``uivi``): it has
-            no flow to extend.
+        ValueError: a support or a preconditioner with a family whose log q is an
+            estimate (``uivi``): it has no flow to extend.
     """
     family = FAMILIES[cfg.kind](cfg, dim, context_dim)
     onto = support_flow(support)
-    if onto is None:
+    tail: list[Flow] = [FixedAffine(dim)] if preconditions(cfg, dim, context_dim) else []
+    tail += [] if onto is None else [onto]
+    if not tail:
         return family
     if not family.exact_log_q:
+        what = "the target's support " + describe_support(onto.bounds) if onto else "a pilot"
         raise ValueError(
-            f"family.kind={cfg.kind!r} cannot be mapped onto the target's support "
-            f"{describe_support(onto.bounds)}: choose a flow or Gaussian family"
+            f"family.kind={cfg.kind!r} cannot be mapped onto {what}: choose a flow or "
+            "Gaussian family" + ("" if onto else ", or set family.precondition=none")
         )
-    return followed_by(family, [onto])
+    return followed_by(family, tail)
 
 
 def build_flows(

@@ -92,6 +92,7 @@ class FitJob:
             "target": fitter.target.name,
             "family": fitter.family_name,
             "parameters": sum(p.numel() for p in fitter.family.parameters()),
+            **({"pilot": fitter.pilot} if fitter.pilot is not None else {}),
         }
 
     def finish(

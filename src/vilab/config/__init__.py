@@ -15,7 +15,13 @@ from vilab.config.base import (
     parse_override,
     read_yaml,
 )
-from vilab.config.family import FamilyConfig, FlowConfig, anneals_by_default, default_stack
+from vilab.config.family import (
+    FamilyConfig,
+    FlowConfig,
+    anneals_by_default,
+    default_stack,
+    preconditions,
+)
 from vilab.config.fit import (
     FaultConfig,
     FitConfig,
@@ -59,6 +65,7 @@ __all__ = [
     "TrainOptimConfig",
     "anneals_by_default",
     "default_stack",
+    "preconditions",
     "dump_config",
     "load_fit_config",
     "load_train_config",

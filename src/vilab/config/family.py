@@ -1,6 +1,6 @@
 """The configuration of q: one kind of flow (:class:`FlowConfig`), the family built from
 flows or otherwise (:class:`FamilyConfig`), and vilab's default family by dimension
-(:func:`default_stack`, :func:`anneals_by_default`)."""
+(:func:`default_stack`, :func:`anneals_by_default`, :func:`preconditions`)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,35 @@ def anneals_by_default(family: FamilyConfig, dim: int) -> bool:
     garch11 reached z ≈ 42 (α₁ = 1 in double precision, log p̃ = −∞) in 2 of 3 seeds by
     step 65. Without it the same family matched zuko's MAF on Neal's funnel (60 CPU s: ELBO
     −0.01 against −0.56 annealed; zuko −0.01) and fitted garch11 like zuko's MAF."""
-    return not (family.kind == "stack" and family.stack is None and dim > SMALL_DIM)
+    return not _is_default_above_2d(family, dim)
+
+
+def _is_default_above_2d(family: FamilyConfig, dim: int) -> bool:
+    return family.kind == "stack" and family.stack is None and dim > SMALL_DIM
+
+
+def preconditions(family: FamilyConfig, dim: int, context_dim: int | None = None) -> bool:
+    """Whether a fit of ``family`` in dimension ``dim`` starts with the pilot of
+    :mod:`vilab.train.pilot` (``family.precondition``): ``laplace_path`` yes, ``none`` no,
+    ``auto`` for vilab's default family above 2-D on a single density (no context).
+
+    On posteriordb's posteriors, from q's start N(0, I) the default family spent its
+    budget finding the scale: diamonds (D = 26, regressors correlated near ±1) ended 16
+    reference sds off in its means and earnings (regressors on scales of 10⁴) 4.5, and
+    gp_pois_regr's bound started at −10⁸ to −10¹⁹ and diverged in one seed of three
+    (``benchmarks/posteriordb.py``, 120 CPU s). In 2-D the default is left as chosen.
+
+    Raises:
+        ValueError: ``laplace_path`` asked for an amortized family (a context).
+    """
+    if family.precondition == "laplace_path" and context_dim is not None:
+        raise ValueError(
+            "family.precondition=laplace_path needs a single density (no context): its "
+            "pilot fits one Gaussian to p; set family.precondition=none"
+        )
+    if family.precondition == "auto":
+        return context_dim is None and _is_default_above_2d(family, dim)
+    return family.precondition == "laplace_path"
 
 
 class FamilyConfig(FlowConfig):
@@ -102,9 +130,16 @@ class FamilyConfig(FlowConfig):
     starts at ``log_q_samples`` and doubles until the root mean square of the per-sample
     standard errors of log q(z) is at most that many nats, or K reaches
     ``max_log_q_samples`` (null: K stays ``log_q_samples``;
-    :meth:`vilab.families.noise_mixture.NoiseMixture.log_q_estimate`)."""
+    :meth:`vilab.families.noise_mixture.NoiseMixture.log_q_estimate`).
+
+    ``precondition``: ``laplace_path`` ends q in a fixed affine map z = m + L u set before
+    the first step by a pilot (the best Laplace approximation N(m, L Lᵀ) along an L-BFGS
+    path, :mod:`vilab.train.pilot`), so the flows work where p is near N(0, I); ``none``
+    does not; ``auto`` (default) does it for vilab's default family above 2-D
+    (:func:`preconditions`). Not for amortized families or a semi-implicit one."""
 
     kind: str = "stack"
+    precondition: Literal["auto", "none", "laplace_path"] = "auto"
     base: Literal["standard", "mean_field", "full_rank"] = "mean_field"
     stack: list[FlowConfig] | None = None
     noise_dim: int = Field(10, ge=1)

@@ -24,12 +24,14 @@ from torch import Tensor
 from vilab.build import family_from_config, target_from_config
 from vilab.config import FitConfig, anneals_by_default
 from vilab.core.device import resolve_device, rng_state, set_rng_state
+from vilab.core.progress import say
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import Family
 from vilab.targets.base import Target
 from vilab.train.faults import check_rejections, check_target
 from vilab.train.guard import backward_checked
 from vilab.train.optim import load_optimizer_state, make_optimizer
+from vilab.train.pilot import precondition
 from vilab.train.schedule import apply_lr, progress
 from vilab.train.state import TrainerState
 from vilab.train.steps import StepResult
@@ -80,6 +82,9 @@ class Fitter(TrainerState):
                 f"{self.family_name!r} cannot (a semi-implicit family, or a flow of yours "
                 "without an inverse): set objective.stl=false"
             )
+        #: what the pilot found (:mod:`vilab.train.pilot`), once it has run in this process
+        self.pilot: dict[str, float | int] | None = None
+        self._pilot_checked = False
         self.convergence = Convergence(config.stop)
         # the stopping rule's window: steps, Σ bound, Σ bound² (float64, on the device)
         self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -100,6 +105,8 @@ class Fitter(TrainerState):
         ``log_value=False`` lets a family skip a costly log q(z) value (semi-implicit: an
         importance-sampled estimate) that only the logged bound needs."""
         cfg, obj = self.config, self.config.objective
+        if not self._pilot_checked:
+            self._run_pilot()
         beta, lr = self._schedule()
         watch = cfg.stop.auto and beta >= 1.0 and (log_value or self.family.exact_log_q)
         n, context = self.contexts(cfg.samples)
@@ -129,6 +136,21 @@ class Fitter(TrainerState):
         if keep is not None and log_value:  # draws the target rejected (read back when logged)
             values["rejected"] = check_rejections(self.target, keep, s.z, context, self.step)
         return StepResult(values, finite, fault)
+
+    def _run_pilot(self) -> None:
+        """Before the first step of a new run, set a preconditioned family's affine map
+        (:func:`vilab.train.pilot.precondition`; a resumed run has it in its checkpoint)."""
+        self._pilot_checked = True
+        found = precondition(self.family, self.target, self.dtype, self.device, self.config.seed)
+        if found is None:
+            return
+        self.pilot = found.summary()
+        where = "N(0, I) kept" if found.chosen < 0 else f"iterate {found.chosen}"
+        say(
+            f"vilab: pilot: Laplace approximation at L-BFGS {where} of {found.iterations}, "
+            f"ELBO {found.elbo:.6g} (N(0, I): {found.start_elbo:.6g}); "
+            f"{found.evaluations} evaluations, {found.seconds:.1f} s"
+        )
 
     @property
     def stop_reason(self) -> str | None:
@@ -182,6 +204,7 @@ class Fitter(TrainerState):
 
     def load_own_state(self, state: dict[str, Any]) -> None:
         self.family.load_state_dict(state["family"])
+        self._pilot_checked = False  # (a rollback to the start has an unset map)
         load_optimizer_state(self.optimizer, state["optimizer"])
         set_rng_state(state["rng"], self.device)
         if "convergence" in state:  # (checkpoints before the rule have none)

@@ -1,0 +1,301 @@
+"""The pilot that preconditions a fit: Gaussian approximations along an optimizer's path to
+the mode, the best of them by its ELBO (``family.precondition: laplace_path``).
+
+From x₀ = 0, L-BFGS (strong Wolfe line search) climbs log p̃ and leaves iterates
+x₀, x₁, …, x_T. At up to ``candidates`` of them, spread evenly along the path (the last
+always among them), the Hessian H = ∇² log p̃(x_t) is taken by central differences of the
+gradient (2D gradients in one batch, symmetrized), and where −H is positive definite the
+iterate proposes the Laplace approximation
+
+    q_t = N(x_t, Σ_t),   Σ_t = (−H)⁻¹ = L_t L_tᵀ,
+    ELBO(q_t) ≈ (1/M) Σ_m [log p̃(x_t + L_t ε_m) − log N(ε_m; 0, I) + Σᵢ log (L_t)ᵢᵢ],
+
+each scored on the same M draws ε_m ~ N(0, I). The proposal of highest ELBO wins, the
+start N(0, I) among them (a pilot never leaves a fit worse off by its own measure). This is
+Pathfinder's rule (Zhang, Carpenter, Gelman & Vehtari 2022, JMLR 23(306), §2): choosing
+by ELBO rather than taking the mode is what keeps it sound where the mode is a
+pole of the density, as in hierarchical funnels (eight schools centred: log p̃ → ∞ as
+τ → 0), where the path's early Gaussians win; the Hessians are exact (up to the difference
+quotient) instead of Pathfinder's L-BFGS estimate, which D ≤ :data:`MAX_DIM` affords.
+
+The winner (m, L) is set on the family's :class:`~vilab.flows.affine.FixedAffine`, the
+flows before it then start near N(0, I) in coordinates where p is near N(0, I) too.
+
+Cost: T + line-search evaluations of one point, plus ``candidates`` × (2D + M) points;
+on posteriordb's diamonds (D = 26) a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from vilab.families.base import Family
+from vilab.families.gaussian import std_normal_log_prob
+from vilab.flows.affine import FixedAffine
+from vilab.flows.base import Flow
+from vilab.targets.base import Target
+
+#: The largest dimension the pilot serves (a dense D × D Hessian from 2D gradients).
+MAX_DIM = 1000
+
+LogDensity = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class PilotResult:
+    """The Gaussian N(``shift``, ``scale_tril`` ``scale_tril``ᵀ) a pilot chose, float64.
+
+    Attributes:
+        elbo: its ELBO estimate; ``start_elbo`` that of N(0, I) on the same draws.
+        chosen: the L-BFGS iterate it is centred on (−1: N(0, I), nothing better found).
+        iterations: L-BFGS iterations run; ``candidates``: Laplace approximations tried,
+            ``proper``: those with −H positive definite and finite log p̃ at every draw.
+        evaluations: points at which log p̃ (and its gradient) was evaluated.
+        seconds: wall time of the pilot.
+    """
+
+    shift: Tensor
+    scale_tril: Tensor
+    elbo: float
+    start_elbo: float
+    chosen: int
+    iterations: int
+    candidates: int
+    proper: int
+    evaluations: int
+    seconds: float
+
+    def summary(self) -> dict[str, float | int]:
+        """The scalars, for ``metrics.json``."""
+        return {k: v for k, v in asdict(self).items() if not isinstance(v, Tensor)}
+
+
+class _Counted:
+    """``f`` with a count of the points it was evaluated at."""
+
+    def __init__(self, f: LogDensity) -> None:
+        self.f, self.points = f, 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.points += x.shape[0]
+        return self.f(x)
+
+
+def lbfgs_path(
+    f: LogDensity, x0: Tensor, max_iter: int = 1000, tol: float = 1e-9, history: int = 10
+) -> list[Tensor]:
+    """Iterates ``[x₀, …, x_T]`` of L-BFGS (Nocedal & Wright 2006, Algorithm 7.4: the
+    two-loop recursion over the last ``history`` pairs, H₀ = sᵀy / yᵀy) maximizing ``f``
+    ``(N, D) -> (N,)`` from ``x0 (D,)``, with a backtracking line search: the step halves
+    until log p̃ is finite and rises by at least 10⁻⁴ of the step's first-order gain (the
+    first step is at most 1 in ℓ₂, so a gradient of 10⁶ at the start does not throw x
+    where p̃ overflows). Stops after ``max_iter`` iterations, when log p̃ rises by less
+    than ``tol`` (relative), or when no step is accepted."""
+    x, (value, grad) = x0, _value_grad(f, x0)
+    path: list[Tensor] = [x0]
+    if grad is None:
+        return path
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for _ in range(max_iter):
+        step = _direction(grad, pairs)
+        gain = float(grad @ step)
+        if not gain > 0:  # (not an ascent direction: start afresh along the gradient)
+            pairs, step = [], _direction(grad, [])
+            gain = float(grad @ step)
+        t, found = 1.0, None
+        for _ in range(60):
+            new_value, new_grad = _value_grad(f, x + t * step)
+            if new_grad is not None and new_value >= value + 1e-4 * t * gain:
+                found = (x + t * step, new_value, new_grad)
+                break
+            t *= 0.5
+        if found is None:
+            break
+        new_x, new_value, new_grad = found
+        s, y = new_x - x, grad - new_grad  # y: the change of ∇(−log p̃)
+        if float(s @ y) > 1e-12 * float(y @ y):  # curvature: keep H positive definite
+            pairs = [*pairs[-(history - 1) :], (s, y)]
+        rise = new_value - value
+        x, value, grad = new_x, new_value, new_grad
+        path.append(x)
+        if rise <= tol * max(1.0, abs(value)):
+            break
+    return path
+
+
+def _value_grad(f: LogDensity, x: Tensor) -> tuple[float, Tensor | None]:
+    """log p̃(x) and its gradient; (−inf, None) where either is not finite."""
+    x = x.detach().requires_grad_(True)
+    value = f(x.unsqueeze(0)).squeeze(0)
+    if not bool(torch.isfinite(value)):
+        return -math.inf, None
+    (grad,) = torch.autograd.grad(value, x)
+    return (float(value.detach()), grad) if bool(torch.isfinite(grad).all()) else (-math.inf, None)
+
+
+def _direction(grad: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """The ascent step H ∇log p̃ by the two-loop recursion (no pairs yet: the gradient,
+    scaled to length at most 1)."""
+    if not pairs:
+        return grad / max(1.0, float(grad.norm()))
+    q, alphas = -grad, []
+    for s, y in reversed(pairs):
+        alpha = float(s @ q) / float(y @ s)
+        q = q - alpha * y
+        alphas.append(alpha)
+    s, y = pairs[-1]
+    r = q * (float(s @ y) / float(y @ y))
+    for (s, y), alpha in zip(pairs, reversed(alphas), strict=True):
+        r = r + s * (alpha - float(y @ r) / float(y @ s))
+    return -r
+
+
+def hessian(f: LogDensity, x: Tensor, computed_in: torch.dtype | None = None) -> Tensor:
+    """∇² f at ``x (D,)`` by central differences of the gradient, step
+    h_i = ε^{1/3} max(1, |x_i|) (ε: the machine epsilon of ``computed_in``, the dtype f
+    computes in; default x's), symmetrized: ``(D, D)``."""
+    d = x.shape[0]
+    h = torch.finfo(computed_in or x.dtype).eps ** (1 / 3) * x.abs().clamp(min=1.0)
+    steps = torch.diag(h)
+    points = torch.cat([x + steps, x - steps]).requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(points).sum(), points)
+    cols = (grad[:d] - grad[d:]) / (2 * h[:, None])  # row i: ∂∇f/∂x_i
+    return 0.5 * (cols + cols.T)
+
+
+def laplace(f: LogDensity, x: Tensor, computed_in: torch.dtype | None = None) -> Tensor | None:
+    """L with L Lᵀ = (−∇² f(x))⁻¹, or None where −∇² f(x) is not positive definite
+    (``computed_in``: see :func:`hessian`)."""
+    chol, info = torch.linalg.cholesky_ex(-hessian(f, x, computed_in))
+    if int(info) != 0:
+        return None
+    scale, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol))
+    return scale if int(info) == 0 and bool(torch.isfinite(scale).all()) else None
+
+
+def gaussian_elbo(
+    f: LogDensity, m: Tensor, scale_tril: Tensor, eps: Tensor, rejects: bool
+) -> float:
+    """The ELBO of N(m, L Lᵀ) on the draws ``eps (M, D)``: −inf where log p̃ is not finite at
+    some draw (for a target that ``rejects``, at more than a tenth of them; the rest are
+    averaged)."""
+    with torch.no_grad():
+        log_p = f(m + eps @ scale_tril.T)
+    log_q = std_normal_log_prob(eps) - scale_tril.diagonal().log().sum()
+    w = log_p - log_q
+    finite = torch.isfinite(w)
+    if not bool(finite.all()) and not (rejects and float(finite.double().mean()) >= 0.9):
+        return -math.inf
+    return float(w[finite].mean())
+
+
+def laplace_path(
+    f: LogDensity,
+    dim: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    max_iter: int = 1000,
+    candidates: int = 16,
+    draws: int = 64,
+    rejects: bool = False,
+    generator: torch.Generator | None = None,
+) -> PilotResult:
+    """The pilot of the module docstring for ``f`` ``(N, D) -> (N,)`` on R^``dim``,
+    evaluated in ``dtype`` (the pilot's own arithmetic is float64).
+
+    Raises:
+        ValueError: ``dim`` above :data:`MAX_DIM`.
+    """
+    if dim > MAX_DIM:
+        raise ValueError(
+            f"family.precondition=laplace_path needs D ≤ {MAX_DIM} (a dense Hessian), got "
+            f"D = {dim}: set family.precondition=none"
+        )
+    start, counted = time.perf_counter(), _Counted(lambda x: f(x.to(dtype)).double())
+    path = lbfgs_path(counted, torch.zeros(dim, dtype=torch.float64), max_iter)
+    picks = sorted({round(i) for i in torch.linspace(0, len(path) - 1, candidates).tolist()})
+    eps = torch.randn(draws, dim, generator=generator, dtype=torch.float64)
+    zero, eye = torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64)
+    best = (gaussian_elbo(counted, zero, eye, eps, rejects), -1, zero, eye)
+    start_elbo, proper = best[0], 0
+    for t in picks:
+        scale = laplace(counted, path[t], dtype)
+        if scale is None:
+            continue
+        value = gaussian_elbo(counted, path[t], scale, eps, rejects)
+        proper += math.isfinite(value)
+        if value > best[0]:
+            best = (value, t, path[t], scale)
+    return PilotResult(
+        shift=best[2],
+        scale_tril=best[3],
+        elbo=best[0],
+        start_elbo=start_elbo,
+        chosen=best[1],
+        iterations=len(path) - 1,
+        candidates=len(picks),
+        proper=proper,
+        evaluations=counted.points,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def pending(family: Family) -> tuple[FixedAffine, list[Flow]] | None:
+    """The family's :class:`~vilab.flows.affine.FixedAffine` that no pilot has set yet and
+    the flows after it (a support's bijection), or None."""
+    flows = list(getattr(family, "flows", []))
+    for i, flow in enumerate(flows):
+        if isinstance(flow, FixedAffine) and not bool(flow.ready):
+            return flow, flows[i + 1 :]
+    return None
+
+
+def precondition(
+    family: Family, target: Target, dtype: torch.dtype, device: torch.device, seed: int
+) -> PilotResult | None:
+    """Run :func:`laplace_path` on the density the family's pending
+    :class:`~vilab.flows.affine.FixedAffine` sees, p̃(T(x)) |det ∂T/∂x| (T: the flows after
+    it, a support's bijection) on ``device``, in float64 where the target computes in it
+    (else the fit's ``dtype``), and set the map to the
+    chosen Gaussian; None when nothing is pending. ``seed`` seeds the pilot's draws (its
+    own generator: the fit's random stream is untouched)."""
+    found = pending(family)
+    if found is None:
+        return None
+    affine, tail = found
+
+    def log_density(x: Tensor) -> Tensor:  # in x's dtype
+        x = x.to(device=device)
+        total = x.new_zeros(x.shape[:-1])
+        for flow in tail:
+            x, logdet = flow(x)
+            total = total + logdet
+        return (target.log_prob(x) + total).to(device="cpu", dtype=torch.float64)
+
+    result = laplace_path(
+        log_density,
+        affine.dim,
+        dtype=_precise(log_density, affine.dim, device.type, dtype),
+        rejects=target.rejects,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    affine.set_(result.shift, result.scale_tril)
+    return result
+
+
+def _precise(f: LogDensity, dim: int, device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """float64 where ``f`` computes in it (the Hessian's differences need the digits), else
+    the fit's ``dtype``."""
+    if device_type == "mps":  # (no float64 there)
+        return dtype
+    try:
+        f(torch.zeros(1, dim, dtype=torch.float64))
+    except (RuntimeError, TypeError):
+        return dtype
+    return torch.float64
