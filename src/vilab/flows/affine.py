@@ -64,6 +64,10 @@ class FixedAffine(Flow):
             self.scale_tril.copy_(scale_tril)
             self.ready.fill_(True)
 
+    @property
+    def awaits_pilot(self) -> bool:  # type: ignore[override]
+        return not bool(self.ready)
+
     def _log_det(self, like: Tensor) -> Tensor:
         return self.scale_tril.diagonal().log().sum().to(like.dtype)
 

@@ -47,6 +47,9 @@ class Flow(nn.Module):
 
     dim: int
     num_layers: int = 1
+    #: whether the flow waits for a fit's pilot to set it (:class:`~vilab.flows.affine.
+    #: FixedAffine` before :mod:`vilab.train.pilot` has run)
+    awaits_pilot: bool = False
     inverse_tol: float | None = None
     last_inverse_residual: float | None = None
 

@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -172,7 +173,10 @@ def hessian(f: LogDensity, x: Tensor, computed_in: torch.dtype | None = None) ->
 def laplace(f: LogDensity, x: Tensor, computed_in: torch.dtype | None = None) -> Tensor | None:
     """L with L Lᵀ = (−∇² f(x))⁻¹, or None where −∇² f(x) is not positive definite
     (``computed_in``: see :func:`hessian`)."""
-    chol, info = torch.linalg.cholesky_ex(-hessian(f, x, computed_in))
+    precision = -hessian(f, x, computed_in)
+    if not bool(torch.isfinite(precision).all()):
+        return None
+    chol, info = torch.linalg.cholesky_ex(precision)
     if int(info) != 0:
         return None
     scale, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol))
@@ -251,8 +255,8 @@ def pending(family: Family) -> tuple[FixedAffine, list[Flow]] | None:
     the flows after it (a support's bijection), or None."""
     flows = list(getattr(family, "flows", []))
     for i, flow in enumerate(flows):
-        if isinstance(flow, FixedAffine) and not bool(flow.ready):
-            return flow, flows[i + 1 :]
+        if flow.awaits_pilot:
+            return cast(FixedAffine, flow), flows[i + 1 :]
     return None
 
 
