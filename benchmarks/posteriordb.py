@@ -21,6 +21,9 @@ Monte Carlo standard error). ``--posteriors`` also takes the suite's targets wit
 answers (``funnel10``, …: :data:`vilab.targets.suite.SUITE`; errors against their closed
 forms, no W1), tabled but outside the goals; ``--methods default_2d`` adds vilab's
 default for D ≤ 2 (:func:`vilab.config.default_stack` (2)) as a method of its own.
+``--reuse FILE`` (an earlier run's ``--json``, same budget, card size and clock) puts its
+fits into the tables instead of running them again: run the peers once, then only what
+changed.
 
 Goals (issue 18): on ≥ 13 of the 15 posteriors vilab's default reaches k̂ < 0.7 and
 PSIS-corrected mean and sd errors < 0.1 reference sd; W1 ≤ 1.1 × floor on all; vilab's
@@ -31,6 +34,7 @@ above it). A posterior without reference draws is skipped with a note.
     python benchmarks/posteriordb.py --quick    # 10 s fits on 2 posteriors: every code path
     python benchmarks/posteriordb.py --posteriors eight_schools-eight_schools_centered \
         funnel10 --methods default zuko_maf pyro_iaf --seconds 60 --seeds 3
+    python benchmarks/posteriordb.py --methods default zuko_maf --reuse before.json
 """
 
 from __future__ import annotations
@@ -314,6 +318,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="draws of q per card [20000]")
     p.add_argument("--jobs", type=int, default=2, help="fits at a time [2]")
     p.add_argument("--posteriors", nargs="+", choices=[*POSTERIORS, *SUITE], default=None)
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="the --json file of an earlier run: its fits of the same budget are not run "
+        "again but enter the tables (repeatable)",
+    )
     methods = [*VILAB, *peers()]
     p.add_argument("--methods", nargs="+", choices=[*methods, *OPTIONAL], default=methods)
     args = p.parse_args(argv)
@@ -368,8 +380,11 @@ def main(argv: list[str] | None = None) -> None:
         for p in kept
         for m in args.methods
     ]
-    print(f"{len(calls)} fits …", file=sys.stderr, flush=True)
-    fits = run_parallel(fit_one, calls, args.jobs)
+    done = reused(args.reuse, args.seconds, args.samples, args.clock)
+    calls = [c for c in calls if c[:2] + (c[4],) not in done]
+    print(f"{len(calls)} fits ({len(done)} reused) …", file=sys.stderr, flush=True)
+    fits = [f for f in done.values() if f.target in kept and f.method in args.methods]
+    fits += run_parallel(fit_one, calls, args.jobs)
     by = {p: summaries([f for f in fits if f.target == p]) for p in kept}
     for p, rows in by.items():
         print(table(p, rows, args.clock))
@@ -383,6 +398,30 @@ def main(argv: list[str] | None = None) -> None:
     out["fits"] = [dataclasses.asdict(f) for f in fits]
     out["skipped"] = skipped
     report_goals(out, goals(by, skipped, args.quick), args.json)
+
+
+def reused(
+    paths: list[Path], seconds: float, samples: int, clock: str
+) -> dict[tuple[str, str, int], PosteriorFit]:
+    """The fits of earlier runs' ``--json`` files, by (posterior, method, seed).
+
+    Raises:
+        SystemExit: a file run with another budget, card size or clock (its fits would not
+            compare)."""
+    fits: dict[tuple[str, str, int], PosteriorFit] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        a = data.get("args", {})
+        theirs = (a.get("seconds"), a.get("samples"), a.get("clock", "cpu"))
+        if theirs != (seconds, samples, clock):
+            sys.exit(
+                f"--reuse {path}: run with seconds, samples, clock = {theirs}, this run "
+                f"{(seconds, samples, clock)}: its fits do not compare"
+            )
+        for d in data["fits"]:
+            f = PosteriorFit(**d)
+            fits[(f.target, f.method, f.seed)] = f
+    return fits
 
 
 def plural_seeds(n: int) -> str:

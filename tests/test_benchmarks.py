@@ -229,6 +229,18 @@ def _card(elbo: float, khat: float = 0.5, err: float = 0.05, draws: bool = True)
     return {"elbo": elbo, "elbo_stderr": 0.01, "khat": khat, key: ref}
 
 
+def test_posteriordb_benchmark_reuses_fits_of_the_same_budget_only(tmp_path):
+    posteriordb = __import__("posteriordb")
+    fit = posteriordb.PosteriorFit(target="arK-arK", method="zuko_maf", seed=2, card={"elbo": 1})
+    args = {"seconds": 120.0, "samples": 20000, "clock": "cpu"}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"args": args, "fits": [dataclasses.asdict(fit)]}))
+    done = posteriordb.reused([path], 120.0, 20000, "cpu")
+    assert done == {("arK-arK", "zuko_maf", 2): fit}
+    with pytest.raises(SystemExit, match="do not compare"):
+        posteriordb.reused([path], 60.0, 20000, "cpu")
+
+
 def test_posteriordb_benchmark_options_clock_seeds_suite_targets_and_optional_methods():
     posteriordb = __import__("posteriordb")
     full = posteriordb.parse_args([])
