@@ -1,7 +1,7 @@
 """The pilot that preconditions a fit: Gaussian approximations along an optimizer's path to
 the mode, the best of them by its ELBO (``family.precondition: laplace_path``).
 
-From x₀ = 0, L-BFGS (strong Wolfe line search) climbs log p̃ and leaves iterates
+From x₀ = 0, L-BFGS (:func:`lbfgs_path`) climbs log p̃ and leaves iterates
 x₀, x₁, …, x_T. At up to ``candidates`` of them, spread evenly along the path (the last
 always among them), the Hessian H = ∇² log p̃(x_t) is taken by central differences of the
 gradient (2D gradients in one batch, symmetrized), and where −H is positive definite the
