@@ -120,9 +120,9 @@ def test_hessian_by_differences_equals_the_exact_one() -> None:
 def test_on_a_gaussian_the_pilot_finds_it_and_its_elbo_is_log_z() -> None:
     mean, cov = correlated_gaussian(5)
     r = pilot.laplace_path(mvn_log_prob(mean, cov), 5, generator=torch.Generator().manual_seed(0))
-    assert r.chosen >= 0 and r.proper >= 1 and r.iterations >= 1
-    sds = cov.diagonal().sqrt()
-    assert ((r.shift - mean).abs() / sds).max() < 0.05
+    assert r.chosen >= 0 and r.proper >= 1 and r.iterations >= 1 and r.candidates <= 4 * 8
+    sds = cov.diagonal().sqrt()  # (an iterate near the mode may win on the ELBO's noise)
+    assert ((r.shift - mean).abs() / sds).max() < 0.2
     fitted = r.scale_tril @ r.scale_tril.T
     assert torch.allclose(fitted / (sds[:, None] * sds), cov / (sds[:, None] * sds), atol=1e-4)
     assert abs(r.elbo) < 0.01 and r.start_elbo < -1e6  # normalized: log Z = 0
@@ -141,6 +141,25 @@ def test_the_start_is_kept_when_no_laplace_approximation_beats_it() -> None:
     r = pilot.laplace_path(funnel, 10, generator=torch.Generator().manual_seed(0))
     assert r.chosen == -1 and r.elbo == r.start_elbo
     assert torch.equal(r.scale_tril, torch.eye(10, dtype=F64))
+
+
+def test_random_starts_find_the_mode_of_most_mass() -> None:
+    """Two modes: 5 % of the mass near the start at (0.2, 0.2) (sd 0.2), 95 % at (−1, −1)
+    (sd 0.5). The path from 0 ends at the minor mode; a path from a random start finds the
+    major one and its Laplace approximation wins (ELBO ≈ log 0.95). One path would fail
+    this (as it did on posteriordb's lotka_volterra)."""
+
+    def two_modes(z: torch.Tensor) -> torch.Tensor:
+        minor = torch.distributions.Normal(0.2, 0.2).log_prob(z).sum(-1) + math.log(0.05)
+        major = torch.distributions.Normal(-1.0, 0.5).log_prob(z).sum(-1) + math.log(0.95)
+        return torch.logaddexp(minor, major)
+
+    g = torch.Generator().manual_seed(0)
+    from_zero = pilot.lbfgs_path(two_modes, torch.zeros(2, dtype=F64))
+    assert torch.allclose(from_zero[-1], torch.full((2,), 0.2, dtype=F64), atol=0.05)
+    r = pilot.laplace_path(two_modes, 2, generator=g)
+    assert r.path > 0 and torch.allclose(r.shift, torch.full((2,), -1.0, dtype=F64), atol=0.05)
+    assert r.elbo > math.log(0.95) - 0.1
 
 
 def test_a_density_that_is_minus_inf_at_the_start_leaves_the_identity() -> None:
@@ -169,14 +188,14 @@ def kl_of(fitter: Fitter) -> float:
 
 
 def test_a_preconditioned_default_fit_of_a_badly_scaled_posterior_is_close_at_once() -> None:
-    """The same 300 steps of the default family on a 5-D Gaussian with scales of 10⁻⁴ and
+    """The same 100 steps of the default family on a 5-D Gaussian with scales of 10⁻⁴ and
     correlations near ±1: with the pilot KL < 0.05, without it KL > 100."""
     mean, cov = correlated_gaussian(5)
     torch.manual_seed(0)
     with_pilot = fitter_for(mean, cov)
     without = fitter_for(mean, cov, "family.precondition=none")
     for fitter in (with_pilot, without):
-        for _ in range(300):
+        for _ in range(100):
             fitter.train_step(log_value=False)
     assert with_pilot.pilot is not None and without.pilot is None
     assert kl_of(with_pilot) < 0.05 < 100 < kl_of(without)

@@ -145,11 +145,15 @@ class Fitter(TrainerState):
         if found is None:
             return
         self.pilot = found.summary()
-        where = "N(0, I) kept" if found.chosen < 0 else f"iterate {found.chosen}"
+        where = (
+            "none better than N(0, I)"
+            if found.chosen < 0
+            else f"Laplace approximation at path {found.path} iterate {found.chosen}"
+        )
         say(
-            f"vilab: pilot: Laplace approximation at L-BFGS {where} of {found.iterations}, "
-            f"ELBO {found.elbo:.6g} (N(0, I): {found.start_elbo:.6g}); "
-            f"{found.evaluations} evaluations, {found.seconds:.1f} s"
+            f"vilab: pilot: {where}, ELBO {found.elbo:.6g} (N(0, I): {found.start_elbo:.6g}); "
+            f"{found.iterations} L-BFGS iterations, {found.evaluations} evaluations, "
+            f"{found.seconds:.1f} s"
         )
 
     @property
