@@ -120,7 +120,7 @@ def test_hessian_by_differences_equals_the_exact_one() -> None:
 def test_on_a_gaussian_the_pilot_finds_it_and_its_elbo_is_log_z() -> None:
     mean, cov = correlated_gaussian(5)
     r = pilot.laplace_path(mvn_log_prob(mean, cov), 5, generator=torch.Generator().manual_seed(0))
-    assert r.chosen >= 0 and r.proper >= 1 and r.iterations >= 1 and r.candidates <= 4 * 8
+    assert r.chosen >= 0 and r.proper >= 1 and r.iterations >= 1 and r.candidates <= 8 * 6
     sds = cov.diagonal().sqrt()  # (an iterate near the mode may win on the ELBO's noise)
     assert ((r.shift - mean).abs() / sds).max() < 0.2
     fitted = r.scale_tril @ r.scale_tril.T

@@ -1,7 +1,7 @@
 """The pilot that preconditions a fit: Gaussian approximations along an optimizer's path to
 the mode, the best of them by its ELBO (``family.precondition: laplace_path``).
 
-From x₀ = 0 and from three random starts (:func:`starts`), L-BFGS (:func:`lbfgs_path`)
+From x₀ = 0 and from seven random starts (:func:`starts`), L-BFGS (:func:`lbfgs_path`)
 climbs log p̃ and leaves iterates x₀, x₁, …, x_T. At up to ``candidates`` of them on each
 path, spread evenly along it (the last always among them), the Hessian H = ∇² log p̃(x_t) is taken by central differences of the
 gradient (2D gradients in one batch, symmetrized), and where −H is positive definite the
@@ -22,7 +22,7 @@ The winner (m, L) is set on the family's :class:`~vilab.flows.affine.FixedAffine
 flows before it then start near N(0, I) in coordinates where p is near N(0, I) too.
 
 Cost per path: T + line-search evaluations of one point, plus ``candidates`` × (2D + M)
-points; on posteriordb's posteriors 0.1–8 s for all four paths.
+points; on posteriordb's posteriors 0.1–8 s for all eight paths.
 """
 
 from __future__ import annotations
@@ -219,9 +219,9 @@ def laplace_path(
     dim: int,
     *,
     dtype: torch.dtype = torch.float64,
-    paths: int = 4,
+    paths: int = 8,
     max_iter: int = 1000,
-    candidates: int = 8,
+    candidates: int = 6,
     draws: int = 64,
     rejects: bool = False,
     generator: torch.Generator | None = None,
@@ -282,7 +282,9 @@ def starts(
     times until log p̃ is finite there (a start that never is, is left out). Several paths
     are what find the mode of most mass where the density has several: on posteriordb's
     lotka_volterra the path from 0 ends at a local mode (log p̃ −49.5, its Laplace ELBO
-    −58.5) and two of five random starts at the main one (−9.6 and −24.4)."""
+    −58.5) and two of five random starts at the main one (−9.6 and −24.4). With 4 paths
+    the pilot missed the main mode for 1 of 6 seeds, with 8 (the default) for none, at
+    2.5–3.0 s against 1.5–2.3 s."""
     out = [torch.zeros(dim, dtype=torch.float64)]
     for _ in range(paths - 1):
         x = 4 * torch.rand(tries, dim, generator=generator, dtype=torch.float64) - 2
