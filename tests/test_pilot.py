@@ -167,6 +167,19 @@ def test_a_density_that_is_minus_inf_at_the_start_leaves_the_identity() -> None:
     assert r.chosen == -1 and r.iterations == 0 and r.elbo == -math.inf
 
 
+def test_a_target_that_raises_far_out_is_minus_inf_there() -> None:
+    """A density that raises (as a Pyro distribution does for a scale of 0) where
+    ‖z‖ > 5: the pilot treats those points as log p̃ = −inf and still finds N(0, I)."""
+
+    def picky(z: torch.Tensor) -> torch.Tensor:
+        if bool((z.norm(dim=-1) > 5).any()):
+            raise ValueError("scale must be positive")
+        return -0.5 * (z**2).sum(-1)
+
+    r = pilot.laplace_path(picky, 2, generator=torch.Generator().manual_seed(0))
+    assert math.isfinite(r.elbo) and torch.allclose(r.shift, torch.zeros(2, dtype=F64), atol=1e-4)
+
+
 def test_the_pilot_refuses_a_dimension_above_its_limit() -> None:
     with pytest.raises(ValueError, match="precondition=none"):
         pilot.laplace_path(lambda z: -(z**2).sum(-1), pilot.MAX_DIM + 1)

@@ -80,14 +80,22 @@ class PilotResult:
 
 
 class _Counted:
-    """``f`` with a count of the points it was evaluated at."""
+    """``f`` with a count of the points it was evaluated at. A point where ``f`` raises
+    (a Pyro model's distribution refusing a scale that underflowed to 0 as the path runs
+    down a funnel's neck) counts as log p̃ = −inf: a batch that raises is evaluated again
+    point by point. The fit itself still raises there: only the pilot looks so far out."""
 
     def __init__(self, f: LogDensity) -> None:
         self.f, self.points = f, 0
 
     def __call__(self, x: Tensor) -> Tensor:
         self.points += x.shape[0]
-        return self.f(x)
+        try:
+            return self.f(x)
+        except (ValueError, RuntimeError, FloatingPointError):
+            if x.shape[0] == 1:
+                return x.sum(-1) * 0 - math.inf  # (connected to x: its gradient is 0)
+            return torch.cat([self(row.unsqueeze(0)) for row in x])
 
 
 def lbfgs_paths(
