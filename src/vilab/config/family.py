@@ -102,7 +102,9 @@ def preconditions(family: FamilyConfig, dim: int, context_dim: int | None = None
     budget finding the scale: diamonds (D = 26, regressors correlated near ±1) ended 16
     reference sds off in its means and earnings (regressors on scales of 10⁴) 4.5, and
     gp_pois_regr's bound started at −10⁸ to −10¹⁹ and diverged in one seed of three
-    (``benchmarks/posteriordb.py``, 120 CPU s). In 2-D the default is left as chosen.
+    (``benchmarks/posteriordb.py``, 120 CPU s). With the pilot, 3 seeds each: diamonds
+    k̂ 0.28 and mean errors 0.024 sd, earnings 0.60 and 0.014, gp_pois_regr ELBO 969.61 in
+    every seed (Pyro's AutoIAFNormal 969.30). In 2-D the default is left as chosen.
 
     Raises:
         ValueError: ``laplace_path`` asked for an amortized family (a context).
