@@ -15,7 +15,7 @@ from vilab.core.support import parse_support
 from vilab.flows.affine import FixedAffine
 from vilab.flows.support import SupportTransform
 from vilab.targets.user import CallableTarget
-from vilab.train import pilot
+from vilab.train import lbfgs, pilot
 from vilab.train.fit import Fitter
 
 F64 = torch.float64
@@ -86,7 +86,7 @@ def test_fixed_affine_refuses_a_bad_map(shift, tril, what) -> None:
 def test_lbfgs_reaches_the_mode_of_an_ill_conditioned_gaussian() -> None:
     """Scales 10⁻⁴ … 10⁻¹, correlations near ±1, a gradient of ~10⁸ at the start."""
     mean, cov = correlated_gaussian(6)
-    path = pilot.lbfgs_path(mvn_log_prob(mean, cov), torch.zeros(6, dtype=F64))
+    path = lbfgs.lbfgs_path(mvn_log_prob(mean, cov), torch.zeros(6, dtype=F64))
     sds = cov.diagonal().sqrt()
     assert ((path[-1] - mean).abs() / sds).max() < 0.05
     values = [float(mvn_log_prob(mean, cov)(x[None])) for x in path]
@@ -101,7 +101,7 @@ def test_lbfgs_stays_where_the_density_is_finite() -> None:
         lp = -0.5 * ((z - 3.0) ** 2).sum(-1)
         return torch.where(z[..., 0] < 1.0, lp, -math.inf)
 
-    path = pilot.lbfgs_path(walled, torch.zeros(2, dtype=F64))
+    path = lbfgs.lbfgs_path(walled, torch.zeros(2, dtype=F64))
     assert all(float(x[0]) < 1.0 for x in path) and float(path[-1][0]) > 0.99
 
 
@@ -155,7 +155,7 @@ def test_random_starts_find_the_mode_of_most_mass() -> None:
         return torch.logaddexp(minor, major)
 
     g = torch.Generator().manual_seed(0)
-    from_zero = pilot.lbfgs_path(two_modes, torch.zeros(2, dtype=F64))
+    from_zero = lbfgs.lbfgs_path(two_modes, torch.zeros(2, dtype=F64))
     assert torch.allclose(from_zero[-1], torch.full((2,), 0.2, dtype=F64), atol=0.05)
     r = pilot.laplace_path(two_modes, 2, generator=g)
     assert r.path > 0 and torch.allclose(r.shift, torch.full((2,), -1.0, dtype=F64), atol=0.05)
