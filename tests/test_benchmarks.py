@@ -224,7 +224,7 @@ def _card(elbo: float, khat: float = 0.5, err: float = 0.05, draws: bool = True)
     ref = {f"{m}_error_{k}": err for m in ("mean", "sd") for k in ("q", "psis")}
     key = "reference_draws" if draws else "reference"
     if draws:
-        ref |= {"w1": 1.0, "w1_floor": 1.0}
+        ref |= {"w1": 1.3, "w1_psis": 1.0, "w1_floor": 1.0}
     return {"elbo": elbo, "elbo_stderr": 0.01, "khat": khat, key: ref}
 
 
@@ -286,12 +286,13 @@ def test_posteriordb_tables_average_over_seeds_and_goals_leave_suite_targets_out
     default = by[p][0]
     assert (default.method, default.seeds) == ("default", 2)
     assert default.elbo == pytest.approx(8.4) and default.elbo_se == pytest.approx(0.5)
-    assert default.get("w1") == 1.0 and default.meets_goal()
+    assert default.get("w1") == 1.3 and default.get("w1_psis") == 1.0 and default.meets_goal()
     text = posteriordb.table(p, by[p])
     assert "(2 seeds)" in text and "8.40 ± 0.50" in text and "s.e. over seeds" in text
     assert "| pyro_iaf | | | failed (seed 0: RuntimeError)" in text
     assert "nan" in posteriordb.table(suite, by[suite])  # no W1 against a closed form
     lines = posteriordb.goals(by, [], quick=False)
     assert "1 of 1 measured" in lines[0] and "behind on 0 of 1" in lines[2]
+    assert "PASS" in lines[1] and "worst 1.00 × floor; worst 1.30 × floor, above on" in lines[1]
     one = posteriordb.summaries([f for f in fits if f.target == p and f.seed == 0])
     assert one[0].elbo_se == 0.01  # one seed: the card's Monte Carlo s.e.

@@ -158,6 +158,26 @@ def test_pathfinder_score_a_perfect_q_sits_on_the_floor_and_a_shifted_one_above(
         w1_vs_reference(ref[:50], ref)
 
 
+def test_pathfinder_score_of_psis_resampled_draws_corrects_a_wide_q() -> None:
+    # q = N(0, 2²) for p = N(0, 1) in 2-D: drawn as they are, q's draws sit far above the
+    # floor; resampled by the exact log-weights log p − log q they are draws of p (SIR)
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(1_100, 2))
+    x = 2.0 * rng.normal(size=(20_000, 2))
+    log_w = scipy.stats.norm(0, 1).logpdf(x).sum(-1) - scipy.stats.norm(0, 2).logpdf(x).sum(-1)
+    plain = w1_vs_reference(x, ref)
+    resampled = w1_vs_reference(x, ref, log_w=log_w)
+    assert resampled.floor == plain.floor  # the same split of the reference
+    assert plain.w1 > 1.5 * plain.floor and resampled.w1 < 1.25 * resampled.floor
+    # a single draw carrying all the weight: 100 copies of it
+    one = w1_vs_reference(x, ref, log_w=np.where(np.arange(len(x)) == 7, 0.0, -np.inf))
+    assert one.w1 == pytest.approx(np.linalg.norm(ref[None] - x[7], axis=-1).mean(), rel=0.3)
+    with pytest.raises(ValueError, match="20000 log-weights"):
+        w1_vs_reference(x, ref, log_w=log_w[:10])
+    with pytest.raises(ValueError, match="not all −inf"):
+        w1_vs_reference(x, ref, log_w=np.full(len(x), -np.inf))
+
+
 @needs_db
 def test_the_report_card_scores_q_against_reference_draws_on_the_constrained_scale() -> None:
     pytest.importorskip("pyro")

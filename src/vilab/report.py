@@ -12,8 +12,8 @@ From S draws z_s ~ q and the log-weights log w_s = log p̃(z_s) − log q(z_s)
   else the importance-sampled log Ẑ − ELBO, labelled as such (biased low, and meaningful
   only when k̂ < 0.7);
 * for a target with reference draws (``reference_draws``, posteriordb's), the same errors
-  on the constrained scale and Pathfinder's 1-Wasserstein distance of 100 draws of q next
-  to its floor (:mod:`vilab.estimators.reference`);
+  on the constrained scale and Pathfinder's 1-Wasserstein distance of 100 draws of q
+  (picked, and PSIS-resampled) next to its floor (:mod:`vilab.estimators.reference`);
 * means and standard deviations of z under q and PSIS-corrected (self-normalized with
   the Pareto-smoothed weights), and, for a target with a reference
   (:class:`vilab.targets.suite.Reference`), the errors of both in units of the reference
@@ -46,7 +46,7 @@ from vilab.estimators.importance import (
     summarize,
     weighted_moments,
 )
-from vilab.estimators.reference import moment_errors, w1_vs_reference
+from vilab.estimators.reference import reference_scores
 from vilab.estimators.sizing import Sized, Sizing, run_sized
 from vilab.families.base import Family
 from vilab.targets.base import Target
@@ -217,28 +217,15 @@ def _vs_reference_draws(target: Target, reference: Any, z: Tensor, log_w: Tensor
     """q against reference draws (posteriordb's) on the constrained scale, in the
     quantities both name (:meth:`Target.param_names`): errors of means and sds in
     reference sds (q's and PSIS-weighted), max over them, and Pathfinder's W1 of 100 draws
-    of q beside the floor that 100 reference draws get
-    (:func:`vilab.estimators.reference.w1_vs_reference`)."""
+    of q (picked, and PSIS-resampled) beside the floor that 100 reference draws get
+    (:func:`vilab.estimators.reference.reference_scores`)."""
     names = [n for n in target.param_names() if n in set(reference.names)]
     if not names:
         return {"note": f"no quantity of the target is in the reference ({reference.names})"}
     index = [target.param_names().index(n) for n in names]
     x = target.constrain(z).detach().double().cpu().numpy()[:, index]
-    ref = reference.columns(names)
-    e_mean, e_sd = moment_errors(x, ref)
-    e_mean_w, e_sd_w = moment_errors(x, ref, log_w.double().cpu().numpy())
-    w1 = w1_vs_reference(x, ref)
-    return {
-        "names": names,
-        "mean_error_q": float(e_mean.max()),
-        "sd_error_q": float(e_sd.max()),
-        "mean_error_psis": float(e_mean_w.max()),
-        "sd_error_psis": float(e_sd_w.max()),
-        "w1": w1.w1,
-        "w1_floor": w1.floor,
-        "w1_draws": w1.draws,
-        "w1_reference_size": w1.reference_size,
-    }
+    lw = log_w.double().cpu().numpy()
+    return {"names": names} | reference_scores(x, reference.columns(names), lw)
 
 
 def _tail_note(khat: float, ess_fraction: float) -> str:
@@ -337,7 +324,9 @@ def format_card(card: dict[str, Any], title: str = "report card", max_dims: int 
                 "vs reference draws",
                 f"means {r['mean_error_q']:.3f} sd (q), {r['mean_error_psis']:.3f} sd (PSIS); "
                 f"sds {r['sd_error_q']:.3f} (q), {r['sd_error_psis']:.3f} (PSIS); "
-                f"W1 {r['w1']:.3g} (floor {r['w1_floor']:.3g}, {r['w1_draws']} draws)",
+                f"W1 {r['w1']:.3g} (q)"
+                + (f", {r['w1_psis']:.3g} (PSIS-resampled)" if "w1_psis" in r else "")
+                + f"; floor {r['w1_floor']:.3g} ({r['w1_draws']} draws)",
             )
         )
     if card["log_q"] != "exact":

@@ -13,7 +13,11 @@ Two scores, pure functions on arrays:
 * the 1-Wasserstein distance between 100 draws of q and the reference draws, beside the
   floor that 100 draws of the reference itself get (Pathfinder's protocol: Zhang,
   Carpenter, Gelman & Vehtari 2022, "Pathfinder: parallel quasi-Newton variational
-  inference", JMLR 23(306), §4). W1 between the empirical measures μ = (1/n) Σ δ_{x_i}
+  inference", JMLR 23(306), §4); the 100 draws either picked uniformly from q's or
+  resampled from them in proportion to their importance weights, with replacement
+  (sampling–importance–resampling, Rubin 1988: the draws PSIS-corrected q yields, as the
+  PSIS-weighted moments above, and how multi-path Pathfinder returns its own).
+  W1 between the empirical measures μ = (1/n) Σ δ_{x_i}
   and ν = (1/m) Σ δ_{y_j} is the transport linear program
 
       W1(μ, ν) = min_{π ≥ 0} Σ_ij π_ij ‖x_i − y_j‖₂  s.t.  Σ_j π_ij = 1/n, Σ_i π_ij = 1/m,
@@ -119,11 +123,15 @@ def w1_vs_reference(
     n: int = W1_DRAWS,
     reference_size: int | None = W1_REFERENCE_SIZE,
     seed: int = 0,
+    log_w: np.ndarray | None = None,
 ) -> W1Score:
     """Pathfinder's score: W1(n draws of q, reference) next to W1(n held-out reference
     draws, reference). The reference is split at random: n draws for the floor, and up to
     ``reference_size`` of the others to measure against, so that neither score sees its
-    own points."""
+    own points. The n draws of q are picked from ``draws (S, P)`` uniformly without
+    replacement, or, given ``log_w (S,)`` (log importance weights, e.g. PSIS-smoothed),
+    resampled with replacement with probabilities ∝ exp(log_w). The same ``seed`` splits
+    the reference the same way (the same floor) with or without ``log_w``."""
     x, y = _2d(draws, "draws"), _2d(reference, "reference")
     if len(x) < n or len(y) < 2 * n:
         raise ValueError(
@@ -133,5 +141,32 @@ def w1_vs_reference(
     perm = rng.permutation(len(y))
     held, rest = y[perm[:n]], y[perm[n:]]
     rest = rest if reference_size is None else rest[:reference_size]
-    q = x[rng.choice(len(x), n, replace=False)]
-    return W1Score(wasserstein1(q, rest), wasserstein1(held, rest), n, len(rest))
+    if log_w is None:
+        pick = rng.choice(len(x), n, replace=False)
+    else:
+        lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
+        if lw.shape != (len(x),) or np.isnan(lw).any() or not np.isfinite(lw.max()):
+            raise ValueError(f"log_w must be {len(x)} log-weights, one per draw, not all −inf")
+        p = np.exp(lw - lw.max())
+        pick = rng.choice(len(x), n, replace=True, p=p / p.sum())
+    return W1Score(wasserstein1(x[pick], rest), wasserstein1(held, rest), n, len(rest))
+
+
+def reference_scores(draws: np.ndarray, reference: np.ndarray, log_w: np.ndarray) -> dict:
+    """Every score of ``draws (S, P)`` of q against ``reference (M, P)`` (columns matched),
+    q's own and PSIS-corrected by ``log_w (S,)``: the largest mean and sd errors
+    (:func:`moment_errors`) and W1 of 100 draws beside its floor (:func:`w1_vs_reference`)."""
+    e_mean, e_sd = moment_errors(draws, reference)
+    e_mean_w, e_sd_w = moment_errors(draws, reference, log_w)
+    w1, w1_psis = (w1_vs_reference(draws, reference, log_w=w) for w in (None, log_w))
+    return {
+        "mean_error_q": float(e_mean.max()),
+        "sd_error_q": float(e_sd.max()),
+        "mean_error_psis": float(e_mean_w.max()),
+        "sd_error_psis": float(e_sd_w.max()),
+        "w1": w1.w1,
+        "w1_psis": w1_psis.w1,
+        "w1_floor": w1.floor,
+        "w1_draws": w1.draws,
+        "w1_reference_size": w1.reference_size,
+    }
