@@ -93,6 +93,25 @@ def test_khat_good_when_q_equals_the_target_and_bad_when_too_narrow() -> None:
     assert khat_reading(0.9).startswith("unreliable")
 
 
+def test_weights_hundreds_of_nats_apart_are_unreliable_not_nan() -> None:
+    # log-weights of an unconverged q (a full-rank Gaussian after 2 s on posteriordb's
+    # sblrc spanned −4.5e3 … −6e9): beside the largest, the tail's weights are 0 in
+    # float64 and arviz's Pareto fit returned NaN weights with k̂ 0.02
+    lw = -torch.rand(5000, generator=_gen(5), dtype=torch.float64) * 1e5
+    lw[0] = 0.0
+    smoothed, khat = psis(lw)
+    assert float(khat) == math.inf and not torch.isnan(smoothed).any()
+    assert float(smoothed.exp().sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(smoothed, lw - torch.logsumexp(lw, 0))  # only normalized
+    s = summarize(lw)
+    assert s.reading.startswith("unreliable") and not torch.isnan(s.log_w_smoothed).any()
+    # equal to rounding (q = p in float64: a few neighbouring floats): nothing to fit
+    steps = torch.randint(-2, 3, (1000,), generator=_gen(6)).double()
+    lw = 0.7 + math.ulp(0.7) * steps
+    smoothed, khat = psis(lw)
+    assert float(khat) == -math.inf and not torch.isnan(smoothed).any()
+
+
 def test_ess_log_z_kl_and_moments_against_closed_forms() -> None:
     """p̃ = 5 · N(1, 0.8²) (log Z = log 5), q = N(0.5, 1.2²)."""
     d = torch.float64

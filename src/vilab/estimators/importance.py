@@ -54,6 +54,10 @@ def _check(log_w: Tensor) -> Tensor:
     return log_w.detach()
 
 
+#: Log-weights closer than this (nats) count as equal where the Pareto fit fails on them.
+EQUAL_NATS = 1e-6
+
+
 def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
     """Pareto-smoothed, self-normalized log-weights and the Pareto shape k̂.
 
@@ -63,7 +67,8 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(log_w̃, k̂)``: ``(..., S)`` smoothed log-weights with Σ_s w̃_s = 1 along the last
         axis (float64, on ``log_w``'s device), and ``(...)`` k̂. With fewer than ~40 draws
-        the tail is too short to fit and k̂ is +inf, as in arviz-stats.
+        the tail is too short to fit and k̂ is +inf, as in arviz-stats; so it is where the
+        tail's weights underflow beside the largest (then the weights are only normalized).
     """
     from arviz_stats.base import array_stats
 
@@ -78,18 +83,26 @@ def psis(log_w: Tensor) -> tuple[Tensor, Tensor]:
 
 def _psis_row(lw: np.ndarray, array_stats: object) -> tuple[np.ndarray, float]:
     """One row: draws with zero weight (log w = −inf) keep it; a tail of equal weights
-    (nothing to fit: the weights are bounded) gives k̂ = −inf and plain normalization."""
+    (nothing to fit: the weights are bounded; equal to within :data:`EQUAL_NATS` where
+    the fit fails on rounding) gives k̂ = −inf and plain normalization.
+    A tail whose weights underflow beside the largest (log-weights hundreds of nats apart:
+    exp(log w − max) is 0 in float64, and the Pareto fit on those zeros returns NaN
+    weights) cannot be fitted either: k̂ = +inf, read as unreliable, and the plain
+    normalized weights."""
     finite = np.isfinite(lw)
     out = np.full_like(lw, -np.inf)
     sub = lw[finite]
+    plain = sub - np.logaddexp.reduce(sub) if len(sub) else sub
     try:
         # arviz-stats takes log-likelihoods: the weights are exp(−ary).
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
             smoothed, khat = array_stats.psislw(-sub, r_eff=1.0)  # type: ignore[attr-defined]
     except ValueError as err:
         if "same" not in str(err):
             raise
-        smoothed, khat = sub - np.logaddexp.reduce(sub), -np.inf
+        smoothed, khat = plain, -np.inf
+    if np.isnan(smoothed).any():  # a degenerate tail: equal to rounding, or underflowed
+        smoothed, khat = plain, (-np.inf if np.ptp(sub) < EQUAL_NATS else np.inf)
     out[finite] = smoothed
     return out, float(khat)
 
@@ -102,7 +115,10 @@ def pareto_khat(log_w: Tensor) -> Tensor:
 def khat_reading(khat: float) -> str:
     """What a k̂ says about the fit, by the thresholds 0.5 and 0.7 of Vehtari et al."""
     if not math.isfinite(khat) and khat > 0:
-        return "unknown: too few draws to fit the tail"
+        return (
+            "unreliable: the tail of the weights could not be fitted (too few draws, or "
+            "weights so uneven that all but a few are 0 beside the largest)"
+        )
     if khat < KHAT_GOOD:
         return "good (k̂ < 0.5): q covers p; importance-sampled estimates are reliable"
     if khat < KHAT_OK:

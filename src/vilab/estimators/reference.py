@@ -71,8 +71,10 @@ def moment_errors(
         mean, sd = x.mean(0), x.std(0, ddof=1)
     else:
         lw = torch.as_tensor(np.asarray(log_w, dtype=np.float64).reshape(-1))
-        if lw.shape[0] != x.shape[0] or torch.isnan(lw).any():
+        if lw.shape[0] != x.shape[0]:
             raise ValueError(f"log_w must be {x.shape[0]} numbers (one per draw), got {lw.shape}")
+        if torch.isnan(lw).any():
+            raise ValueError(f"log_w holds {int(torch.isnan(lw).sum())} NaN of {len(lw)}")
         m_w, s_w = weighted_moments(torch.as_tensor(x), lw - torch.logsumexp(lw, 0))
         mean, sd = m_w.numpy(), s_w.numpy()
     m, s = y.mean(0), y.std(0, ddof=1)
