@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         "|estimate − reference| / reference sd, q's own and PSIS-corrected, on the "
         "constrained scale (a suite target: against its closed form, no W1). W1: 100 draws "
         "of q (picked uniformly / resampled by the PSIS weights) against the reference, "
-        "over the floor of 100 reference draws. Train s: the "
+        "over the floor of 100 reference draws, each a mean over 10 random splits of the "
+        "reference. Train s: the "
         "training budget as read by the clock; steps and figures are means over seeds.\n"
     )
     out["fits"] = [dataclasses.asdict(f) for f in fits]

@@ -326,7 +326,8 @@ def format_card(card: dict[str, Any], title: str = "report card", max_dims: int 
                 f"sds {r['sd_error_q']:.3f} (q), {r['sd_error_psis']:.3f} (PSIS); "
                 f"W1 {r['w1']:.3g} (q)"
                 + (f", {r['w1_psis']:.3g} (PSIS-resampled)" if "w1_psis" in r else "")
-                + f"; floor {r['w1_floor']:.3g} ({r['w1_draws']} draws)",
+                + f"; floor {r['w1_floor']:.3g} ({r['w1_draws']} draws"
+                + (f", mean of {r['w1_repeats']} splits)" if "w1_repeats" in r else ")"),
             )
         )
     if card["log_q"] != "exact":
