@@ -98,6 +98,8 @@ def train_row(row: str, args: Any) -> dict[str, Any]:
             (metrics,), wall = common.time_block(
                 lambda: train_vae(config, run_dir, progress=sys.stderr.isatty(), resume=resume)
             )
+        if metrics.get("interrupted"):  # a signal: the run saved a checkpoint and stopped
+            sys.exit(f"{row}: interrupted at step {metrics.get('steps')}; run again to resume")
     config, vae, _ = load_trained_vae(run_dir, "cpu", args.data_dir)
     test = vae_data_for(config, None).test
     if args.quick:
