@@ -144,8 +144,7 @@ def w1_vs_reference(
     replacement, or, given ``log_w (S,)`` (log importance weights, e.g. PSIS-smoothed),
     resampled with replacement with probabilities ∝ exp(log_w). Both are averaged over
     ``repeats`` independent splits and picks (:data:`W1_REPEATS`). The same ``seed`` gives
-    the same splits
-    (the same floor) with or without ``log_w``."""
+    the same splits (the same floor) with or without ``log_w``."""
     x, y = _2d(draws, "draws"), _2d(reference, "reference")
     if len(x) < n or len(y) < 2 * n:
         raise ValueError(
