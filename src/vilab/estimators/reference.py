@@ -145,6 +145,20 @@ def w1_vs_reference(
     resampled with replacement with probabilities ∝ exp(log_w). Both are averaged over
     ``repeats`` independent splits and picks (:data:`W1_REPEATS`). The same ``seed`` gives
     the same splits (the same floor) with or without ``log_w``."""
+    return _w1_scores(draws, reference, [log_w], n, reference_size, seed, repeats)[0]
+
+
+def _w1_scores(
+    draws: np.ndarray,
+    reference: np.ndarray,
+    log_ws: list[np.ndarray | None],
+    n: int = W1_DRAWS,
+    reference_size: int | None = W1_REFERENCE_SIZE,
+    seed: int = 0,
+    repeats: int = W1_REPEATS,
+) -> list[W1Score]:
+    """:func:`w1_vs_reference` for each of ``log_ws`` (None: uniform picks), on the same
+    splits of the reference, whose floors are computed once."""
     x, y = _2d(draws, "draws"), _2d(reference, "reference")
     if len(x) < n or len(y) < 2 * n:
         raise ValueError(
@@ -152,24 +166,35 @@ def w1_vs_reference(
         )
     if repeats < 1:
         raise ValueError(f"repeats must be ≥ 1, got {repeats}")
-    p = None
-    if log_w is not None:
-        lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
-        if lw.shape != (len(x),) or np.isnan(lw).any() or not np.isfinite(lw.max()):
-            raise ValueError(f"log_w must be {len(x)} log-weights, one per draw, not all −inf")
-        p = np.exp(lw - lw.max())
-        p /= p.sum()
-    rng, rng_q = np.random.default_rng(seed), np.random.default_rng([seed, 1])
-    scores = np.empty((repeats, 2))
+    probs = [None if lw is None else _resampling_probs(lw, len(x)) for lw in log_ws]
+    rng = np.random.default_rng(seed)
+    rngs_q = [np.random.default_rng([seed, 1]) for _ in probs]
+    floors, w1s = np.empty(repeats), np.empty((repeats, len(probs)))
     for r in range(repeats):
         perm = rng.permutation(len(y))
         held, rest = y[perm[:n]], y[perm[n:]]
         rest = rest if reference_size is None else rest[:reference_size]
-        pick = rng_q.choice(len(x), n, replace=p is not None, p=p)
-        scores[r] = wasserstein1(x[pick], rest), wasserstein1(held, rest)
-    mean = scores.mean(0)
-    se = scores.std(0, ddof=1) / np.sqrt(repeats) if repeats > 1 else np.zeros(2)
-    return W1Score(float(mean[0]), float(mean[1]), n, len(rest), repeats, *map(float, se))
+        floors[r] = wasserstein1(held, rest)
+        for i, (p, rng_q) in enumerate(zip(probs, rngs_q, strict=True)):
+            pick = rng_q.choice(len(x), n, replace=p is not None, p=p)
+            w1s[r, i] = wasserstein1(x[pick], rest)
+
+    def se(v: np.ndarray) -> float:
+        return float(v.std(ddof=1) / np.sqrt(repeats)) if repeats > 1 else 0.0
+
+    return [
+        W1Score(float(w.mean()), float(floors.mean()), n, len(rest), repeats, se(w), se(floors))
+        for w in w1s.T
+    ]
+
+
+def _resampling_probs(log_w: np.ndarray, size: int) -> np.ndarray:
+    """Probabilities ∝ exp(log_w) of ``size`` draws, checked."""
+    lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
+    if lw.shape != (size,) or np.isnan(lw).any() or not np.isfinite(lw.max()):
+        raise ValueError(f"log_w must be {size} log-weights, one per draw, not all −inf")
+    p = np.exp(lw - lw.max())
+    return p / p.sum()
 
 
 def reference_scores(draws: np.ndarray, reference: np.ndarray, log_w: np.ndarray) -> dict:
@@ -178,7 +203,7 @@ def reference_scores(draws: np.ndarray, reference: np.ndarray, log_w: np.ndarray
     (:func:`moment_errors`) and W1 of 100 draws beside its floor (:func:`w1_vs_reference`)."""
     e_mean, e_sd = moment_errors(draws, reference)
     e_mean_w, e_sd_w = moment_errors(draws, reference, log_w)
-    w1, w1_psis = (w1_vs_reference(draws, reference, log_w=w) for w in (None, log_w))
+    w1, w1_psis = _w1_scores(draws, reference, [None, log_w])
     return {
         "mean_error_q": float(e_mean.max()),
         "sd_error_q": float(e_sd.max()),
