@@ -146,6 +146,8 @@ class Summary:
     figures: dict[str, float] = dataclasses.field(default_factory=dict)
 
     KEYS = ("khat", "mean_error_q", "mean_error_psis", "sd_error_q", "sd_error_psis")
+    #: The reference's own MCSE of its means and sds, max over coordinates, in its sds.
+    REF_MCSE = ("ref_mcse_mean_max", "ref_mcse_sd_max")
 
     @classmethod
     def of(cls, method: str, fits: list[PosteriorFit]) -> Summary:
@@ -167,7 +169,7 @@ class Summary:
             "seconds": [f.seconds for f in ok],
             "wall": [f.wall for f in ok],
         }
-        for k in cls.KEYS[1:]:
+        for k in (*cls.KEYS[1:], *cls.REF_MCSE):
             per_fit[k] = [f.ref(k) for f in ok]
         s.figures = {k: statistics.fmean(v) for k, v in per_fit.items()}
         return s
@@ -263,6 +265,12 @@ def table(posterior: str, rows: list[Summary], clock: str = "cpu") -> str:
             f"| {g('mean_error_q'):.3f} / {g('mean_error_psis'):.3f} "
             f"| {g('sd_error_q'):.3f} / {g('sd_error_psis'):.3f} "
             f"| {g('w1'):.2f} / {g('w1_psis'):.2f} |"
+        )
+    mcse = [max((s.get(k) for s in rows if s.ok), default=math.nan) for k in Summary.REF_MCSE]
+    if not any(math.isnan(m) for m in mcse):
+        lines.append(
+            f"\nThe reference's own Monte Carlo s.e., max over coordinates: means "
+            f"{mcse[0]:.3f}, sds {mcse[1]:.3f} reference sd (errors of that size are noise)."
         )
     return "\n".join(lines) + "\n"
 

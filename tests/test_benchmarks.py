@@ -225,6 +225,7 @@ def _card(elbo: float, khat: float = 0.5, err: float = 0.05, draws: bool = True)
     key = "reference_draws" if draws else "reference"
     if draws:
         ref |= {"w1": 1.3, "w1_psis": 1.0, "w1_floor": 1.0}
+        ref |= {"ref_mcse_mean_max": 0.01, "ref_mcse_sd_max": 0.12}
     return {"elbo": elbo, "elbo_stderr": 0.01, "khat": khat, key: ref}
 
 
@@ -290,6 +291,7 @@ def test_posteriordb_tables_average_over_seeds_and_goals_leave_suite_targets_out
     text = posteriordb.table(p, by[p])
     assert "(2 seeds)" in text and "8.40 ± 0.50" in text and "s.e. over seeds" in text
     assert "| pyro_iaf | | | failed (seed 0: RuntimeError)" in text
+    assert "own Monte Carlo s.e., max over coordinates: means 0.010, sds 0.120" in text
     assert "nan" in posteriordb.table(suite, by[suite])  # no W1 against a closed form
     lines = posteriordb.goals(by, [], quick=False)
     assert "1 of 1 measured" in lines[0] and "behind on 0 of 1" in lines[2]

@@ -13,6 +13,7 @@ import scipy.stats
 
 from vilab.estimators.reference import (
     moment_errors,
+    reference_mcse,
     w1_vs_reference,
     wasserstein1,
 )
@@ -147,6 +148,27 @@ def test_moment_errors_on_known_gaussians() -> None:
     np.testing.assert_allclose(e_sd_1, e_sd, atol=1e-5)
 
 
+def test_reference_mcse_follows_the_effective_sample_size_of_its_chains() -> None:
+    # 4 AR(1) chains of 5,000 draws, x_t = ρ x_{t−1} + √(1−ρ²) ε_t (stationary N(0, 1)):
+    # ESS of the mean N (1−ρ)/(1+ρ), so MCSE(mean) = √((1+ρ)/((1−ρ) N)) in sds; iid draws
+    # (ρ = 0) give MCSE(mean) = 1/√N and MCSE(sd) = 1/√(2N) for a normal
+    rng = np.random.default_rng(0)
+    chains, n = 4, 5_000
+    for rho in (0.0, 0.8):
+        x = np.empty((chains, n))
+        x[:, 0] = rng.normal(size=chains)
+        for t in range(1, n):
+            x[:, t] = rho * x[:, t - 1] + np.sqrt(1 - rho**2) * rng.normal(size=chains)
+        draws = np.column_stack([x.reshape(-1), 3.0 * x.reshape(-1) + 1.0])
+        mean, sd = reference_mcse(draws, chains)
+        expected = np.sqrt((1 + rho) / ((1 - rho) * chains * n))
+        np.testing.assert_allclose(mean, expected, rtol=0.15)  # the scale does not matter
+        if rho == 0.0:
+            np.testing.assert_allclose(sd, 1 / np.sqrt(2 * chains * n), rtol=0.15)
+    # chains that do not split evenly are read as one
+    assert reference_mcse(draws[:-1], chains)[0].shape == (2,)
+
+
 def test_pathfinder_score_a_perfect_q_sits_on_the_floor_and_a_shifted_one_above() -> None:
     rng = np.random.default_rng(3)
     ref = rng.normal(size=(1_000, 2))
@@ -213,6 +235,8 @@ def test_the_report_card_scores_q_against_reference_draws_on_the_constrained_sca
     assert all(np.isfinite(r[k]) for k in ("mean_error_q", "sd_error_psis", "w1", "w1_floor"))
     assert 0 < r["w1_floor"] < r["w1"]  # an untrained q is far from the posterior
     assert "W1" in format_card(card)
+    assert r["sd_error_psis_at"] in r["names"] and 0 < r["sd_error_psis_ref_mcse"] < 0.1
+    assert f"at {r['sd_error_psis_at']}, reference's own MCSE" in format_card(card)
 
 
 @needs_db

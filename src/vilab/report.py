@@ -225,7 +225,18 @@ def _vs_reference_draws(target: Target, reference: Any, z: Tensor, log_w: Tensor
     index = [target.param_names().index(n) for n in names]
     x = target.constrain(z).detach().double().cpu().numpy()[:, index]
     lw = log_w.double().cpu().numpy()
-    return {"names": names} | reference_scores(x, reference.columns(names), lw)
+    scores = reference_scores(x, reference.columns(names), lw, reference.chains)
+    for key in ("mean_error_psis_at", "sd_error_psis_at"):
+        scores[key] = names[scores[key]]
+    return {"names": names} | scores
+
+
+def _at(r: dict[str, Any], moment: str) -> str:
+    """Where the largest PSIS-corrected error of ``moment`` lies and the reference's own
+    Monte Carlo standard error of that moment there (cards of older runs lack them)."""
+    at = r.get(f"{moment}_error_psis_at")
+    mcse = r.get(f"{moment}_error_psis_ref_mcse")
+    return "" if at is None or mcse is None else f" at {at}, reference's own MCSE {mcse:.3f}"
 
 
 def _tail_note(khat: float, ess_fraction: float) -> str:
@@ -322,9 +333,9 @@ def format_card(card: dict[str, Any], title: str = "report card", max_dims: int 
         rows.append(
             (
                 "vs reference draws",
-                f"means {r['mean_error_q']:.3f} sd (q), {r['mean_error_psis']:.3f} sd (PSIS); "
-                f"sds {r['sd_error_q']:.3f} (q), {r['sd_error_psis']:.3f} (PSIS); "
-                f"W1 {r['w1']:.3g} (q)"
+                f"means {r['mean_error_q']:.3f} sd (q), {r['mean_error_psis']:.3f} sd (PSIS"
+                f"{_at(r, 'mean')}); sds {r['sd_error_q']:.3f} (q), {r['sd_error_psis']:.3f} "
+                f"(PSIS{_at(r, 'sd')}); W1 {r['w1']:.3g} (q)"
                 + (f", {r['w1_psis']:.3g} (PSIS-resampled)" if "w1_psis" in r else "")
                 + f"; floor {r['w1_floor']:.3g} ({r['w1_draws']} draws"
                 + (f", mean of {r['w1_repeats']} splits)" if "w1_repeats" in r else ")"),
