@@ -93,6 +93,7 @@ class FitJob:
             "family": fitter.family_name,
             "parameters": sum(p.numel() for p in fitter.family.parameters()),
             **({"pilot": fitter.pilot} if fitter.pilot is not None else {}),
+            **({"budget": fitter.budget} if fitter.budget is not None else {}),
         }
 
     def finish(

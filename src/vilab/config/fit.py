@@ -165,6 +165,18 @@ class StopConfig(_Strict):
     anneal_steps: int = Field(800, ge=0)
 
 
+class BudgetConfig(_Strict):
+    """Draws of q per step sized to a ``max_seconds`` budget (:mod:`vilab.train.budget`):
+    after the first step and ``probe_steps`` more, where the time left would allow fewer
+    than ``min_steps`` steps of ``samples`` draws, later steps draw fewer, in proportion,
+    down to ``min_samples``. ``min_steps: null`` keeps ``samples`` throughout; a fit
+    without ``max_seconds`` always does."""
+
+    min_steps: int | None = Field(1000, ge=1)
+    min_samples: int = Field(100, ge=1)
+    probe_steps: int = Field(10, ge=1)
+
+
 class KLSizeConfig(_Strict):
     """How many draws of q the final exact KL takes (:mod:`vilab.estimators.sizing`):
     rounds until its standard error is at most max(``stderr`` nats, ``rel_stderr`` × the
@@ -202,7 +214,8 @@ class FitConfig(_Strict):
 
     ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
-    family). ``steps``: exactly this many steps when given, else the cap of a fit that
+    family), fewer where a ``max_seconds`` budget would allow too few steps (``budget``,
+    :class:`BudgetConfig`). ``steps``: exactly this many steps when given, else the cap of a fit that
     stops on convergence (``stop``, :class:`StopConfig`). The exact KL and the report card
     (Pareto k̂, ESS, importance-sampled log Z, corrected moments; :mod:`vilab.report`)
     take as many draws of q as bring their standard errors under their targets (``kl``,
@@ -232,6 +245,7 @@ class FitConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     figures: bool = True
     max_seconds: float | None = Field(None, gt=0)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     device: DeviceSpec = "auto"
@@ -254,6 +268,11 @@ class FitConfig(_Strict):
         has_context = self.target.name == "banana_family" or self.target.context_dim is not None
         if has_context and self.samples < self.contexts:
             raise ValueError(f"samples ({self.samples}) must be ≥ contexts ({self.contexts})")
+        if has_context and self.budget.min_samples < self.contexts:
+            raise ValueError(
+                f"budget.min_samples ({self.budget.min_samples}) must be ≥ contexts "
+                f"({self.contexts})"
+            )
         return self
 
 

@@ -28,6 +28,7 @@ from vilab.core.progress import say
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
 from vilab.families.base import Family
 from vilab.targets.base import Target
+from vilab.train.budget import draws_for_budget
 from vilab.train.faults import check_rejections, check_target
 from vilab.train.guard import backward_checked
 from vilab.train.optim import load_optimizer_state, make_optimizer
@@ -90,6 +91,12 @@ class Fitter(TrainerState):
         self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         o = config.optim
         self.optimizer = make_optimizer(o.name, self.family.parameters(), o.lr, self.device)
+        #: draws of q per step: ``samples``, or fewer once a budget is found short
+        #: (:mod:`vilab.train.budget`); ``_probe`` the (step, seconds) its timing starts at
+        self.draws = config.samples
+        self._probe: tuple[int, float] | None = None
+        #: how the draws were sized, for ``metrics.json`` (None: not sized)
+        self.budget: dict[str, float | int] | None = None
 
     def contexts(self, n: int) -> tuple[int, Tensor | None]:
         """Samples per context and the contexts of one step (None for a single target)."""
@@ -109,7 +116,7 @@ class Fitter(TrainerState):
             self._run_pilot()
         beta, lr = self._schedule()
         watch = cfg.stop.auto and beta >= 1.0 and (log_value or self.family.exact_log_q)
-        n, context = self.contexts(cfg.samples)
+        n, context = self.contexts(self.draws)
         s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value or watch)
         log_p = self.target.log_prob(s.z, context)
         keep = ~torch.isneginf(log_p) if self.target.rejects else None  # Target.rejects
@@ -132,6 +139,7 @@ class Fitter(TrainerState):
         if cfg.stop.auto and self.step % cfg.stop.window == 0:
             self.convergence.observe(self.step, *self._sums.tolist())  # one read-back
             self._sums.zero_()
+        self._size_to_budget()
         values = {"bound": value, "beta": beta, "lr": lr}
         if keep is not None and log_value:  # draws the target rejected (read back when logged)
             values["rejected"] = check_rejections(self.target, keep, s.z, context, self.step)
@@ -155,6 +163,29 @@ class Fitter(TrainerState):
             f"{found.iterations} L-BFGS iterations, {found.evaluations} evaluations, "
             f"{found.seconds:.1f} s"
         )
+
+    def _size_to_budget(self) -> None:
+        """After a step: start timing after the first, decide the draws per step once
+        ``budget.probe_steps`` more are timed (:func:`vilab.train.budget.draws_for_budget`)."""
+        cfg, b = self.config, self.config.budget
+        if cfg.max_seconds is None or b.min_steps is None or self.budget is not None:
+            return
+        if self._probe is None:
+            self._probe = (self.step, self.seconds)
+            return
+        step0, seconds0 = self._probe
+        if self.step - step0 < b.probe_steps:
+            return
+        per_step = (self.seconds - seconds0) / (self.step - step0)
+        left = cfg.max_seconds - self.seconds
+        self.draws = draws_for_budget(cfg.samples, per_step, left, b.min_steps, b.min_samples)
+        self.budget = {"step_seconds": per_step, "draws": self.draws, "at_step": self.step}
+        if self.draws < cfg.samples:
+            say(
+                f"vilab: {per_step:.3g} s per step of {cfg.samples} draws leaves "
+                f"{left / per_step:.0f} steps in the budget; drawing {self.draws} per step "
+                f"from here (budget.min_steps {b.min_steps})"
+            )
 
     @property
     def stop_reason(self) -> str | None:
@@ -204,6 +235,7 @@ class Fitter(TrainerState):
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(self.device),
             "convergence": {**self.convergence.state_dict(), "sums": self._sums.tolist()},
+            "budget": self.budget,
         }
 
     def load_own_state(self, state: dict[str, Any]) -> None:
@@ -211,6 +243,9 @@ class Fitter(TrainerState):
         self._pilot_checked = False  # (a rollback to the start has an unset map)
         load_optimizer_state(self.optimizer, state["optimizer"])
         set_rng_state(state["rng"], self.device)
+        self.budget = state.get("budget")  # (checkpoints before the sizing have none)
+        self.draws = self.config.samples if self.budget is None else int(self.budget["draws"])
+        self._probe = None
         if "convergence" in state:  # (checkpoints before the rule have none)
             self.convergence.load_state_dict(state["convergence"])
             self._sums.copy_(torch.tensor(state["convergence"]["sums"], dtype=torch.float64))
