@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vilab.config import load_fit_config
+from vilab.core.checkpoint import encode_checkpoint, load_checkpoint
 from vilab.train.budget import draws_for_budget
 from vilab.train.fit import Fitter
 
@@ -39,7 +40,9 @@ def _fitter(*extra: str) -> tuple[Fitter, _Counting]:
     return fitter, target
 
 
-def test_a_budget_that_affords_too_few_steps_draws_fewer_per_step_after_the_probe() -> None:
+def test_a_budget_that_affords_too_few_steps_draws_fewer_per_step_after_the_probe(
+    tmp_path,
+) -> None:
     fitter, target = _fitter()
     for _ in range(14):
         fitter.train_step()
@@ -47,9 +50,10 @@ def test_a_budget_that_affords_too_few_steps_draws_fewer_per_step_after_the_prob
     assert target.sizes[:11] == [1000] * 11 and target.sizes[11:] == [189] * 3
     assert fitter.budget == {"step_seconds": 0.5, "draws": 189, "at_step": 11}
     # a resumed run (or a rollback) draws as the checkpoint says, without probing again
-    state = fitter.state_dict()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(encode_checkpoint(fitter.state_dict()))
     again, target_again = _fitter()
-    again.load_state_dict(state)
+    again.load_state_dict(load_checkpoint(path))
     again.train_step()
     assert target_again.sizes[-1] == 189 and again.budget == fitter.budget
 
