@@ -100,8 +100,9 @@ def _stack_override(dim: int) -> list[str]:
     return [f"family.stack={json.dumps([f.model_dump() for f in default_stack(dim)])}"]
 
 
-#: vilab methods run only when ``--methods`` names them: the D ≤ 2 default on any D.
-OPTIONAL = {"default_2d": _stack_override(2)}
+#: vilab methods run only when ``--methods`` names them: the D ≤ 2 default on any D, and
+#: the default with sticking-the-landing gradients.
+OPTIONAL = {"default_2d": _stack_override(2), "default_stl": ["objective.stl=true"]}
 GOAL_KHAT, GOAL_ERROR, GOAL_W1, GOAL_COUNT = 0.7, 0.1, 1.1, 13
 
 
