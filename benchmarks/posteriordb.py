@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- budget: {args.seconds:g} s of training per fit by the {args.clock} clock "
             f"({'process CPU time' if args.clock == 'cpu' else 'wall clock'}), "
             f"{args.jobs} fits at a time, one thread each; {plural_seeds(args.seeds)}; "
-            f"1000 draws of q per step; cards from {args.samples:,} draws",
+            f"1000 draws of q per step (vilab: fewer where the budget would allow fewer "
+            f"than 1000 steps, `budget.*`); cards from {args.samples:,} draws",
         ],
     )
     kept, skipped = _with_reference(list(args.posteriors))
