@@ -31,12 +31,14 @@ Run::
 
 A row trains until its preset's steps or ``--minutes`` of training (``max_seconds``),
 whichever comes first, into ``--runs-dir``/<row> (an existing finished run there is
-evaluated, not retrained: delete it to train again; an interrupted one is resumed). Data: ``--data-dir``, else
-``$VILAB_DATA_DIR``, else ``../shared/data``.
+evaluated, not retrained: delete it to train again; an interrupted one is resumed). A row's
+test score is kept in its run directory and read back by later runs with the same K and
+seed. Data: ``--data-dir``, else ``$VILAB_DATA_DIR``, else ``../shared/data``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -100,14 +102,9 @@ def train_row(row: str, args: Any) -> dict[str, Any]:
             )
         if metrics.get("interrupted"):  # a signal: the run saved a checkpoint and stopped
             sys.exit(f"{row}: interrupted at step {metrics.get('steps')}; run again to resume")
-    config, vae, _ = load_trained_vae(run_dir, "cpu", args.data_dir)
-    test = vae_data_for(config, None).test
-    if args.quick:
-        test = test[:20]
     samples = 100 if args.quick else args.samples
-    est = evaluate(vae, test, samples, None, None, seed=args.seed, per_image=True)
+    est, dim = scored(run_dir, samples, args)
     per = torch.tensor(est["log_px_per_image"], dtype=torch.float64)
-    dim = int(test[0].numel())
     spread = float(per.std()) / math.sqrt(per.numel())
     return {
         "row": row,
@@ -120,6 +117,24 @@ def train_row(row: str, args: Any) -> dict[str, Any]:
         "per_image": per,
         "dim": dim,
     }
+
+
+def scored(run_dir: Path, samples: int, args: Any) -> tuple[dict[str, Any], int]:
+    """The test evaluation of ``run_dir``'s best weights at K = ``samples``, per image, and
+    the data dimension; kept in ``run_dir`` (``bench_eval_K<samples>_seed<seed>.json``),
+    so a finished row is scored once (a gated-convolution row takes 5–15 minutes)."""
+    cache = run_dir / f"bench_eval_K{samples}_seed{args.seed}{'_quick' if args.quick else ''}.json"
+    if cache.is_file():
+        kept = read_json(cache)
+        return kept["estimate"], kept["dim"]
+    config, vae, _ = load_trained_vae(run_dir, "cpu", args.data_dir)
+    test = vae_data_for(config, None).test
+    if args.quick:
+        test = test[:20]
+    est = evaluate(vae, test, samples, None, None, seed=args.seed, per_image=True)
+    dim = int(test[0].numel())
+    cache.write_text(json.dumps({"estimate": est, "dim": dim}))
+    return est, dim
 
 
 def paired(flow: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:

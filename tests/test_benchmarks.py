@@ -298,3 +298,21 @@ def test_posteriordb_tables_average_over_seeds_and_goals_leave_suite_targets_out
     assert "PASS" in lines[1] and "worst 1.00 × floor; worst 1.30 × floor, above on" in lines[1]
     one = posteriordb.summaries([f for f in fits if f.target == p and f.seed == 0])
     assert one[0].elbo_se == 0.01  # one seed: the card's Monte Carlo s.e.
+
+
+def test_freyfaces_benchmark_scores_a_finished_row_once(tmp_path, monkeypatch):
+    data = Path(common.default_data_dir(None))
+    if not (data / "freyfaces").is_dir():
+        pytest.skip("no Frey Faces data (set VILAB_DATA_DIR)")
+    freyfaces = __import__("freyfaces")
+    argv = ["freyfaces.py", "--quick", "--rows", "vampprior_vae", "--runs-dir", str(tmp_path)]
+
+    def run(name: str) -> dict[str, Any]:
+        monkeypatch.setattr(sys, "argv", [*argv, "--json", str(tmp_path / name)])
+        freyfaces.main()
+        return json.loads((tmp_path / name).read_text())["rows"]["vampprior_vae"]
+
+    first = run("a.json")
+    assert len(list((tmp_path / "vampprior_vae").glob("bench_eval_K100_seed0_quick.json"))) == 1
+    monkeypatch.setattr(freyfaces, "evaluate", lambda *a, **k: pytest.fail("scored again"))
+    assert run("b.json") == first
