@@ -16,12 +16,14 @@ from vilab.config import (
     anneals_by_default,
     dump_config,
     load_fit_config,
+    stl_by_default,
 )
 from vilab.config.family import SMALL_DIM, FlowConfig, default_stack
 from vilab.flows import AffineAutoregressive, SplineAutoregressive, Sylvester
 from vilab.flows.affine import FixedAffine
 from vilab.flows.iaf import IAF
 from vilab.train.fit import Fitter
+from vilab.train.schedule import LATE_STL, stl_now
 
 #: the D ≤ 2 default as it was before the rule (benchmarks/peers2d.py's winner)
 TWO_D = [
@@ -116,3 +118,41 @@ def test_the_d_above_2_default_is_not_annealed_unless_asked(target, family, anne
     fitter = Fitter(cfg)
     beta = fitter.train_step().values["beta"]
     assert (beta < 1.0) == annealed
+
+
+def test_stl_late_by_default_only_for_the_default_family_above_2d() -> None:
+    assert stl_by_default(FamilyConfig(), 3) == "late"
+    assert stl_by_default(FamilyConfig(), 2) is False
+    assert stl_by_default(FamilyConfig(kind="iaf"), 10) is False
+    assert stl_by_default(FamilyConfig(stack=default_stack(10)), 10) is False
+    assert not stl_now("late", LATE_STL - 1e-9) and stl_now("late", LATE_STL)
+    assert stl_now("late", 0.0, lr_reduced=True)  # a fit that stops on convergence
+    assert stl_now(True, 0.0) and not stl_now(False, 1.0, lr_reduced=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], [False] * 7 + [True] * 3),  # late: from 2/3 of the 100 s budget (70 s) on
+        (["objective.stl=true"], [True] * 10),
+        (["objective.stl=false"], [False] * 10),
+        (["family.kind=mean_field"], [False] * 10),  # another family: off unless asked
+    ],
+)
+def test_late_stl_takes_stl_gradients_in_the_last_third_of_a_budgeted_fit(
+    overrides, expected
+) -> None:
+    over = ["target.name=funnel10", "samples=16", "max_seconds=100", "budget.min_steps=null"]
+    fitter = Fitter(load_fit_config(overrides=[*over, *overrides]))
+    fitter.clock = lambda: 10.0 * fitter.step  # type: ignore[method-assign]  # 10 s a step
+    seen: list[bool] = []
+    sample = fitter.family.training_sample
+
+    def recording(*args, stl: bool, **kwargs):
+        seen.append(stl)
+        return sample(*args, stl=stl, **kwargs)
+
+    fitter.family.training_sample = recording  # type: ignore[method-assign]
+    for _ in range(10):
+        fitter.train_step()
+    assert seen == expected

@@ -21,6 +21,7 @@ from vilab.config.family import (
     anneals_by_default,
     default_stack,
     preconditions,
+    stl_by_default,
 )
 from vilab.config.fit import (
     FaultConfig,
@@ -66,6 +67,7 @@ __all__ = [
     "anneals_by_default",
     "default_stack",
     "preconditions",
+    "stl_by_default",
     "dump_config",
     "load_fit_config",
     "load_train_config",

@@ -136,12 +136,15 @@ class FitObjectiveConfig(_Strict):
     above 2-D, which is not annealed (:func:`anneals_by_default`). Annealing lets q spread over every mode
     before it sharpens: without it a flow on U1 typically keeps one of the two halves
     (KL ≈ log 2). ``stl``: the sticking-the-landing gradient (Roeder et al. 2017), for
-    families with a log_prob.
+    families with a log_prob: ``true`` on every step, ``false`` never, ``late`` from the
+    last third of the run on (:func:`vilab.train.schedule.stl_now`); the default (None)
+    is ``late`` for vilab's default family above 2-D and ``false`` otherwise
+    (:func:`stl_by_default`).
     """
 
     beta_start: float = Field(0.01, ge=0, le=1)
     beta_steps: int | None = Field(None, ge=0)
-    stl: bool = False
+    stl: bool | Literal["late"] | None = None
 
 
 class StopConfig(_Strict):

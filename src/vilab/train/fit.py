@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vilab.build import family_from_config, target_from_config
-from vilab.config import FitConfig, anneals_by_default
+from vilab.config import FitConfig, anneals_by_default, stl_by_default
 from vilab.core.device import resolve_device, rng_state, set_rng_state
 from vilab.core.progress import say
 from vilab.estimators.elbo import annealed_elbo_surrogate, beta_at, elbo
@@ -33,7 +33,7 @@ from vilab.train.faults import check_rejections, check_target
 from vilab.train.guard import backward_checked
 from vilab.train.optim import load_optimizer_state, make_optimizer
 from vilab.train.pilot import precondition
-from vilab.train.schedule import apply_lr, progress
+from vilab.train.schedule import apply_lr, progress, stl_now
 from vilab.train.state import TrainerState
 from vilab.train.steps import StepResult
 from vilab.train.stopping import Convergence
@@ -70,16 +70,21 @@ class Fitter(TrainerState):
         #: ``objective.beta_steps`` as this fit uses it: unset, 0 (no β-annealing) for
         #: vilab's default family above 2-D (:func:`vilab.config.anneals_by_default`)
         self.beta_steps = config.objective.beta_steps
+        #: ``objective.stl`` as this fit uses it: unset, ``late`` for vilab's default family
+        #: above 2-D (:func:`vilab.config.stl_by_default`), else false
+        self.stl = config.objective.stl if config.objective.stl is not None else False
         if family is None:
             t = self.target
             family = family_from_config(config.family, t.dim, t.context_dim, t.support)
             family = family.to(self.dtype)
             if self.beta_steps is None and not anneals_by_default(config.family, t.dim):
                 self.beta_steps = 0
+            if config.objective.stl is None:
+                self.stl = stl_by_default(config.family, t.dim)
         self.family = family.to(self.device)  # built on the CPU: the same start anywhere
-        if config.objective.stl and not self.family.has_log_prob:
+        if self.stl and not self.family.has_log_prob:
             raise ValueError(
-                f"objective.stl=true needs a family that can score any z; "
+                f"objective.stl={str(self.stl).lower()} needs a family that can score any z; "
                 f"{self.family_name!r} cannot (a semi-implicit family, or a flow of yours "
                 "without an inverse): set objective.stl=false"
             )
@@ -111,13 +116,15 @@ class Fitter(TrainerState):
         reparameterized, STL or UIVI's), the logged bound E[log p̃(z) − log q(z)].
         ``log_value=False`` lets a family skip a costly log q(z) value (semi-implicit: an
         importance-sampled estimate) that only the logged bound needs."""
-        cfg, obj = self.config, self.config.objective
+        cfg = self.config
         if not self._pilot_checked:
             self._run_pilot()
         beta, lr = self._schedule()
         watch = cfg.stop.auto and beta >= 1.0 and (log_value or self.family.exact_log_q)
         n, context = self.contexts(self.draws)
-        s = self.family.training_sample(n, context, stl=obj.stl, need_value=log_value or watch)
+        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
+        stl = stl_now(self.stl, frac, self.convergence.lr_scale < 1.0)
+        s = self.family.training_sample(n, context, stl=stl, need_value=log_value or watch)
         log_p = self.target.log_prob(s.z, context)
         keep = ~torch.isneginf(log_p) if self.target.rejects else None  # Target.rejects
         loss = -annealed_elbo_surrogate(log_p, s.log_q_surrogate, beta, keep).mean()

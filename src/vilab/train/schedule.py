@@ -9,7 +9,10 @@ to checkpoint beyond them.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+#: The progress from which ``objective.stl: late`` takes sticking-the-landing gradients.
+LATE_STL = 2 / 3
 
 
 class _Optim(Protocol):
@@ -47,3 +50,13 @@ def apply_lr(optimizer: Any, optim: _BaseLR, step: int, frac: float, scale: floa
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def stl_now(stl: bool | Literal["late"], frac: float, lr_reduced: bool = False) -> bool:
+    """Whether this step takes sticking-the-landing gradients: always (``True``), never
+    (``False``), or, for ``"late"``, from the progress :data:`LATE_STL` on, or once a
+    stopping rule has lowered the learning rate (a fit that stops on convergence has no
+    progress to read: its first stall says q is near where it will end)."""
+    if stl == "late":
+        return frac >= LATE_STL or lr_reduced
+    return bool(stl)
