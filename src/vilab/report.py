@@ -225,9 +225,7 @@ def _vs_reference_draws(target: Target, reference: Any, z: Tensor, log_w: Tensor
     index = [target.param_names().index(n) for n in names]
     x = target.constrain(z).detach().double().cpu().numpy()[:, index]
     lw = log_w.double().cpu().numpy()
-    scores = reference_scores(x, reference.columns(names), lw, reference.chains)
-    for key in ("mean_error_psis_at", "sd_error_psis_at"):
-        scores[key] = names[scores[key]]
+    scores = reference_scores(x, reference.columns(names), lw, reference.chains, names)
     return {"names": names} | scores
 
 

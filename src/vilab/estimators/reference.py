@@ -226,12 +226,17 @@ def _resampling_probs(log_w: np.ndarray, size: int) -> np.ndarray:
 
 
 def reference_scores(
-    draws: np.ndarray, reference: np.ndarray, log_w: np.ndarray, chains: int = 1
+    draws: np.ndarray,
+    reference: np.ndarray,
+    log_w: np.ndarray,
+    chains: int = 1,
+    names: list[str] | None = None,
 ) -> dict:
     """Every score of ``draws (S, P)`` of q against ``reference (M, P)`` (columns matched;
     ``chains`` chains one after another), q's own and PSIS-corrected by ``log_w (S,)``: the
     largest mean and sd errors (:func:`moment_errors`), the coordinate of each PSIS-corrected
-    one (``*_at``, a column index) and the reference's own MCSE there (``*_ref_mcse``,
+    one (``*_at``: its name in ``names``, else its column index) and the reference's own
+    MCSE there (``*_ref_mcse``,
     :func:`reference_mcse`), and W1 of 100 draws beside its floor (:func:`w1_vs_reference`)."""
     e_mean, e_sd = moment_errors(draws, reference)
     e_mean_w, e_sd_w = moment_errors(draws, reference, log_w)
@@ -243,8 +248,8 @@ def reference_scores(
         "sd_error_q": float(e_sd.max()),
         "mean_error_psis": float(e_mean_w.max()),
         "sd_error_psis": float(e_sd_w.max()),
-        "mean_error_psis_at": at_mean,
-        "sd_error_psis_at": at_sd,
+        "mean_error_psis_at": at_mean if names is None else names[at_mean],
+        "sd_error_psis_at": at_sd if names is None else names[at_sd],
         "mean_error_psis_ref_mcse": float(mcse_mean[at_mean]),
         "sd_error_psis_ref_mcse": float(mcse_sd[at_sd]),
         "ref_mcse_mean_max": float(mcse_mean.max()),
