@@ -137,6 +137,9 @@ def test_stl_late_by_default_only_for_the_default_family_above_2d() -> None:
         (["objective.stl=true"], [True] * 10),
         (["objective.stl=false"], [False] * 10),
         (["family.kind=mean_field"], [False] * 10),  # another family: off unless asked
+        # stopping on convergence without a budget: the step cap is no progress, so off
+        # until the first stall (which 10 steps do not reach)
+        (["max_seconds=null", "steps=12", "stop.auto=true"], [False] * 10),
     ],
 )
 def test_late_stl_takes_stl_gradients_in_the_last_third_of_a_budgeted_fit(

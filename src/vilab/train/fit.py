@@ -119,11 +119,9 @@ class Fitter(TrainerState):
         cfg = self.config
         if not self._pilot_checked:
             self._run_pilot()
-        beta, lr = self._schedule()
+        beta, lr, stl = self._schedule()
         watch = cfg.stop.auto and beta >= 1.0 and (log_value or self.family.exact_log_q)
         n, context = self.contexts(self.draws)
-        frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
-        stl = stl_now(self.stl, frac, self.convergence.lr_scale < 1.0)
         s = self.family.training_sample(n, context, stl=stl, need_value=log_value or watch)
         log_p = self.target.log_prob(s.z, context)
         keep = ~torch.isneginf(log_p) if self.target.rejects else None  # Target.rejects
@@ -200,16 +198,20 @@ class Fitter(TrainerState):
         with ``stop.auto``); None otherwise."""
         return self.convergence.reason if self.config.stop.auto else None
 
-    def _schedule(self) -> tuple[float, float]:
-        """β and the learning rate of this step, set on the optimizer: with ``stop.auto``
-        annealing over ``stop.anneal_steps``, then the rate the stopping rule chose
-        (:mod:`vilab.train.stopping`); else the configured schedule over ``steps``."""
+    def _schedule(self) -> tuple[float, float, bool]:
+        """β and the learning rate of this step (set on the optimizer) and whether it takes
+        STL gradients (:func:`vilab.train.schedule.stl_now`): with ``stop.auto`` annealing
+        over ``stop.anneal_steps``, then the rate the stopping rule chose
+        (:mod:`vilab.train.stopping`), progress read from a ``max_seconds`` budget only (the
+        step cap is none); else the configured schedule over ``steps``."""
         cfg, obj = self.config, self.config.objective
         if cfg.stop.auto:
             anneal = cfg.stop.anneal_steps if self.beta_steps is None else self.beta_steps
             beta = beta_at(self.step, beta_start=obj.beta_start, beta_steps=anneal)
             scale = self.guard.lr_scale * self.convergence.lr_scale
-            return beta, apply_lr(self.optimizer, cfg.optim, self.step, 0.0, scale)
+            spent = 0.0 if cfg.max_seconds is None else self.seconds / cfg.max_seconds
+            stl = stl_now(self.stl, spent, self.convergence.lr_scale < 1.0)
+            return beta, apply_lr(self.optimizer, cfg.optim, self.step, 0.0, scale), stl
         frac = progress(self.step, self.seconds, cfg.steps, cfg.max_seconds)
         beta = beta_at(
             self.step,
@@ -218,7 +220,8 @@ class Fitter(TrainerState):
             total_steps=cfg.steps,
             frac=frac,
         )
-        return beta, apply_lr(self.optimizer, cfg.optim, self.step, frac, self.guard.lr_scale)
+        lr = apply_lr(self.optimizer, cfg.optim, self.step, frac, self.guard.lr_scale)
+        return beta, lr, stl_now(self.stl, frac)
 
     def stop_summary(self, interrupted: bool = False) -> dict[str, Any]:
         """Why the fit stopped, for ``metrics.json``: ``stop`` (``converged``, ``steps``,
